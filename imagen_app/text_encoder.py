@@ -1,0 +1,132 @@
+"""The frozen T5 text encoder: prompts -> per-token embeddings + padding mask (Imagen §2.1).
+
+Imagen conditions on the per-token embeddings of a frozen, text-only pre-trained T5 encoder.
+Embeddings are cached per prompt, since the same prompt is encoded again and again in a
+playground. The empty prompt is the null (unconditional) condition: no tokens at all, which
+the U-Net turns into its learned null embedding.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import List, Sequence
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel
+
+
+@dataclass
+class PromptReport:
+    """What the model will see of a prompt."""
+
+    prompt: str
+    tokens: List[str] = field(default_factory=list)
+    unknown_words: List[str] = field(default_factory=list)  # words that map to the unknown token
+    truncated_words: List[str] = field(default_factory=list)  # words cut by the length limit
+
+    @property
+    def is_unconditional(self) -> bool:
+        return not self.prompt.strip()
+
+    def warnings(self) -> List[str]:
+        out = []
+        if self.unknown_words:
+            out.append("The model doesn't know: " + ", ".join(repr(w) for w in self.unknown_words))
+        if self.truncated_words:
+            out.append("Cut by the length limit: " + " ".join(self.truncated_words))
+        return out
+
+
+def load_text_encoder(path_or_id: str, local_files_only: bool | None = None):
+    """Loads (tokenizer, frozen T5EncoderModel) from a folder, or from a hub id where a hub is reachable.
+
+    A folder may hold the tokenizer and model side by side, or in `tokenizer/` and `text_encoder/`.
+    """
+    if local_files_only is None:
+        local_files_only = os.path.isdir(path_or_id) or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+    tok_path = enc_path = path_or_id
+    if os.path.isdir(os.path.join(path_or_id, "text_encoder")):
+        tok_path, enc_path = os.path.join(path_or_id, "tokenizer"), os.path.join(path_or_id, "text_encoder")
+    tokenizer = AutoTokenizer.from_pretrained(tok_path, local_files_only=local_files_only)
+    encoder = T5EncoderModel.from_pretrained(enc_path, local_files_only=local_files_only)
+    return tokenizer, freeze(encoder)
+
+
+def freeze(encoder: torch.nn.Module) -> torch.nn.Module:
+    encoder.requires_grad_(False)
+    return encoder.eval()
+
+
+def normalize_prompt(prompt: str) -> str:
+    return " ".join(prompt.split())
+
+
+class PromptEncoder:
+    """Encodes prompts with a frozen tokenizer + T5 encoder, with an LRU cache of embeddings."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, text_encoder: T5EncoderModel, max_length: int | None = None,
+                 cache_size: int = 64):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        model_max = getattr(tokenizer, "model_max_length", 512)
+        self.max_length = int(max_length or (model_max if model_max and model_max < 10_000 else 128))
+        self.cache_size = cache_size
+        self._cache: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+
+    @property
+    def embed_dim(self) -> int:
+        return self.text_encoder.config.d_model
+
+    def _tokenize(self, prompt: str, truncation: bool):
+        return self.tokenizer(prompt, truncation=truncation, max_length=self.max_length if truncation else None,
+                              add_special_tokens=True, return_offsets_mapping=True)
+
+    @torch.no_grad()
+    def _encode_one(self, prompt: str) -> torch.Tensor:
+        """prompt -> (L, D) embeddings of its tokens; (0, D) for the empty prompt."""
+        if prompt in self._cache:
+            self._cache.move_to_end(prompt)
+            return self._cache[prompt]
+        if not prompt:
+            emb = torch.zeros(0, self.embed_dim)
+        else:
+            ids = torch.tensor([self._tokenize(prompt, truncation=True)["input_ids"]], device=self.text_encoder.device)
+            emb = self.text_encoder(input_ids=ids).last_hidden_state[0].float().cpu()
+        self._cache[prompt] = emb
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return emb
+
+    def encode(self, prompts: Sequence[str], device=None, dtype=torch.float32):
+        """prompts -> embeds (B, L, D), zero at padding, and mask (B, L) bool (True = a real token)."""
+        embs = [self._encode_one(normalize_prompt(p)) for p in prompts]
+        length = max(1, max(e.shape[0] for e in embs))
+        embeds = torch.zeros(len(embs), length, self.embed_dim)
+        mask = torch.zeros(len(embs), length, dtype=torch.bool)
+        for i, e in enumerate(embs):
+            embeds[i, : e.shape[0]] = e
+            mask[i, : e.shape[0]] = True
+        return embeds.to(device=device, dtype=dtype), mask.to(device)
+
+    def report(self, prompt: str) -> PromptReport:
+        """Tokens of the prompt, the words the tokenizer does not know and the words truncation cuts."""
+        prompt = normalize_prompt(prompt)
+        rep = PromptReport(prompt=prompt)
+        if not prompt:
+            return rep
+        kept = self._tokenize(prompt, truncation=True)
+        full = self._tokenize(prompt, truncation=False)
+        rep.tokens = self.tokenizer.convert_ids_to_tokens(kept["input_ids"])
+        # Tokens that stand for text (special tokens have empty character spans), in order.
+        content = [(tid, s, e) for tid, (s, e) in zip(full["input_ids"], full["offset_mapping"]) if e > s]
+        n_kept = sum(1 for s, e in kept["offset_mapping"] if e > s)
+        unk_id = self.tokenizer.unk_token_id
+        for m in re.finditer(r"\S+", prompt):
+            word_tokens = [(k, tid) for k, (tid, s, e) in enumerate(content) if s < m.end() and e > m.start()]
+            if unk_id is not None and any(tid == unk_id for _, tid in word_tokens):
+                rep.unknown_words.append(m.group().strip(".,;:!?\"'()"))
+            if word_tokens and all(k >= n_kept for k, _ in word_tokens):
+                rep.truncated_words.append(m.group())
+        return rep

@@ -1,0 +1,264 @@
+"""Efficient U-Net of Imagen (Saharia et al. 2022, Appendix F), one class for every stage.
+
+Layout, as in the paper:
+- more residual blocks at low resolutions than at high ones (`layers_per_block` per level);
+- the down path *downsamples first*, then runs the level's blocks; the up path runs the blocks,
+  *then upsamples* (the cheap order: the blocks of a level see its lower resolution);
+- skip connections are scaled by 1/sqrt(2) before they are concatenated;
+- text enters twice: cross-attention over the T5 token embeddings (masked) at chosen levels,
+  and an attention-pooled text vector added to the time embedding;
+- self-attention only at chosen (low) resolutions;
+- super-resolution stages (`lowres_cond=True`) get the low-res image resized to the sample's
+  size and concatenated to the input, and an embedding of the noise-augmentation level (§2.5).
+
+The null condition for classifier-free guidance is an all-masked text: every sample attends
+to `num_null_tokens` learned null tokens in addition to its text tokens, so an empty prompt
+(or a text dropped in training) sees only the learned null embedding, and attention is never
+over an empty set.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+
+
+@dataclass
+class ImagenUNetOutput(BaseOutput):
+    sample: torch.Tensor  # (B, C, H, W): epsilon or v, as `prediction_type` says
+
+
+def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(B,) float -> (B, dim): the transformer position embedding used for diffusion time."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=values.device, dtype=torch.float32) / half)
+    args = values.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(groups, channels), channels)
+
+
+class ResBlock(nn.Module):
+    """Residual block conditioned on the (time + pooled text) embedding by scale and shift."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int):
+        super().__init__()
+        self.norm1 = group_norm(in_ch, groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = group_norm(out_ch, groups)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return h + self.skip(x)
+
+
+class TextAttention(nn.Module):
+    """Attention of the pixels to the text tokens (and, with `self_attention`, to each other too:
+    one softmax over [pixels; text], as Imagen's low-resolution attention layers do)."""
+
+    def __init__(self, channels: int, context_dim: int, head_dim: int, groups: int, self_attention: bool):
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        self.self_attention = self_attention
+        self.norm = group_norm(channels, groups)
+        self.to_q = nn.Linear(channels, channels, bias=False)
+        self.to_kv = nn.Linear(channels, 2 * channels, bias=False)
+        self.context_kv = nn.Linear(context_dim, 2 * channels, bias=False)
+        self.to_out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        q = self.to_q(tokens)
+        k, v = self.context_kv(context).chunk(2, dim=-1)  # (B, L, C)
+        mask = context_mask  # (B, L) bool, True = attend
+        if self.self_attention:
+            ks, vs = self.to_kv(tokens).chunk(2, dim=-1)
+            k, v = torch.cat([ks, k], dim=1), torch.cat([vs, v], dim=1)
+            mask = torch.cat([mask.new_ones(b, h * w), mask], dim=1)
+
+        def split(t):  # (B, N, C) -> (B, heads, N, C/heads)
+            return t.view(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask[:, None, None, :])
+        out = self.to_out(out.transpose(1, 2).reshape(b, h * w, c))
+        return x + out.transpose(1, 2).view(b, c, h, w)
+
+
+class AttentionPool(nn.Module):
+    """Pools the token embeddings into one vector with a learned query (masked softmax)."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, out_dim))
+
+    def forward(self, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        logits = (self.to_k(context) @ self.query) / math.sqrt(context.shape[-1])  # (B, L)
+        logits = logits.masked_fill(~context_mask, float("-inf"))
+        pooled = (logits.softmax(dim=-1)[..., None] * context).sum(dim=1)  # (B, D)
+        return self.proj(pooled)
+
+
+class Level(nn.Module):
+    """The residual blocks of one resolution, each optionally followed by attention."""
+
+    def __init__(self, in_ch, out_ch, n_blocks, emb_dim, groups, context_dim, head_dim, cross, self_attn, skip_ch=0):
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        self.attns = nn.ModuleList()
+        for i in range(n_blocks):
+            self.blocks.append(ResBlock((in_ch if i == 0 else out_ch) + skip_ch, out_ch, emb_dim, groups))
+            self.attns.append(
+                TextAttention(out_ch, context_dim, head_dim, groups, self_attn) if cross or self_attn else nn.Identity()
+            )
+
+
+class ImagenUNet(ModelMixin, ConfigMixin):
+    """Efficient U-Net for a base (text -> image) or super-resolution (low-res + text -> image) stage."""
+
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        block_out_channels: Sequence[int] = (64, 128, 256),
+        layers_per_block: Sequence[int] = (1, 2, 4),
+        cross_attention_levels: Sequence[bool] = (False, True, True),
+        self_attention_levels: Sequence[bool] = (False, False, True),
+        text_embed_dim: int = 256,
+        attention_head_dim: int = 32,
+        norm_num_groups: int = 32,
+        num_null_tokens: int = 1,
+        lowres_cond: bool = False,
+        lowres_factor: int = 4,
+        prediction_type: str = "epsilon",
+        skip_scale: float = 1 / math.sqrt(2),
+    ):
+        super().__init__()
+        n = len(block_out_channels)
+        for name, value in [("layers_per_block", layers_per_block), ("cross_attention_levels", cross_attention_levels),
+                            ("self_attention_levels", self_attention_levels)]:
+            if len(value) != n:
+                raise ValueError(f"{name} has {len(value)} entries but block_out_channels has {n} levels")
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+        ch = list(block_out_channels)
+        emb_dim = 4 * ch[0]
+        self.time_embed = nn.Sequential(nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # Noise-augmentation level of the low-res conditioning image (§2.5), an extra embedding.
+        self.aug_embed = (
+            nn.Sequential(nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)) if lowres_cond else None
+        )
+        self.null_tokens = nn.Parameter(torch.randn(num_null_tokens, text_embed_dim) * 0.02)
+        self.context_norm = nn.LayerNorm(text_embed_dim)
+        self.text_pool = AttentionPool(text_embed_dim, emb_dim)
+
+        self.conv_in = nn.Conv2d(in_channels * (2 if lowres_cond else 1), ch[0], 3, padding=1)
+        level_args = dict(emb_dim=emb_dim, groups=norm_num_groups, context_dim=text_embed_dim, head_dim=attention_head_dim)
+        self.down_levels = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        for i in range(n):
+            # Efficient U-Net: downsample *before* the blocks of the level (identity at level 0).
+            self.downsamplers.append(nn.Conv2d(ch[i - 1], ch[i], 3, stride=2, padding=1) if i else nn.Identity())
+            self.down_levels.append(Level(ch[i], ch[i], layers_per_block[i], cross=cross_attention_levels[i],
+                                          self_attn=self_attention_levels[i], **level_args))
+        self.mid = Level(ch[-1], ch[-1], 1, cross=True, self_attn=True, **level_args)
+        self.up_levels = nn.ModuleList()
+        self.upsamplers = nn.ModuleList()
+        for i in reversed(range(n)):
+            self.up_levels.append(Level(ch[i], ch[i], layers_per_block[i], cross=cross_attention_levels[i],
+                                        self_attn=self_attention_levels[i], skip_ch=ch[i], **level_args))
+            # ... and upsample *after* them.
+            self.upsamplers.append(
+                nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch[i], ch[i - 1], 3, padding=1))
+                if i else nn.Identity()
+            )
+        self.norm_out = group_norm(ch[0], norm_num_groups)
+        self.conv_out = nn.Conv2d(ch[0], out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def _context(self, text_embeds: torch.Tensor, text_mask: torch.Tensor):
+        """Prepends the learned null tokens: (B, L, D), (B, L) -> (B, N + L, D), (B, N + L)."""
+        b = text_embeds.shape[0]
+        null = self.null_tokens.to(text_embeds.dtype)[None].expand(b, -1, -1)
+        context = self.context_norm(torch.cat([null, text_embeds], dim=1))
+        mask = torch.cat([text_mask.new_ones(b, null.shape[1]), text_mask], dim=1).bool()
+        return context, mask
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        lowres_image: Optional[torch.Tensor] = None,
+        noise_aug_level: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+    ):
+        """sample (B, C, H, W); timestep scalar or (B,); encoder_hidden_states (B, L, D) with mask (B, L);
+        for SR stages lowres_image (B, C, h, w) in [-1, 1] and noise_aug_level (B,) in [0, 1]."""
+        b, _, h, w = sample.shape
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
+        if encoder_attention_mask is None:
+            encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.bool, device=sample.device)
+        context, mask = self._context(encoder_hidden_states.to(sample.dtype), encoder_attention_mask)
+
+        emb = self.time_embed(sinusoidal_embedding(timestep, self.config.block_out_channels[0]).to(sample.dtype))
+        emb = emb + self.text_pool(context, mask)
+        x = sample
+        if self.config.lowres_cond:
+            if lowres_image is None:
+                raise ValueError("this super-resolution U-Net needs `lowres_image`")
+            if noise_aug_level is None:
+                noise_aug_level = torch.zeros(b, device=sample.device)
+            aug = torch.as_tensor(noise_aug_level, device=sample.device, dtype=torch.float32).reshape(-1).expand(b)
+            emb = emb + self.aug_embed(sinusoidal_embedding(aug * 1000, self.config.block_out_channels[0]).to(sample.dtype))
+            # improved-diffusion style: upsample the low-res image and concatenate it to the input.
+            lowres = F.interpolate(lowres_image.to(sample.dtype), size=(h, w), mode="bicubic", align_corners=False)
+            x = torch.cat([x, lowres], dim=1)
+
+        x = self.conv_in(x)
+        skips = []
+        for down, level in zip(self.downsamplers, self.down_levels):
+            x = down(x)
+            for block, attn in zip(level.blocks, level.attns):
+                x = block(x, emb)
+                x = attn(x, context, mask) if not isinstance(attn, nn.Identity) else x
+                skips.append(x)
+        x = self.mid.attns[0](self.mid.blocks[0](x, emb), context, mask)
+        for level, up in zip(self.up_levels, self.upsamplers):
+            for block, attn in zip(level.blocks, level.attns):
+                x = block(torch.cat([x, skips.pop() * self.config.skip_scale], dim=1), emb)
+                x = attn(x, context, mask) if not isinstance(attn, nn.Identity) else x
+            x = up(x)
+        out = self.conv_out(F.silu(self.norm_out(x)))
+        return ImagenUNetOutput(sample=out) if return_dict else (out,)

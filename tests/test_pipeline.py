@@ -1,0 +1,182 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from imagen_app import ImagenPipeline
+from imagen_app.pipeline import SCHEDULERS
+from conftest import seeded
+
+
+def pixels(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_three_stage_cascade_sizes(tiny_pipe):
+    out = tiny_pipe("red heart", generator=seeded())
+    assert [imgs[0].size for imgs in out.stage_images] == [(8, 8), (32, 32), (128, 128)]
+    assert out.images[0].size == (128, 128)
+    assert out.settings["num_inference_steps"] == [3, 3, 3]
+
+
+def test_seed_reproducible_and_different(tiny_pipe):
+    a = tiny_pipe("red heart", generator=seeded(1)).images[0]
+    b = tiny_pipe("red heart", generator=seeded(1)).images[0]
+    c = tiny_pipe("red heart", generator=seeded(2)).images[0]
+    assert np.array_equal(pixels(a), pixels(b))
+    assert not np.array_equal(pixels(a), pixels(c))
+
+
+def test_save_and_load_identical(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path)
+    assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))
+    assert list(tmp_path.rglob("*.safetensors"))
+    loaded = ImagenPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.num_stages == 3
+    a = tiny_pipe("blue heart", generator=seeded(3))
+    b = loaded("blue heart", generator=seeded(3))
+    for sa, sb in zip(a.stage_images, b.stage_images):
+        assert np.array_equal(pixels(sa[0]), pixels(sb[0]))
+
+
+def test_stream_events_in_order(tiny_pipe):
+    steps = [2, 3, 4]
+    events = list(tiny_pipe.stream("panda", num_inference_steps=steps, generator=seeded()))
+    expected = [(k + 1, i + 1) for k, s in enumerate(steps) for i in range(s)]
+    assert [(e.stage, e.step) for e in events[:-1]] == expected
+    sizes = {1: (8, 8), 2: (32, 32), 3: (128, 128)}
+    for e in events[:-1]:
+        assert not e.is_final and e.total_steps == steps[e.stage - 1] and e.preview.size == sizes[e.stage]
+    assert events[-1].is_final and events[-1].output.images[0].size == (128, 128)
+
+
+def test_stream_break_early_leaves_pipeline_usable(tiny_pipe):
+    reference = tiny_pipe("panda", generator=seeded(5)).images[0]
+    stream = tiny_pipe.stream("panda", generator=seeded(5))
+    for event in stream:
+        if event.stage == 2:
+            break
+    stream.close()
+    again = tiny_pipe("panda", generator=seeded(5)).images[0]
+    assert np.array_equal(pixels(reference), pixels(again))
+
+
+def test_stop_at_stage(tiny_pipe):
+    out = tiny_pipe("panda", stop_at_stage=2, generator=seeded())
+    assert len(out.stage_images) == 2 and out.images[0].size == (32, 32)
+
+
+def test_guidance_one_is_conditional_branch(tiny_pipe):
+    """w = 1 gives eps_uncond + 1 * (eps_cond - eps_uncond) = eps_cond: the same as the conditional
+    branch alone (which the pipeline runs without the unconditional half)."""
+    unet, sched = tiny_pipe.unet_1, tiny_pipe.scheduler_1
+    emb, mask = tiny_pipe.prompt_encoder.encode(["", "red heart"])
+    x = torch.randn(1, 3, 8, 8)
+    both = unet(torch.cat([x, x]), 500, emb, mask).sample
+    from imagen_app.guidance import classifier_free_guidance
+
+    guided = classifier_free_guidance(both[:1], both[1:], 1.0)
+    cond_alone = unet(x, 500, emb[1:], mask[1:]).sample
+    torch.testing.assert_close(guided, cond_alone, atol=1e-5, rtol=1e-5)
+    # and end to end: w=1 differs from w=5 (so guidance is really applied)
+    a = tiny_pipe("red heart", guidance_scale=1.0, stop_at_stage=1, generator=seeded()).images[0]
+    b = tiny_pipe("red heart", guidance_scale=5.0, stop_at_stage=1, generator=seeded()).images[0]
+    assert not np.array_equal(pixels(a), pixels(b))
+
+
+def test_padding_does_not_change_unet_output(tiny_pipe):
+    unet = tiny_pipe.unet_1
+    emb, mask = tiny_pipe.prompt_encoder.encode(["red heart"])
+    padded = torch.cat([emb, torch.randn(1, 5, emb.shape[-1])], dim=1)  # garbage in the padded slots
+    padded_mask = torch.cat([mask, torch.zeros(1, 5, dtype=torch.bool)], dim=1)
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(unet(x, 300, emb, mask).sample, unet(x, 300, padded, padded_mask).sample,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_dynamic_thresholding_bounds_and_effect(tiny_pipe):
+    from imagen_app.guidance import dynamic_threshold
+
+    x0 = torch.randn(4, 3, 16, 16) * 3
+    out = dynamic_threshold(x0, 99.5, max_value=10.0)
+    assert out.abs().max() <= 1.0 + 1e-6
+    s = torch.quantile(x0.abs().reshape(4, -1), 0.995, dim=1)
+    # values inside [-s, s] are only rescaled
+    inside = (x0.abs() < s.view(-1, 1, 1, 1))
+    torch.testing.assert_close(out[inside], (x0 / s.view(-1, 1, 1, 1))[inside])
+    # s >= 1: an x0 already within [-1, 1] is unchanged
+    small = torch.rand(2, 3, 4, 4) * 1.8 - 0.9
+    torch.testing.assert_close(dynamic_threshold(small, 99.5, 10.0), small)
+    # at a high guidance scale it changes the result, for a scheduler with and without its own thresholding
+    for name in ["ddim", "euler-ancestral"]:
+        on = tiny_pipe("red heart", guidance_scale=30.0, dynamic_thresholding_percentile=90, scheduler=name,
+                       stop_at_stage=1, generator=seeded())
+        off = tiny_pipe("red heart", guidance_scale=30.0, dynamic_thresholding_percentile=0, scheduler=name,
+                        stop_at_stage=1, generator=seeded())
+        assert not np.array_equal(pixels(on.images[0]), pixels(off.images[0])), name
+
+
+def test_stream_previews_within_threshold(tiny_pipe):
+    """Previews are x0 after thresholding, so they use the whole [-1, 1] range without blowing up."""
+    for event in tiny_pipe.stream("red heart", guidance_scale=30.0, stop_at_stage=1, scheduler="dpm++",
+                                  generator=seeded()):
+        if not event.is_final:
+            arr = np.asarray(event.preview)
+            assert arr.min() >= 0 and arr.max() <= 255
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_runs(tiny_pipe, name):
+    out = tiny_pipe("flag: japan", scheduler=name, num_inference_steps=[3, 2, 2], generator=seeded())
+    arr = pixels(out.images[0])
+    assert arr.shape == (128, 128, 3) and arr.std() > 0
+
+
+def test_v_prediction_pipeline_runs():
+    from imagen_app.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(resolutions=(8, 32), prediction_type="v_prediction")
+    out = pipe("panda", scheduler="euler-ancestral", generator=seeded())
+    assert out.images[0].size == (32, 32)
+
+
+def test_per_stage_sequences_and_negative_prompt(tiny_pipe):
+    out = tiny_pipe(["red heart", "panda"], negative_prompt="blue heart", num_inference_steps=[2, 1, 1],
+                    guidance_scale=[4.0, 2.0, 1.0], scheduler=["ddim", "dpm++", "unipc"], num_images_per_prompt=2,
+                    generator=seeded())
+    assert len(out.images) == 4
+    assert out.settings["scheduler"] == ["ddim", "dpm++", "unipc"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_inference_steps=-1), "num_inference_steps"),
+    (dict(num_inference_steps=0), "num_inference_steps"),
+    (dict(num_inference_steps=2.5), "whole number"),
+    (dict(guidance_scale=math.nan), "finite"),
+    (dict(guidance_scale="big"), "number"),
+    (dict(guidance_scale=[1.0, 2.0]), "one per stage"),
+    (dict(num_inference_steps=[1, 2, 3, 4]), "one per stage"),
+    (dict(scheduler="warp-drive"), "unknown scheduler"),
+    (dict(noise_aug_level=1.5), "noise_aug_level"),
+    (dict(dynamic_thresholding_percentile=10), "dynamic_thresholding_percentile"),
+    (dict(stop_at_stage=4), "stop_at_stage"),
+    (dict(num_images_per_prompt=0), "num_images_per_prompt"),
+])
+def test_bad_arguments_raise_clear_value_error(tiny_pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipe("red heart", **kwargs)
+
+
+def test_bad_prompt_types(tiny_pipe):
+    with pytest.raises(ValueError, match="prompt"):
+        tiny_pipe(None)
+    with pytest.raises(ValueError, match="negative_prompt"):
+        tiny_pipe(["a", "b"], negative_prompt=["x"])
+
+
+def test_empty_prompt_is_unconditional(tiny_pipe):
+    out = tiny_pipe("", generator=seeded())
+    assert out.images[0].size == (128, 128)
+    assert out.prompt_reports[0].is_unconditional
