@@ -112,20 +112,26 @@ def _pad(seqs: List[List[int]], value: int) -> torch.Tensor:
     return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
 
 
+def export_encoder(model: T5ForConditionalGeneration):
+    """The encoder half of a trained T5, as a T5EncoderModel (every weight copied, strictly)."""
+    from transformers import T5EncoderModel
+
+    encoder = T5EncoderModel(model.config)
+    encoder.shared.load_state_dict(model.shared.state_dict())
+    encoder.encoder.load_state_dict(model.get_encoder().state_dict(), strict=True)
+    return encoder.eval()
+
+
 def train_text_encoder(out_dir: str, steps: int = 2000, d_model: int = 128, layers: int = 3, seed: int = 0) -> None:
     """Builds the shipped text encoder from the emoji captions of the training split: writes
     `out_dir/tokenizer` and `out_dir/text_encoder` (the frozen T5 encoder, safetensors)."""
     import os
-
-    from transformers import T5EncoderModel
 
     from .data import emoji_dataset
 
     texts = sorted({c for caps in emoji_dataset(32, "train").captions for c in caps})
     tokenizer = train_caption_tokenizer(texts)
     model = pretrain_t5(tokenizer, texts, steps=steps, batch_size=64, d_model=d_model, layers=layers, seed=seed)
-    encoder = T5EncoderModel(model.config)
-    encoder.load_state_dict(model.get_encoder().state_dict(), strict=False)
-    encoder.shared.weight.data.copy_(model.shared.weight.data)
+    encoder = export_encoder(model)
     tokenizer.save_pretrained(os.path.join(out_dir, "tokenizer"))
     encoder.save_pretrained(os.path.join(out_dir, "text_encoder"), safe_serialization=True)

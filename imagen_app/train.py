@@ -154,6 +154,7 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
     unet_kwargs = dict(cfg.unet, sample_size=cfg.resolution, text_embed_dim=text_encoder.config.d_model,
                        lowres_cond=cfg.lowres_resolution is not None)
     ckpt_path = os.path.join(cfg.run_dir, "checkpoint.pt")
+    torch.manual_seed(cfg.seed)  # the initial weights, then the training noise, follow from the seed
     if cfg.init_from and not os.path.exists(ckpt_path):
         unet = ImagenUNet.from_pretrained(cfg.init_from)
         log(f"starting from the exported stage {cfg.init_from}")
@@ -164,7 +165,6 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
     ema = EMA(unet, cfg.ema_decay)
     step = 0
     rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
     if os.path.exists(ckpt_path):
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         unet.load_state_dict(state["unet"])

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from imagen_app import data
+
+
+def test_cldr_captions():
+    assert data.cldr_caption(":woman_firefighter_dark_skin_tone:", "1F469-1F3FF-200D-1F692") == "woman firefighter: dark skin tone"
+    assert data.cldr_caption(":Japan:", "1F1EF-1F1F5") == "flag: Japan"
+    assert data.cldr_caption(":red_heart:", "2764-FE0F") == "red heart"
+    assert data.cldr_caption(":kiss_person_person_medium-light_skin_tone_medium_skin_tone:", "1F9D1") == \
+        "kiss person person: medium-light skin tone, medium skin tone"
+
+
+@pytest.fixture(scope="module")
+def emojis():
+    return data.load_emoji()
+
+
+def test_corpus_has_cldr_names(emojis):
+    captions = {e.caption for e in emojis}
+    assert len(emojis) > 3900
+    assert {"red heart", "flag: japan", "panda", "woman firefighter: dark skin tone"} <= captions
+
+
+def test_held_out_split_is_deterministic_and_keeps_parts_seen(emojis):
+    held = data.held_out_split(emojis)
+    assert held == data.held_out_split(list(reversed(sorted(emojis, key=lambda e: e.code))))[:0] + held
+    assert 100 < len(held) < 400
+    train = {e.caption for e in emojis} - set(held)
+    for c in held:
+        e = data.Emoji("", c)
+        if e.skin_tone and c.count("skin tone") == 1:
+            base = c.split(":")[0]
+            assert sum(f"{base}: {t} skin tone" in train for t in data.SKIN_TONES) >= 3, c
+        elif e.colour:
+            assert any(f"{e.colour} {s}" in train for s in data.SHAPES), c
+    kinds = {("tone" if data.Emoji("", c).skin_tone else "colour" if data.Emoji("", c).colour else "gender") for c in held}
+    assert kinds == {"tone", "colour", "gender"}
+
+
+def test_render_is_not_blank(emojis):
+    img = data.render(next(e.code for e in emojis if e.caption == "red heart"), 32)
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    red = (img[..., 0] > 150) & (img[..., 1] < 100)
+    assert red.sum() > 50  # a red heart on white
+    assert (img == 255).all(axis=-1).sum() > 100  # white background
