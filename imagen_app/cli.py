@@ -77,6 +77,32 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .evaluate import run_evaluation
+
+    run_evaluation(args.weights, out=args.out, seen_count=args.seen, sr_count=args.sr_count, seed=args.seed)
+    return 0
+
+
+def cmd_grid(args) -> int:
+    from .evaluate import sample_grid
+    from .pipeline import ImagenPipeline
+
+    pipe = ImagenPipeline.from_pretrained(args.weights)
+    pipe.set_progress_bar_config(disable=True)
+    print(sample_grid(pipe, args.out, prompts=args.prompts or None, seed=args.seed))
+    return 0
+
+
+def cmd_assemble(args) -> int:
+    from .train import assemble_pipeline
+
+    settings = json.loads(args.settings) if args.settings else None
+    assemble_pipeline(args.text_encoder, args.stages, args.out, settings=settings)
+    print(args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m imagen_app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("out")
     te.add_argument("--steps", type=int, default=2000)
     te.set_defaults(func=cmd_train_text_encoder)
+    ev = sub.add_parser("evaluate", help="alignment, super-resolution and timing figures (JSON report + table)")
+    ev.add_argument("--weights", default=DEFAULT_WEIGHTS)
+    ev.add_argument("--out", default="evaluation.json")
+    ev.add_argument("--seen", type=int, default=200, help="size of the fixed sample of seen captions")
+    ev.add_argument("--sr-count", type=int, default=24, help="held-out emoji for the super-resolution figures")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=cmd_evaluate)
+
+    gr_ = sub.add_parser("grid", help="a sample grid with prompts under the images (seen and held-out captions)")
+    gr_.add_argument("--weights", default=DEFAULT_WEIGHTS)
+    gr_.add_argument("--out", default="samples.png")
+    gr_.add_argument("--seed", type=int, default=0)
+    gr_.add_argument("prompts", nargs="*")
+    gr_.set_defaults(func=cmd_grid)
+
+    a = sub.add_parser("assemble", help="build a pipeline folder from a text encoder and exported stages")
+    a.add_argument("out")
+    a.add_argument("stages", nargs="+", help="exported stage folders, base first")
+    a.add_argument("--text-encoder", default=DEFAULT_WEIGHTS)
+    a.add_argument("--settings", default=None, help='JSON of default settings, e.g. {"guidance_scale": [4, 2, 1]}')
+    a.set_defaults(func=cmd_assemble)
     return parser
 
 

@@ -216,8 +216,14 @@ class ImagenPipeline(DiffusionPipeline):
         num_images_per_prompt: int = 1,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         stop_at_stage: Optional[int] = None,
+        image: Optional[Union[Image.Image, List[Image.Image], torch.Tensor]] = None,
+        start_at_stage: int = 1,
     ) -> Iterator[StageEvent]:
-        """Runs the cascade, yielding a StageEvent after every denoising step and a final one."""
+        """Runs the cascade, yielding a StageEvent after every denoising step and a final one.
+
+        `image` with `start_at_stage=k` (k >= 2) skips stages 1..k-1 and super-resolves `image`
+        (PIL images, or a (B, 3, H, W) tensor in [-1, 1], at stage k-1's resolution) from stage k on.
+        """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if prompt is not None else None
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompt must be a string or a non-empty list of strings")
@@ -232,6 +238,10 @@ class ImagenPipeline(DiffusionPipeline):
         n = self.num_stages if stop_at_stage is None else stop_at_stage
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.num_stages:
             raise ValueError(f"stop_at_stage must be an integer from 1 to {self.num_stages}, got {stop_at_stage!r}")
+        if isinstance(start_at_stage, bool) or not isinstance(start_at_stage, int) or not 1 <= start_at_stage <= n:
+            raise ValueError(f"start_at_stage must be an integer from 1 to {n}, got {start_at_stage!r}")
+        if (image is None) != (start_at_stage == 1):
+            raise ValueError("give `image` exactly when start_at_stage > 1 (the image to super-resolve)")
         steps = self._per_stage("num_inference_steps", num_inference_steps, n, int)
         scales = self._per_stage("guidance_scale", guidance_scale, n)
         percentiles = self._per_stage("dynamic_thresholding_percentile", dynamic_thresholding_percentile, n)
@@ -255,8 +265,14 @@ class ImagenPipeline(DiffusionPipeline):
                         scheduler=[s or type(self.schedulers[k]).__name__ for k, s in enumerate(scheduler_names)],
                         num_images_per_prompt=num_images_per_prompt, stop_at_stage=n)
         stage_images: List[List[Image.Image]] = []
-        image = None  # (B, 3, H, W) in [-1, 1], the previous stage's output
-        for k in range(n):
+        if image is not None:  # (B, 3, H, W) in [-1, 1], standing for stage start_at_stage - 1's output
+            image = image if isinstance(image, torch.Tensor) else pil_to_tensor([image] if isinstance(image, Image.Image) else image)
+            expected = self.unets[start_at_stage - 2].config.sample_size
+            if image.shape[0] != batch or image.shape[-1] != expected or image.shape[-2] != expected:
+                raise ValueError(f"image must be {batch} image(s) of {expected}x{expected} px for start_at_stage={start_at_stage}, "
+                                 f"got {tuple(image.shape)}")
+            image = image.to(device=device, dtype=self.unets[start_at_stage - 1].dtype)
+        for k in range(start_at_stage - 1, n):
             image = yield from self._run_stage(k, image, uncond, cond, steps[k], scales[k], percentiles[k], aug_levels[k],
                                                scheduler_names[k], generator, batch, device)
             stage_images.append(to_pil(image))
@@ -360,7 +376,10 @@ class ImagenPipeline(DiffusionPipeline):
             load_kwargs = {}
             if torch_dtype is not None and hasattr(component_cls, "dtype"):
                 load_kwargs["torch_dtype" if library != "transformers" else "dtype"] = torch_dtype
-            components[name] = component_cls.from_pretrained(os.path.join(path, name), **load_kwargs)
+            component = component_cls.from_pretrained(os.path.join(path, name), **load_kwargs)
+            if torch_dtype is None and isinstance(component, ImagenUNet) and component.dtype == torch.float16:
+                component = component.float()  # weights ship in fp16; CPUs compute in fp32 (pipe.to() may change it)
+            components[name] = component
         components.update(kwargs)
         if hasattr(components.get("text_encoder"), "requires_grad_"):
             components["text_encoder"] = freeze(components["text_encoder"])

@@ -266,3 +266,24 @@ def export_stage(run_dir: str, out_dir: str) -> None:
     unet.save_pretrained(out_dir, safe_serialization=True)
     with open(os.path.join(out_dir, "training.json"), "w") as f:
         json.dump(dict(steps=state["step"], config=asdict(cfg), schedule=cfg.beta_schedule), f, indent=2)
+
+
+def assemble_pipeline(text_encoder_dir: str, stage_dirs, out_dir: str, settings: Optional[dict] = None,
+                      fp16: bool = True):
+    """Builds the cascade from the shipped text encoder and exported stages, and saves it to `out_dir`
+    (safetensors; U-Net weights in fp16 to halve the download, upcast on load where there is no GPU)."""
+    from .pipeline import ImagenPipeline
+
+    tokenizer, text_encoder = load_text_encoder(text_encoder_dir)
+    stages = {}
+    for k, stage_dir in enumerate(stage_dirs, 1):
+        unet = ImagenUNet.from_pretrained(stage_dir)
+        with open(os.path.join(stage_dir, "training.json")) as f:
+            schedule = json.load(f)["schedule"]
+        stages[f"unet_{k}"] = unet.half() if fp16 else unet
+        stages[f"scheduler_{k}"] = DDPMScheduler(beta_schedule=schedule, prediction_type=unet.config.prediction_type)
+    pipe = ImagenPipeline(tokenizer=tokenizer, text_encoder=text_encoder, **stages)
+    if settings:
+        pipe.settings.update(settings)
+    pipe.save_pretrained(out_dir)
+    return pipe

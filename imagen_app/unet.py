@@ -103,7 +103,13 @@ class TextAttention(nn.Module):
         def split(t):  # (B, N, C) -> (B, heads, N, C/heads)
             return t.view(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask[:, None, None, :])
+        if self.self_attention:
+            out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask[:, None, None, :])
+        else:
+            # Cross-attention only: few keys (the text tokens), where a plain softmax(QK^T)V is much
+            # faster on CPU than the fused kernels, which are built for long key sequences.
+            logits = split(q) @ split(k).transpose(-1, -2) / math.sqrt(c // self.heads)  # (B, heads, HW, L)
+            out = logits.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(dim=-1) @ split(v)
         out = self.to_out(out.transpose(1, 2).reshape(b, h * w, c))
         return x + out.transpose(1, 2).view(b, c, h, w)
 
@@ -122,6 +128,14 @@ class AttentionPool(nn.Module):
         logits = logits.masked_fill(~context_mask, float("-inf"))
         pooled = (logits.softmax(dim=-1)[..., None] * context).sum(dim=1)  # (B, D)
         return self.proj(pooled)
+
+
+def upsampler(in_ch: int, out_ch: int, kind: str) -> nn.Module:
+    """x2 upsampling: nearest + conv, or a sub-pixel conv (conv at the low resolution to 4x the
+    channels, then PixelShuffle), which costs a quarter of the FLOPs at high resolutions."""
+    if kind == "pixel_shuffle":
+        return nn.Sequential(nn.Conv2d(in_ch, 4 * out_ch, 3, padding=1), nn.PixelShuffle(2))
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_ch, out_ch, 3, padding=1))
 
 
 class Level(nn.Module):
@@ -157,6 +171,8 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         attention_head_dim: int = 32,
         norm_num_groups: int = 32,
         num_null_tokens: int = 1,
+        mid_self_attention: bool = True,
+        upsample: str = "nearest",
         lowres_cond: bool = False,
         lowres_factor: int = 4,
         prediction_type: str = "epsilon",
@@ -168,6 +184,8 @@ class ImagenUNet(ModelMixin, ConfigMixin):
                             ("self_attention_levels", self_attention_levels)]:
             if len(value) != n:
                 raise ValueError(f"{name} has {len(value)} entries but block_out_channels has {n} levels")
+        if upsample not in ("nearest", "pixel_shuffle"):
+            raise ValueError(f"upsample must be 'nearest' or 'pixel_shuffle', got {upsample!r}")
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
         ch = list(block_out_channels)
@@ -190,17 +208,14 @@ class ImagenUNet(ModelMixin, ConfigMixin):
             self.downsamplers.append(nn.Conv2d(ch[i - 1], ch[i], 3, stride=2, padding=1) if i else nn.Identity())
             self.down_levels.append(Level(ch[i], ch[i], layers_per_block[i], cross=cross_attention_levels[i],
                                           self_attn=self_attention_levels[i], **level_args))
-        self.mid = Level(ch[-1], ch[-1], 1, cross=True, self_attn=True, **level_args)
+        self.mid = Level(ch[-1], ch[-1], 1, cross=True, self_attn=mid_self_attention, **level_args)
         self.up_levels = nn.ModuleList()
         self.upsamplers = nn.ModuleList()
         for i in reversed(range(n)):
             self.up_levels.append(Level(ch[i], ch[i], layers_per_block[i], cross=cross_attention_levels[i],
                                         self_attn=self_attention_levels[i], skip_ch=ch[i], **level_args))
             # ... and upsample *after* them.
-            self.upsamplers.append(
-                nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch[i], ch[i - 1], 3, padding=1))
-                if i else nn.Identity()
-            )
+            self.upsamplers.append(upsampler(ch[i], ch[i - 1], upsample) if i else nn.Identity())
         self.norm_out = group_norm(ch[0], norm_num_groups)
         self.conv_out = nn.Conv2d(ch[0], out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)

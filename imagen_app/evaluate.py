@@ -1,0 +1,204 @@
+"""`python -m imagen_app evaluate`: the shipped model's quality and speed, seeded and re-runnable.
+
+- Alignment: for each caption, generate at the base resolution with the default settings and rank
+  all real emoji renders (the whole corpus, held-out ones included) by pixel-space L2 distance to
+  the generated image. Top-1 / top-10 accuracy and median rank of the caption's own emoji, with
+  the chance level beside each. Seen captions: a fixed sample of 200 from the training split;
+  held-out: all held-out compositions, plus whether the nearest real image has the asked
+  attribute (skin tone, gender or colour).
+- Super-resolution: each SR stage run from the real low-res image of held-out emoji, against the
+  real high-res render: PSNR and SSIM, beside bicubic upsampling.
+- Timing: seconds per stage and end to end at the default settings.
+"""
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .pipeline import ImagenPipeline, pil_to_tensor
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5) per image of (B, C, H, W) tensors."""
+    coords = torch.arange(11, dtype=torch.float64) - 5
+    g = torch.exp(-coords**2 / (2 * 1.5**2))
+    g = (g / g.sum()).float()
+    window = (g[:, None] * g[None, :]).expand(a.shape[1], 1, 11, 11).contiguous()
+
+    def blur(x):
+        return F.conv2d(x, window, groups=x.shape[1])
+
+    a, b = a.float(), b.float()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.flatten(1).mean(dim=1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
+    return 10 * torch.log10(data_range**2 / mse.clamp(min=1e-10))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def generate_base(pipe: ImagenPipeline, captions: List[str], seed: int, batch: int = 50) -> torch.Tensor:
+    out = []
+    for i in range(0, len(captions), batch):
+        chunk = captions[i:i + batch]
+        gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
+        images = pipe(chunk, stop_at_stage=1, generator=gens).images
+        out.append(pil_to_tensor(images))
+    return torch.cat(out)
+
+
+def rank_of_truth(generated: torch.Tensor, corpus: torch.Tensor, truth: List[int]):
+    """Rank (1 = nearest) of each caption's own emoji among all real renders, and the nearest index."""
+    d = torch.cdist(generated.flatten(1), corpus.flatten(1))  # (G, N)
+    own = d[torch.arange(len(truth)), torch.tensor(truth)]
+    ranks = (d < own[:, None]).sum(dim=1) + 1
+    return ranks, d.argmin(dim=1)
+
+
+def alignment(pipe, emojis, corpus, captions: List[str], seed: int) -> Dict:
+    index = {e.caption: i for i, e in enumerate(emojis)}
+    generated = generate_base(pipe, captions, seed)
+    ranks, nearest = rank_of_truth(generated, corpus, [index[c] for c in captions])
+    n = len(emojis)
+    return dict(count=len(captions), top1=float((ranks <= 1).float().mean()), top10=float((ranks <= 10).float().mean()),
+                median_rank=float(ranks.float().median()), chance_top1=1 / n, chance_top10=10 / n, chance_median_rank=n / 2,
+                nearest=[emojis[int(i)].caption for i in nearest], ranks=ranks.tolist())
+
+
+def attribute_accuracy(emojis, held: List[str], nearest: List[str]) -> Dict:
+    """For held-out compositions: does the nearest real image have the asked skin tone / gender / colour?"""
+    from .data import COLOURS, GENDERS, SKIN_TONES, Emoji
+
+    results: Dict[str, List[bool]] = {"skin tone": [], "gender": [], "colour": []}
+    for asked, got in zip(held, nearest):
+        a, g = Emoji("", asked), Emoji("", got)
+        if a.skin_tone:
+            results["skin tone"].append(a.skin_tone == g.skin_tone)
+        elif a.colour:
+            results["colour"].append(a.colour == g.colour)
+        elif a.gender:
+            results["gender"].append(a.gender == g.gender)
+    chance = {"skin tone": 1 / len(SKIN_TONES), "gender": 1 / len(GENDERS), "colour": 1 / len(COLOURS)}
+    return {k: dict(count=len(v), accuracy=float(np.mean(v)) if v else None, chance=chance[k]) for k, v in results.items()}
+
+
+@torch.no_grad()
+def super_resolution(pipe, emojis, held_idx: List[int], count: int, seed: int) -> List[Dict]:
+    from .data import rendered_corpus
+
+    rows = []
+    idx = held_idx[:count]
+    chosen = [emojis[i] for i in idx]
+    captions = [e.caption for e in chosen]
+    for k in range(1, pipe.num_stages):
+        lo_res, hi_res = pipe.stage_resolutions[k - 1], pipe.stage_resolutions[k]
+        lo = to_tensor(rendered_corpus(emojis, lo_res)[idx])
+        hi = to_tensor(rendered_corpus(emojis, hi_res)[idx])
+        sr = []
+        for i in range(0, len(idx), 8):
+            gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(captions[i:i + 8]))]
+            out = pipe(captions[i:i + 8], image=lo[i:i + 8], start_at_stage=k + 1, stop_at_stage=k + 1, generator=gens)
+            sr.append(pil_to_tensor(out.images))
+        sr = torch.cat(sr)
+        bicubic = F.interpolate(lo, size=hi_res, mode="bicubic", align_corners=False).clamp(-1, 1)
+        rows.append(dict(stage=k + 1, from_px=lo_res, to_px=hi_res, count=len(idx),
+                         psnr=float(psnr(sr, hi).mean()), ssim=float(ssim(sr, hi).mean()),
+                         bicubic_psnr=float(psnr(bicubic, hi).mean()), bicubic_ssim=float(ssim(bicubic, hi).mean())))
+    return rows
+
+
+def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
+                   pipe: Optional[ImagenPipeline] = None, timing_repeats: int = 3) -> Dict:
+    from .bench import time_end_to_end
+    from .data import emoji_dataset, held_out_split, load_emoji, rendered_corpus
+
+    pipe = pipe or ImagenPipeline.from_pretrained(weights)
+    pipe.set_progress_bar_config(disable=True)
+    emojis = load_emoji()
+    base_px = pipe.stage_resolutions[0]
+    corpus = to_tensor(rendered_corpus(emojis, base_px))
+    held = held_out_split(emojis)
+    held_set = set(held)
+    seen = sorted(e.caption for e in emojis if e.caption not in held_set)
+    seen = sorted(random.Random(seed).sample(seen, min(seen_count, len(seen))))
+    t0 = time.time()
+    report: Dict = dict(weights=weights, seed=seed, corpus_size=len(emojis), settings=pipe.settings)
+    report["seen"] = alignment(pipe, emojis, corpus, seen, seed)
+    report["held_out"] = alignment(pipe, emojis, corpus, held, seed)
+    report["held_out_attributes"] = attribute_accuracy(emojis, held, report["held_out"]["nearest"])
+    held_idx = [i for i, e in enumerate(emojis) if e.caption in held_set]
+    report["super_resolution"] = super_resolution(pipe, emojis, held_idx, sr_count, seed)
+    total, per_stage = time_end_to_end(pipe, "red heart", timing_repeats)
+    report["timing"] = dict(end_to_end_s=total, stage_s=per_stage, threads=torch.get_num_threads())
+    report["evaluation_s"] = time.time() - t0
+    print_report(report)
+    if out:
+        with open(out, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+def print_report(r: Dict) -> None:
+    print(f"alignment at {r['settings'].get('num_inference_steps')} steps, guidance {r['settings'].get('guidance_scale')} "
+          f"(rank among {r['corpus_size']} real emoji)")
+    print(f"{'set':<10} {'n':>4} {'top-1':>7} {'chance':>7} {'top-10':>7} {'chance':>7} {'median rank':>12} {'chance':>7}")
+    for name in ("seen", "held_out"):
+        a = r[name]
+        print(f"{name:<10} {a['count']:>4} {a['top1']:>7.1%} {a['chance_top1']:>7.2%} {a['top10']:>7.1%} "
+              f"{a['chance_top10']:>7.2%} {a['median_rank']:>12.0f} {a['chance_median_rank']:>7.0f}")
+    for k, v in r["held_out_attributes"].items():
+        if v["count"]:
+            print(f"held-out {k:<10} nearest real image has it: {v['accuracy']:.1%} of {v['count']} (chance {v['chance']:.1%})")
+    for s in r["super_resolution"]:
+        print(f"stage {s['stage']} {s['from_px']}->{s['to_px']} px on {s['count']} held-out emoji: PSNR {s['psnr']:.2f} dB "
+              f"(bicubic {s['bicubic_psnr']:.2f}), SSIM {s['ssim']:.4f} (bicubic {s['bicubic_ssim']:.4f})")
+    t = r["timing"]
+    print("timing: " + ", ".join(f"stage {k + 1} {s:.2f} s" for k, s in enumerate(t["stage_s"])) +
+          f"; end to end {t['end_to_end_s']:.2f} s ({t['threads']} threads)")
+
+
+SEEN_GRID_PROMPTS = ["red heart", "panda", "flag: japan", "grinning face", "woman firefighter: dark skin tone", "green apple"]
+
+
+def sample_grid(pipe: ImagenPipeline, out: str, prompts: Optional[List[str]] = None, seed: int = 0, cell: int = 160):
+    """A grid of final images with each prompt written under its image; held-out prompts are marked."""
+    from PIL import Image, ImageDraw
+
+    from .data import held_out_split, load_emoji
+
+    held = held_out_split(load_emoji())
+    if prompts is None:
+        prompts = SEEN_GRID_PROMPTS + held[::42][:6]
+    images = [pipe(p, generator=torch.Generator().manual_seed(seed)).images[0] for p in prompts]
+    cols = 6
+    rows = (len(prompts) + cols - 1) // cols
+    label_h = 34
+    sheet = Image.new("RGB", (cols * cell, rows * (cell + label_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (p, im) in enumerate(zip(prompts, images)):
+        x, y = (i % cols) * cell, (i // cols) * (cell + label_h)
+        sheet.paste(im.resize((cell, cell), Image.LANCZOS), (x, y))
+        text = p if len(p) <= 26 else p[:25] + "…"
+        lines = [text[:26], ("(held out)" if p in held else "")]
+        for j, line in enumerate(lines):
+            draw.text((x + 4, y + cell + 2 + 14 * j), line, fill=(0, 0, 0))
+    sheet.save(out)
+    return out

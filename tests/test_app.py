@@ -1,0 +1,147 @@
+"""The Gradio app over its API (gradio_client), on a tiny random cascade."""
+import io
+import json
+import socket
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_pipe):
+    from imagen_app.ui import build_app
+
+    demo = build_app(tiny_pipe, concurrency_limit=1, max_queue=16)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture()
+def client(app_url):
+    return gradio_client.Client(app_url, verbose=False)
+
+
+def image_of(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def final_image(result) -> np.ndarray:
+    gallery = result[3]
+    return image_of(gallery[0]["image"])
+
+
+def test_streams_each_stage_before_final(client):
+    job = client.submit("red heart", seed=1, steps_stage_1=3, steps_stage_2=3, steps_stage_3=3, api_name="/generate")
+    updates = list(job)
+    statuses = [u[4] for u in updates]
+    stages_previewed = {int(s.split("/")[0].split()[-1]) for s in statuses if s.startswith("Stage ")}
+    assert stages_previewed == {1, 2, 3}
+    first_final = next(i for i, s in enumerate(statuses) if s.startswith("Done"))
+    assert first_final == len(statuses) - 1  # previews of every stage came before the result
+    for u in updates[:-1]:  # each preview update carries the image of the stage it names
+        k = int(u[4].split("/")[0].split()[-1])
+        assert u[k - 1] is not None
+    result = job.result()
+    assert [image_of(result[k]).shape[:2] for k in range(3)] == [(8, 8), (32, 32), (128, 128)]
+    assert final_image(result).shape == (128, 128, 3)
+    settings = result[5]
+    assert settings["prompt"] == "red heart" and settings["seed"] == 1
+    meta = Image.open(result[6]).text  # the PNG download carries the prompt and settings
+    assert meta["prompt"] == "red heart" and json.loads(meta["parameters"])["seed"] == 1
+
+
+def test_same_seed_same_image(client):
+    a = client.predict("panda", seed=7, api_name="/generate")
+    b = client.predict("panda", seed=7, api_name="/generate")
+    c = client.predict("panda", seed=8, api_name="/generate")
+    assert np.array_equal(final_image(a), final_image(b))
+    assert not np.array_equal(final_image(a), final_image(c))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps_stage_1=0), "minimum"),
+    (dict(prompt="x" * 5000), "too long"),
+    (dict(scheduler_stage_2="warp-drive"), "warp-drive"),
+    (dict(noise_aug_level=3), "maximum"),
+])
+def test_bad_input_gets_clear_error_then_next_request_works(client, kwargs, message):
+    args = () if "prompt" in kwargs else ("red heart",)
+    with pytest.raises(Exception) as err:
+        client.predict(*args, **kwargs, api_name="/generate")
+    assert message in str(err.value)
+    assert "Traceback" not in str(err.value)
+    ok = client.predict("red heart", api_name="/generate")
+    assert final_image(ok).shape == (128, 128, 3)
+
+
+def test_nan_guidance_over_raw_http_is_a_clear_error(app_url, client):
+    """JSON clients cannot send NaN; a raw request can. It must be refused with a message."""
+    body = json.dumps({"data": ["red heart", "", 0, False, float("nan"), 2.0, 3, 3, 3, "dpm++", "dpm++", "dpm++",
+                                99.5, 0.1, 1, 3]}).encode()
+    req = urllib.request.Request(app_url + "gradio_api/call/generate", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        event_id = json.loads(urllib.request.urlopen(req, timeout=30).read())["event_id"]
+        stream = urllib.request.urlopen(app_url + f"gradio_api/call/generate/{event_id}", timeout=60).read().decode()
+        assert "event: error" in stream and "finite" in stream
+    except urllib.error.HTTPError as e:  # refused before it reached the function: also a clear error
+        assert e.code in (400, 422)
+    ok = client.predict("red heart", api_name="/generate")
+    assert final_image(ok).shape == (128, 128, 3)
+
+
+def test_empty_prompt_is_allowed(client):
+    result = client.predict("", api_name="/generate")
+    assert final_image(result).shape == (128, 128, 3)
+    assert "unconditional" in result[7]
+
+
+def test_unknown_words_are_reported(client):
+    result = client.predict("red corgi heart", api_name="/generate")
+    assert "doesn't know" in result[7] and "corgi" in result[7]
+
+
+def test_four_clients_at_once(app_url):
+    results, errors = {}, []
+
+    def run(i):
+        try:
+            c = gradio_client.Client(app_url, verbose=False)
+            results[i] = c.predict("blue heart", seed=i, api_name="/generate")
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and len(results) == 4
+    assert all(final_image(r).shape == (128, 128, 3) for r in results.values())
+
+
+def test_cancelled_job_frees_its_slot(client):
+    long_job = client.submit("panda", steps_stage_1=200, steps_stage_2=200, steps_stage_3=200, api_name="/generate")
+    deadline = time.time() + 60
+    while time.time() < deadline and not long_job.outputs():
+        time.sleep(0.2)
+    assert long_job.outputs(), "the long job never started"
+    long_job.cancel()
+    t0 = time.time()
+    quick = client.predict("red heart", api_name="/generate")  # one worker: only runs if the slot was freed
+    assert final_image(quick).shape == (128, 128, 3)
+    assert time.time() - t0 < 60
