@@ -31,7 +31,8 @@ EXAMPLES = [  # seen captions, and held-out compositions (see weights/held_out.t
     "red heart", "panda", "flag: japan", "woman firefighter: dark skin tone", "grinning face", "green apple",
     "purple heart", "man technologist: medium skin tone",
 ]
-CSS = ".stage-image img { image-rendering: pixelated; }"
+# Small stages (32 px) are scaled up to the output's size, pixelated rather than blurred.
+CSS = ".stage-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 
 
 class PipelineHolder:
@@ -249,7 +250,7 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16) -> gr.Blo
         with gr.Row():
             stage_images = [gr.Image(label=f"Stage {k + 1}" + (f": {resolutions[k]} px" if resolutions[k] else ""),
                                      type="pil", format="png", height=256, interactive=False,
-                                     elem_classes="stage-image" if k == 0 else None) for k in range(n_stages)]
+                                     elem_classes="stage-image") for k in range(n_stages)]
         understood = gr.Markdown()
         with gr.Row():
             gallery = gr.Gallery(label="Final images", columns=4, height=280)

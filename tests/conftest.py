@@ -1,5 +1,7 @@
 import os
 
+import socket
+
 import pytest
 import torch
 
@@ -16,3 +18,22 @@ def tiny_pipe():
 
 def seeded(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny_pipe):
+    from imagen_app.ui import build_app
+
+    demo = build_app(tiny_pipe, concurrency_limit=1, max_queue=16)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+

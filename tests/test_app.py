@@ -13,23 +13,6 @@ from PIL import Image
 gradio_client = pytest.importorskip("gradio_client")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_url(tiny_pipe):
-    from imagen_app.ui import build_app
-
-    demo = build_app(tiny_pipe, concurrency_limit=1, max_queue=16)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
-
-
 @pytest.fixture()
 def client(app_url):
     return gradio_client.Client(app_url, verbose=False)
