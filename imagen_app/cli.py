@@ -99,6 +99,10 @@ def cmd_assemble(args) -> int:
 
     settings = json.loads(args.settings) if args.settings else None
     assemble_pipeline(args.text_encoder, args.stages, args.out, settings=settings)
+    if args.emoji_lists:
+        from .data import write_caption_lists
+
+        write_caption_lists(args.out)
     print(args.out)
     return 0
 
@@ -168,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("stages", nargs="+", help="exported stage folders, base first")
     a.add_argument("--text-encoder", default=DEFAULT_WEIGHTS)
     a.add_argument("--settings", default=None, help='JSON of default settings, e.g. {"guidance_scale": [4, 2, 1]}')
+    a.add_argument("--emoji-lists", action="store_true", help="also write captions.txt and held_out.txt")
     a.set_defaults(func=cmd_assemble)
     return parser
 

@@ -214,3 +214,14 @@ def image_folder_dataset(folder: str, size: int) -> CaptionedImages:
     if not images:
         raise ValueError(f"no captioned images in {folder}: add <name>.txt files or a metadata.jsonl")
     return CaptionedImages(np.stack(images), captions)
+
+
+def write_caption_lists(out_dir: str) -> None:
+    """Writes captions.txt (the emoji names trained on) and held_out.txt (the held-out compositions)."""
+    emojis = load_emoji()
+    held = held_out_split(emojis)
+    held_set = set(held)
+    with open(os.path.join(out_dir, "captions.txt"), "w") as f:
+        f.write("\n".join(sorted(e.caption for e in emojis if e.caption not in held_set)) + "\n")
+    with open(os.path.join(out_dir, "held_out.txt"), "w") as f:
+        f.write("\n".join(held) + "\n")

@@ -6,8 +6,9 @@
   the chance level beside each. Seen captions: a fixed sample of 200 from the training split;
   held-out: all held-out compositions, plus whether the nearest real image has the asked
   attribute (skin tone, gender or colour).
-- Super-resolution: each SR stage run from the real low-res image of held-out emoji, against the
-  real high-res render: PSNR and SSIM, beside bicubic upsampling.
+- Super-resolution: each SR stage run from the real low-res image of held-out emoji (the high-res
+  render area-downsampled, as in training), against the real high-res render: PSNR and SSIM,
+  beside bicubic upsampling of the same low-res image.
 - Timing: seconds per stage and end to end at the default settings.
 """
 from __future__ import annotations
@@ -110,8 +111,8 @@ def super_resolution(pipe, emojis, held_idx: List[int], count: int, seed: int) -
     captions = [e.caption for e in chosen]
     for k in range(1, pipe.num_stages):
         lo_res, hi_res = pipe.stage_resolutions[k - 1], pipe.stage_resolutions[k]
-        lo = to_tensor(rendered_corpus(emojis, lo_res)[idx])
         hi = to_tensor(rendered_corpus(emojis, hi_res)[idx])
+        lo = F.interpolate(hi, size=lo_res, mode="area")  # as in training: the area-downsampled real image
         sr = []
         for i in range(0, len(idx), 8):
             gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(captions[i:i + 8]))]

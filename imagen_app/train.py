@@ -156,7 +156,7 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
     ckpt_path = os.path.join(cfg.run_dir, "checkpoint.pt")
     torch.manual_seed(cfg.seed)  # the initial weights, then the training noise, follow from the seed
     if cfg.init_from and not os.path.exists(ckpt_path):
-        unet = ImagenUNet.from_pretrained(cfg.init_from)
+        unet = ImagenUNet.from_pretrained(cfg.init_from).float()  # shipped weights are fp16
         log(f"starting from the exported stage {cfg.init_from}")
     else:
         unet = ImagenUNet(**unet_kwargs)
