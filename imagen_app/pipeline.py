@@ -6,6 +6,7 @@ the generator (a `break`, or the UI's Stop) stops the work at the next step.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 from dataclasses import dataclass, field
@@ -198,7 +199,7 @@ class ImagenPipeline(DiffusionPipeline):
         config = {k: v for k, v in base.config.items() if not k.startswith("_")}
         config.update(SCHEDULER_EXTRA.get(cls, {}))
         config["prediction_type"] = self.unets[stage].config.prediction_type
-        if "thresholding" in cls().config:  # the scheduler thresholds x0 itself
+        if "thresholding" in inspect.signature(cls.__init__).parameters:  # the scheduler thresholds x0 itself
             config.update(thresholding=percentile > 0, dynamic_thresholding_ratio=(percentile or 99.5) / 100,
                           sample_max_value=float(self.settings["dynamic_thresholding_max"]), clip_sample=False)
         return cls.from_config(config)
@@ -401,8 +402,6 @@ class ImagenPipeline(DiffusionPipeline):
 
 
 def _step_params(sched):
-    import inspect
-
     return inspect.signature(sched.step).parameters
 
 
