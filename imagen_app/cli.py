@@ -50,7 +50,7 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, train
 
     cfg = TrainConfig.load(args.config, max_steps=args.max_steps, run_dir=args.run_dir, text_encoder=args.text_encoder,
-                           data=args.data, init_from=args.init_from)
+                           data=args.data, init_from=args.init_from, threads=args.threads)
     train(cfg, max_minutes=args.max_minutes, log=lambda m: print(m, flush=True))
     return 0
 
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", default=None)
     t.add_argument("--text-encoder", default=None)
     t.add_argument("--data", default=None, help="'emoji' or a folder of images with .txt captions / metadata.jsonl")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads for this run")
     t.add_argument("--init-from", default=None, help="an exported stage folder to start from when no checkpoint exists")
     t.set_defaults(func=cmd_train)
 

@@ -53,7 +53,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Ten
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1  # a copy: memmaps are read-only
 
 
 def generate_base(pipe: ImagenPipeline, captions: List[str], seed: int, batch: int = 50) -> torch.Tensor:

@@ -130,3 +130,27 @@ def test_sr_batch_crops_are_aligned(text_encoder_dir, image_folder, tmp_path):
     assert images.shape == (4, 3, 16, 16) and lowres.shape == (4, 3, 4, 4) and len(captions) == 4
     # the low-res crop is the area-downsampled high-res crop
     torch.testing.assert_close(torch.nn.functional.interpolate(images, size=4, mode="area"), lowres, atol=1e-5, rtol=0)
+
+
+def test_assemble_exported_stages_into_a_pipeline(tmp_path, text_encoder_dir, image_folder):
+    from safetensors import safe_open
+
+    from imagen_app import ImagenPipeline
+    from imagen_app.train import assemble_pipeline
+
+    base = config(tmp_path / "base", text_encoder_dir, image_folder, resolution=8, max_steps=1)
+    sr = config(tmp_path / "sr", text_encoder_dir, image_folder, resolution=32, lowres_resolution=8, crop_size=16,
+                max_steps=1)
+    for cfg in (base, sr):
+        train(cfg, log=lambda m: None)
+        export_stage(cfg.run_dir, cfg.run_dir + "_export")
+    out = tmp_path / "pipe"
+    assemble_pipeline(text_encoder_dir, [base.run_dir + "_export", sr.run_dir + "_export"], str(out),
+                      settings={"num_inference_steps": [2, 2], "guidance_scale": [3.0, 1.0]})
+    with safe_open(str(out / "unet_1" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert f.get_tensor("conv_in.weight").dtype == torch.float16  # shipped compact
+    pipe = ImagenPipeline.from_pretrained(out)
+    assert pipe.unet_1.dtype == torch.float32 and pipe.settings["guidance_scale"] == [3.0, 1.0]
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe("red heart", generator=torch.Generator().manual_seed(0)).stage_images
+    assert [im[0].size for im in images] == [(8, 8), (32, 32)]
