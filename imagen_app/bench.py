@@ -40,7 +40,7 @@ def baseline_unet(unet, target_params: int):
             layers_per_block=2, cross_attention_dim=cfg.text_embed_dim, attention_head_dim=cfg.attention_head_dim // 4 or 8,
             norm_num_groups=8)
 
-    lo, hi = 8, 1024
+    lo, hi = 8, 256
     best = None
     while lo <= hi:  # binary search on the base width
         mid = (lo + hi) // 2 // 8 * 8 or 8
