@@ -327,7 +327,6 @@ class ImagenPipeline(DiffusionPipeline):
 
     def __call__(self, prompt, *args, **kwargs) -> ImagenPipelineOutput:
         """Generates images; the same arguments as `stream`."""
-        total = 0
         bar = None
         for event in self.stream(prompt, *args, **kwargs):
             if event.is_final:
@@ -340,7 +339,6 @@ class ImagenPipeline(DiffusionPipeline):
                 bar = self.progress_bar(total=event.total_steps)
                 bar.set_description(f"stage {event.stage}")
             bar.update(1)
-            total += 1
         raise RuntimeError("the cascade ended without a final event")
 
     # ----- loading ----------------------------------------------------------------------------
