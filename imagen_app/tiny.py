@@ -4,10 +4,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from diffusers import DDPMScheduler
 from transformers import T5EncoderModel
 
-from .pipeline import ImagenPipeline
+from .pipeline import ImagenPipeline, noise_schedule
 from .text_encoder import freeze
 from .text_pretrain import small_t5_config, train_caption_tokenizer
 from .unet import ImagenUNet
@@ -37,7 +36,7 @@ def tiny_pipeline(resolutions: Sequence[int] = (8, 32, 128), seed: int = 0, max_
             if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and module.weight.abs().sum() == 0:
                 torch.nn.init.normal_(module.weight, std=0.05)
         stages[f"unet_{k}"] = unet.eval()
-        stages[f"scheduler_{k}"] = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+        stages[f"scheduler_{k}"] = noise_schedule(prediction_type=prediction_type)
     pipe = ImagenPipeline(tokenizer=tokenizer, text_encoder=text_encoder, **stages)
     pipe.settings.update(num_inference_steps=3, guidance_scale=[3.0, 2.0, 1.0])
     pipe.set_progress_bar_config(disable=True)

@@ -27,11 +27,11 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 
 from .guidance import noise_augment
+from .pipeline import noise_schedule
 from .text_encoder import PromptEncoder, load_text_encoder
-from .unet import ImagenUNet
+from .unet import ImagenUNet, upsample_lowres
 
 
 @dataclass
@@ -50,6 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     cond_drop_prob: float = 0.1
+    min_snr_gamma: Optional[float] = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None = plain MSE
     max_aug_level: float = 0.5
     max_steps: int = 100_000
     checkpoint_every: int = 200
@@ -116,6 +117,8 @@ def diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg: TrainConf
     """MSE between the U-Net's prediction and the epsilon (or v) target at a random timestep."""
     b = images.shape[0]
     device = images.device
+    if lowres is not None and unet_config(unet).residual:  # the diffusion runs on what bicubic upsampling misses
+        images = images - upsample_lowres(lowres, images.shape[-1])
     noise = torch.randn_like(images)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device)
     noisy = scheduler.add_noise(images, noise, t)
@@ -128,8 +131,18 @@ def diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg: TrainConf
         aug = torch.rand(b, device=device) * cfg.max_aug_level
         extra = dict(lowres_image=noise_augment(lowres, aug, noise=torch.randn_like(lowres)), noise_aug_level=aug)
     pred = unet(noisy, t, embeds, mask, **extra).sample
-    target = noise if unet_config(unet).prediction_type == "epsilon" else scheduler.get_velocity(images, noise, t)
-    return F.mse_loss(pred.float(), target.float())
+    epsilon = unet_config(unet).prediction_type == "epsilon"
+    target = noise if epsilon else scheduler.get_velocity(images, noise, t)
+    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    if cfg.min_snr_gamma:
+        # Min-SNR-gamma (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting"): as an
+        # x0 loss, weight min(SNR, gamma), so that the nearly clean timesteps (fine detail) stop
+        # dominating the gradient; the layout and colours decided at high noise learn faster.
+        alpha_bar = scheduler.alphas_cumprod.to(device)[t]
+        snr = alpha_bar / (1 - alpha_bar)
+        weight = snr.clamp(max=cfg.min_snr_gamma) / (snr if epsilon else snr + 1)
+        per_sample = per_sample * weight
+    return per_sample.mean()
 
 
 def unet_config(unet):
@@ -156,11 +169,14 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
     ckpt_path = os.path.join(cfg.run_dir, "checkpoint.pt")
     torch.manual_seed(cfg.seed)  # the initial weights, then the training noise, follow from the seed
     if cfg.init_from and not os.path.exists(ckpt_path):
-        unet = ImagenUNet.from_pretrained(cfg.init_from).float()  # shipped weights are fp16
-        log(f"starting from the exported stage {cfg.init_from}")
+        # The config may switch the prediction type (epsilon -> v) or make the stage residual: the features carry over and
+        # the output layer re-learns its target.
+        overrides = {k: cfg.unet[k] for k in ("prediction_type", "residual") if k in cfg.unet}
+        unet = ImagenUNet.from_pretrained(cfg.init_from, **overrides).float()  # shipped weights are fp16
+        log(f"starting from the exported stage {cfg.init_from} ({unet.config.prediction_type})")
     else:
         unet = ImagenUNet(**unet_kwargs)
-    scheduler = DDPMScheduler(beta_schedule=cfg.beta_schedule, prediction_type=unet.config.prediction_type)
+    scheduler = noise_schedule(cfg.beta_schedule, unet.config.prediction_type)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(unet, cfg.ema_decay)
     step = 0
@@ -281,7 +297,7 @@ def assemble_pipeline(text_encoder_dir: str, stage_dirs, out_dir: str, settings:
         with open(os.path.join(stage_dir, "training.json")) as f:
             schedule = json.load(f)["schedule"]
         stages[f"unet_{k}"] = unet.half() if fp16 else unet
-        stages[f"scheduler_{k}"] = DDPMScheduler(beta_schedule=schedule, prediction_type=unet.config.prediction_type)
+        stages[f"scheduler_{k}"] = noise_schedule(schedule, unet.config.prediction_type)
     pipe = ImagenPipeline(tokenizer=tokenizer, text_encoder=text_encoder, **stages)
     if settings:
         pipe.settings.update(settings)

@@ -10,6 +10,10 @@ Layout, as in the paper:
 - self-attention only at chosen (low) resolutions;
 - super-resolution stages (`lowres_cond=True`) get the low-res image resized to the sample's
   size and concatenated to the input, and an embedding of the noise-augmentation level (§2.5).
+  With `residual=True` (not in the paper; SRDiff, Li et al. 2022) the stage's diffusion runs on
+  the residual `image - upsample(lowres)`, which the sampler adds back: an SR stage then starts out
+  as bicubic upsampling and only has to learn the detail, which small CPU training budgets reach
+  much sooner. `forward` is the same either way; the flag tells the pipeline and the trainer.
 
 The null condition for classifier-free guidance is an all-masked text: every sample attends
 to `num_null_tokens` learned null tokens in addition to its text tokens, so an empty prompt
@@ -45,6 +49,12 @@ def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = 100
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
+
+
+def upsample_lowres(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The low-res image brought to the stage's size (bicubic): concatenated to the U-Net's input,
+    and for `residual` stages the image that the denoised residual is added to."""
+    return F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False)
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -177,6 +187,7 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         lowres_factor: int = 4,
         prediction_type: str = "epsilon",
         skip_scale: float = 1 / math.sqrt(2),
+        residual: bool = False,
     ):
         super().__init__()
         n = len(block_out_channels)
@@ -188,6 +199,8 @@ class ImagenUNet(ModelMixin, ConfigMixin):
             raise ValueError(f"upsample must be 'nearest' or 'pixel_shuffle', got {upsample!r}")
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+        if residual and not lowres_cond:
+            raise ValueError("residual=True is for super-resolution stages (lowres_cond=True)")
         ch = list(block_out_channels)
         emb_dim = 4 * ch[0]
         self.time_embed = nn.Sequential(nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -258,8 +271,7 @@ class ImagenUNet(ModelMixin, ConfigMixin):
             aug = torch.as_tensor(noise_aug_level, device=sample.device, dtype=torch.float32).reshape(-1).expand(b)
             emb = emb + self.aug_embed(sinusoidal_embedding(aug * 1000, self.config.block_out_channels[0]).to(sample.dtype))
             # improved-diffusion style: upsample the low-res image and concatenate it to the input.
-            lowres = F.interpolate(lowres_image.to(sample.dtype), size=(h, w), mode="bicubic", align_corners=False)
-            x = torch.cat([x, lowres], dim=1)
+            x = torch.cat([x, upsample_lowres(lowres_image.to(sample.dtype), h)], dim=1)
 
         x = self.conv_in(x)
         skips = []

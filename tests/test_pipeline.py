@@ -180,3 +180,60 @@ def test_empty_prompt_is_unconditional(tiny_pipe):
     out = tiny_pipe("", generator=seeded())
     assert out.images[0].size == (128, 128)
     assert out.prompt_reports[0].is_unconditional
+
+
+@pytest.fixture(scope="module")
+def v_pipe():
+    from imagen_app.tiny import tiny_pipeline
+
+    return tiny_pipeline(prediction_type="v_prediction")
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_v_samplers_start_from_pure_noise(v_pipe, name):
+    # "trailing" spacing: the first sampling step is the last training timestep, where x_T is pure noise
+    # (with diffusers' default "leading" spacing an 8-step sampler starts at t = 888 and leaves grain).
+    for stage in range(3):
+        sched = v_pipe._make_scheduler(stage, name, 0)
+        sched.set_timesteps(8)
+        assert int(sched.timesteps[0]) == sched.config.num_train_timesteps - 1
+    image = v_pipe("red heart", scheduler=name, num_inference_steps=2, generator=seeded()).images[0]
+    assert np.isfinite(pixels(image)).all() and pixels(image).std() > 0
+
+
+def x0_zero_unet(unet, alphas_cumprod):
+    """Makes an epsilon U-Net predict x0 = 0 at every step: eps = x_t / sqrt(1 - alpha_bar_t)."""
+    def forward(sample, timestep, *args, return_dict=True, **kwargs):
+        t = torch.as_tensor(timestep).long().reshape(-1)
+        out = sample / (1 - alphas_cumprod[t]).sqrt().to(sample.dtype).reshape(-1, 1, 1, 1)
+        return (out,)
+    unet.forward = forward
+    return unet
+
+
+def test_residual_stage_adds_its_sample_to_the_bicubic_upsample():
+    from imagen_app.tiny import tiny_pipeline
+    from imagen_app.unet import upsample_lowres
+
+    pipe = tiny_pipeline()
+    unet = pipe.unet_2
+    unet.register_to_config(residual=True)
+    x0_zero_unet(unet, pipe.scheduler_2.alphas_cumprod)
+    lowres = torch.rand(2, 3, 8, 8, generator=seeded()) * 1.6 - 0.8
+    kwargs = dict(image=lowres, start_at_stage=2, stop_at_stage=2, scheduler="ddim", num_inference_steps=4,
+                  noise_aug_level=0.3, generator=seeded())
+    out = pipe(["red heart", "panda"], **kwargs)
+    expected = (upsample_lowres(lowres, 32).clamp(-1, 1) + 1) * 127.5  # the clean low-res, not the augmented one
+    got = torch.from_numpy(np.stack([pixels(im) for im in out.images])).permute(0, 3, 1, 2).float()
+    assert (got - expected).abs().max() <= 1.0
+    # The same U-Net as an ordinary stage predicts the image itself: x0 = 0 is flat grey, not the upsample.
+    unet.register_to_config(residual=False)
+    plain = pixels(pipe(["red heart", "panda"], **kwargs).images[0])
+    assert np.abs(plain - 127.5).max() <= 1.0
+
+
+def test_residual_needs_a_lowres_stage():
+    from imagen_app.unet import ImagenUNet
+
+    with pytest.raises(ValueError, match="super-resolution"):
+        ImagenUNet(residual=True)

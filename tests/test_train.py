@@ -154,3 +154,47 @@ def test_assemble_exported_stages_into_a_pipeline(tmp_path, text_encoder_dir, im
     pipe.set_progress_bar_config(disable=True)
     images = pipe("red heart", generator=torch.Generator().manual_seed(0)).stage_images
     assert [im[0].size for im in images] == [(8, 8), (32, 32)]
+
+
+def test_min_snr_weighting(tmp_path, text_encoder_dir, image_folder):
+    from imagen_app.pipeline import noise_schedule
+    from imagen_app.train import diffusion_loss
+
+    unet = ImagenUNet(sample_size=16, text_embed_dim=16, **TINY_UNET)
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.1)  # a non-trivial prediction
+    sched = noise_schedule()
+    images = torch.rand(6, 3, 16, 16) * 2 - 1
+    embeds, mask = torch.randn(6, 4, 16), torch.ones(6, 4, dtype=torch.bool)
+
+    def loss(gamma, seed=0):
+        torch.manual_seed(seed)
+        cfg = config(tmp_path, text_encoder_dir, image_folder, min_snr_gamma=gamma, cond_drop_prob=0.0)
+        return diffusion_loss(unet, sched, images, embeds, mask, None, cfg).item()
+
+    plain = loss(None)
+    assert loss(1e9) == pytest.approx(plain, rel=1e-5)  # gamma above every SNR: weight 1 for epsilon
+    weighted = loss(1.0)
+    assert weighted < plain  # weights min(SNR, 1) / SNR <= 1, < 1 where the image is nearly clean
+    torch.manual_seed(0)  # the same timesteps and noise as loss(): weight by hand
+    noise = torch.randn_like(images)
+    t = torch.randint(0, 1000, (6,))
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+    pred = unet(sched.add_noise(images, noise, t), t, embeds, mask).sample
+    per_sample = (pred - noise).pow(2).flatten(1).mean(1)
+    assert weighted == pytest.approx(float((per_sample * snr.clamp(max=1.0) / snr).mean()), rel=1e-4)
+
+
+def test_init_from_can_switch_prediction_type_and_residual(tmp_path, text_encoder_dir, image_folder):
+    sr = dict(lowres_resolution=8, resolution=16, crop_size=8)
+    first = config(tmp_path, text_encoder_dir, image_folder, max_steps=2, **sr)
+    train(first, log=lambda *_: None)
+    export_stage(first.run_dir, str(tmp_path / "exported"))
+    unet = dict(TINY_UNET, prediction_type="v_prediction", residual=True)
+    second = config(tmp_path, text_encoder_dir, image_folder, run_dir=str(tmp_path / "run2"), unet=unet, max_steps=2,
+                    init_from=str(tmp_path / "exported"), **sr)
+    train(second, log=lambda *_: None)
+    export_stage(second.run_dir, str(tmp_path / "exported2"))
+    loaded = ImagenUNet.from_pretrained(str(tmp_path / "exported2"))
+    assert loaded.config.prediction_type == "v_prediction" and loaded.config.residual
+    before = ImagenUNet.from_pretrained(str(tmp_path / "exported"))
+    assert before.config.prediction_type == "epsilon" and not before.config.residual
