@@ -217,7 +217,7 @@ class ImagenPipeline(DiffusionPipeline):
         # The scheduler thresholds x0 itself where it can; not for residual stages, whose x0 is a
         # residual: there the rule is applied to the image (residual + upsampled low-res) in _run_stage.
         if "thresholding" in inspect.signature(cls.__init__).parameters:
-            own = percentile > 0 and not self.unets[stage].config.get("residual", False)
+            own = percentile > 0 and not getattr(self.unets[stage].config, "residual", False)
             config.update(thresholding=own, dynamic_thresholding_ratio=(percentile or 99.5) / 100,
                           sample_max_value=float(self.settings["dynamic_thresholding_max"]), clip_sample=False)
         return cls.from_config(config)
@@ -317,7 +317,7 @@ class ImagenPipeline(DiffusionPipeline):
         if unet.config.lowres_cond:
             if lowres is None:
                 raise ValueError(f"stage {k + 1} is a super-resolution stage and needs a previous stage")
-            if unet.config.get("residual", False):
+            if getattr(unet.config, "residual", False):
                 base = upsample_lowres(lowres.to(dtype), size)
             # Noise conditioning augmentation (§2.5): the same fixed level at sampling time.
             noisy = noise_augment(lowres.to(dtype), aug_level, noise=_randn(lowres.shape, generator, device, dtype))
