@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .pipeline import ImagenPipeline
+from .unet import upsample_lowres
 
 
 def n_params(model: nn.Module) -> int:
@@ -74,8 +75,7 @@ class BaselineAdapter(nn.Module):
     def forward(self, sample, timestep, encoder_hidden_states, encoder_attention_mask=None, lowres_image=None,
                 noise_aug_level=None, return_dict=True):
         if self.config.lowres_cond:
-            lowres = nn.functional.interpolate(lowres_image, size=sample.shape[-2:], mode="bicubic", align_corners=False)
-            sample = torch.cat([sample, lowres], dim=1)
+            sample = torch.cat([sample, upsample_lowres(lowres_image, sample.shape[-1])], dim=1)
         out = self.model(sample, timestep, encoder_hidden_states, encoder_attention_mask=encoder_attention_mask).sample
         return SimpleNamespace(sample=out) if return_dict else (out,)
 

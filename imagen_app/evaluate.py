@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .pipeline import ImagenPipeline, pil_to_tensor
+from .unet import upsample_lowres
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
@@ -119,7 +120,7 @@ def super_resolution(pipe, emojis, held_idx: List[int], count: int, seed: int) -
             out = pipe(captions[i:i + 8], image=lo[i:i + 8], start_at_stage=k + 1, stop_at_stage=k + 1, generator=gens)
             sr.append(pil_to_tensor(out.images))
         sr = torch.cat(sr)
-        bicubic = F.interpolate(lo, size=hi_res, mode="bicubic", align_corners=False).clamp(-1, 1)
+        bicubic = upsample_lowres(lo, hi_res).clamp(-1, 1)
         rows.append(dict(stage=k + 1, from_px=lo_res, to_px=hi_res, count=len(idx),
                          psnr=float(psnr(sr, hi).mean()), ssim=float(ssim(sr, hi).mean()),
                          bicubic_psnr=float(psnr(bicubic, hi).mean()), bicubic_ssim=float(ssim(bicubic, hi).mean())))

@@ -317,10 +317,11 @@ class ImagenPipeline(DiffusionPipeline):
         if unet.config.lowres_cond:
             if lowres is None:
                 raise ValueError(f"stage {k + 1} is a super-resolution stage and needs a previous stage")
+            lowres = lowres.to(dtype)
             if getattr(unet.config, "residual", False):
-                base = upsample_lowres(lowres.to(dtype), size)
+                base = upsample_lowres(lowres, size)
             # Noise conditioning augmentation (§2.5): the same fixed level at sampling time.
-            noisy = noise_augment(lowres.to(dtype), aug_level, noise=_randn(lowres.shape, generator, device, dtype))
+            noisy = noise_augment(lowres, aug_level, noise=_randn(lowres.shape, generator, device, dtype))
             levels = torch.full((noisy.shape[0],), aug_level, device=device)
             extra = dict(lowres_image=torch.cat([noisy, noisy]) if use_cfg else noisy,
                          noise_aug_level=torch.cat([levels, levels]) if use_cfg else levels)
