@@ -63,6 +63,14 @@ def cmd_export_stage(args) -> int:
     return 0
 
 
+def cmd_export_dataset(args) -> int:
+    from .data import emoji_dataset, write_image_folder
+
+    n = write_image_folder(emoji_dataset(args.resolution, args.split), args.out)
+    print(f"{n} images -> {args.out}")
+    return 0
+
+
 def cmd_train_text_encoder(args) -> int:
     from .text_pretrain import train_text_encoder
 
@@ -148,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("out")
     e.set_defaults(func=cmd_export_stage)
+
+    ds = sub.add_parser("export-dataset", help="write the emoji corpus as an image folder (PNGs + metadata.jsonl)")
+    ds.add_argument("out")
+    ds.add_argument("--resolution", type=int, default=32)
+    ds.add_argument("--split", default="train", choices=["train", "held_out", "all"])
+    ds.set_defaults(func=cmd_export_dataset)
 
     te = sub.add_parser("train-text-encoder", help="tokenizer + span-corruption T5 on the emoji captions")
     te.add_argument("out")

@@ -216,6 +216,20 @@ def image_folder_dataset(folder: str, size: int) -> CaptionedImages:
     return CaptionedImages(np.stack(images), captions)
 
 
+def write_image_folder(data: CaptionedImages, folder: str) -> int:
+    """Writes `data` as an image folder (PNGs + metadata.jsonl, one row per caption) that
+    `image_folder_dataset` reads back pixel for pixel: the emoji corpus can then train where the
+    SVG renderer and the emoji packages are not installed. Returns the number of images."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metadata.jsonl"), "w") as f:
+        for i, caps in enumerate(data.captions):
+            name = f"{i:05d}.png"
+            Image.fromarray(np.asarray(data.images[i])).save(os.path.join(folder, name))
+            for c in caps:
+                f.write(json.dumps({"file_name": name, "text": c}) + "\n")
+    return len(data)
+
+
 def write_caption_lists(out_dir: str) -> None:
     """Writes captions.txt (the emoji names trained on) and held_out.txt (the held-out compositions)."""
     emojis = load_emoji()

@@ -99,6 +99,21 @@ class PromptEncoder:
             self._cache.popitem(last=False)
         return emb
 
+    @torch.no_grad()
+    def warm(self, prompts: Sequence[str], batch_size: int = 256) -> None:
+        """Fills the cache for `prompts` in padded batches: one encoder call per batch instead of one per prompt
+        (what a training run's first steps would otherwise spend on its new captions). T5's attention mask keeps
+        each prompt's embeddings independent of the padding."""
+        todo = list(dict.fromkeys(p for p in map(normalize_prompt, prompts) if p and p not in self._cache))
+        todo = todo[: max(0, self.cache_size - len(self._cache))]
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            tok = self.tokenizer(chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+            tok = {k: v.to(self.text_encoder.device) for k, v in tok.items()}
+            hidden = self.text_encoder(**tok).last_hidden_state.float().cpu()
+            for prompt, h, m in zip(chunk, hidden, tok["attention_mask"].cpu()):
+                self._cache[prompt] = h[: int(m.sum())].clone()
+
     def encode(self, prompts: Sequence[str], device=None, dtype=torch.float32):
         """prompts -> embeds (B, L, D), zero at padding, and mask (B, L) bool (True = a real token)."""
         embs = [self._encode_one(normalize_prompt(p)) for p in prompts]

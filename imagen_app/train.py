@@ -58,6 +58,7 @@ class TrainConfig:
     sample_prompts: list = field(default_factory=lambda: ["red heart", "panda", "flag: japan", "woman firefighter: dark skin tone"])
     init_from: Optional[str] = None  # an exported stage folder to start from when there is no checkpoint
     threads: Optional[int] = None
+    mixed_precision: str = "no"  # accelerate's "no", "fp16" or "bf16" (bf16 on a recent GPU)
     seed: int = 0
 
     @classmethod
@@ -80,8 +81,7 @@ class EMA:
     def update(self, model: torch.nn.Module):
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1 - d)
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - d)
 
 
 def load_images(cfg: TrainConfig):
@@ -158,8 +158,9 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
     os.makedirs(cfg.run_dir, exist_ok=True)
     with open(os.path.join(cfg.run_dir, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=2)
-    accelerator = Accelerator()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     device = accelerator.device
+    torch.backends.cuda.matmul.allow_tf32 = True  # no effect on CPU; on a GPU, TF32 matmuls are ample for diffusion
     tokenizer, text_encoder = load_text_encoder(cfg.text_encoder)
     text_encoder.to(device)
     encoder = PromptEncoder(tokenizer, text_encoder, cache_size=100_000)
@@ -194,6 +195,7 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
     unet, opt = accelerator.prepare(unet, opt)
     ema.model.to(device)
     data = load_images(cfg)
+    encoder.warm([c for caps in data.captions for c in caps])
     log(f"{len(data)} training images at {cfg.resolution}px; U-Net {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
 
     def save_checkpoint():

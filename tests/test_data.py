@@ -45,3 +45,12 @@ def test_render_is_not_blank(emojis):
     red = (img[..., 0] > 150) & (img[..., 1] < 100)
     assert red.sum() > 50  # a red heart on white
     assert (img == 255).all(axis=-1).sum() > 100  # white background
+
+
+def test_image_folder_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
+    captions = [["red heart", "an emoji of red heart"], ["panda"], ["flag: japan", "japan flag"]]
+    n = data.write_image_folder(data.CaptionedImages(images, captions), str(tmp_path / "folder"))
+    back = data.image_folder_dataset(str(tmp_path / "folder"), 8)
+    assert n == 3 and np.array_equal(back.images, images) and back.captions == captions

@@ -34,3 +34,16 @@ def test_report_unknown_and_truncated(tiny_pipe):
 
 def test_encoder_is_frozen(tiny_pipe):
     assert not any(p.requires_grad for p in tiny_pipe.text_encoder.parameters())
+
+
+def test_warm_batches_match_one_by_one_encoding(tiny_pipe):
+    prompts = ["red heart", "woman firefighter: dark skin tone", "panda", "  red   heart ", ""]
+    one_by_one = PromptEncoder(tiny_pipe.tokenizer, tiny_pipe.text_encoder, cache_size=100)
+    batched = PromptEncoder(tiny_pipe.tokenizer, tiny_pipe.text_encoder, cache_size=100)
+    batched.warm(prompts, batch_size=2)  # padded batches: the short prompts share a batch with a long one
+    assert set(batched._cache) == {"red heart", "woman firefighter: dark skin tone", "panda"}  # normalised, no empty
+    for p in prompts[:3]:
+        assert torch.allclose(batched._cache[p], one_by_one._encode_one(p), atol=1e-5)
+    small = PromptEncoder(tiny_pipe.tokenizer, tiny_pipe.text_encoder, cache_size=2)
+    small.warm(prompts)
+    assert len(small._cache) == 2  # never past cache_size
