@@ -115,16 +115,34 @@ def understanding_markdown(pipe: ImagenPipeline, prompt: str) -> str:
     return "\n\n".join(lines)
 
 
+def per_stage(value, k: int):
+    """A per-stage setting (one value, or a list with one per stage) for stage k (0-based)."""
+    return value[min(k, len(value) - 1)] if isinstance(value, (list, tuple)) else value
+
+
 def make_generate(holder: PipelineHolder):
     def generate(prompt: str, negative_prompt: str = "", seed: float = 0, randomize_seed: bool = False,
-                 guidance_scale: float = 4.0, sr_guidance_scale: float = 2.0, steps_stage_1: float = 16,
-                 steps_stage_2: float = 8, steps_stage_3: float = 4, scheduler_stage_1: str = "dpm++",
-                 scheduler_stage_2: str = "dpm++", scheduler_stage_3: str = "dpm++",
-                 dynamic_thresholding_percentile: float = 99.5, noise_aug_level: float = 0.1, num_images: float = 1,
-                 last_stage: float = 3, progress=gr.Progress()):
-        """Generates images for `prompt`, streaming every stage's x0 preview as it denoises."""
+                 guidance_scale: Optional[float] = None, sr_guidance_scale: Optional[float] = None,
+                 steps_stage_1: Optional[float] = None, steps_stage_2: Optional[float] = None,
+                 steps_stage_3: Optional[float] = None, scheduler_stage_1: Optional[str] = None,
+                 scheduler_stage_2: Optional[str] = None, scheduler_stage_3: Optional[str] = None,
+                 dynamic_thresholding_percentile: Optional[float] = None, noise_aug_level: Optional[float] = None,
+                 num_images: float = 1, last_stage: Optional[float] = None, progress=gr.Progress()):
+        """Generates images for `prompt`, streaming every stage's x0 preview as it denoises.
+        A setting left as None takes the loaded pipeline's default (its pipeline_defaults.json), as the UI's sliders do."""
         pipe = holder.get()
         n_stages = pipe.num_stages
+        s = pipe.settings
+        guidance_scale = per_stage(s["guidance_scale"], 0) if guidance_scale is None else guidance_scale
+        sr_guidance_scale = per_stage(s["guidance_scale"], 1) if sr_guidance_scale is None else sr_guidance_scale
+        steps_stage_1, steps_stage_2, steps_stage_3 = (per_stage(s["num_inference_steps"], k) if v is None else v
+                                                       for k, v in enumerate([steps_stage_1, steps_stage_2, steps_stage_3]))
+        scheduler_stage_1, scheduler_stage_2, scheduler_stage_3 = (per_stage(s["scheduler"], k) if v is None else v for k, v in
+                                                                   enumerate([scheduler_stage_1, scheduler_stage_2, scheduler_stage_3]))
+        if dynamic_thresholding_percentile is None:
+            dynamic_thresholding_percentile = s["dynamic_thresholding_percentile"]
+        noise_aug_level = s["noise_aug_level"] if noise_aug_level is None else noise_aug_level
+        last_stage = n_stages if last_stage is None else last_stage
         if prompt is None:
             prompt = ""
         if not isinstance(prompt, str) or not isinstance(negative_prompt or "", str):
@@ -202,9 +220,6 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16) -> gr.Blo
     n_stages = pipe.num_stages if pipe is not None else 3
     resolutions = pipe.stage_resolutions if pipe is not None else [None] * n_stages
     s = dict(pipe.settings) if pipe is not None else dict(ImagenPipeline.default_settings)
-
-    def per_stage(value, k):
-        return value[min(k, len(value) - 1)] if isinstance(value, (list, tuple)) else value
 
     generate = make_generate(holder)
     try:  # ZeroGPU on Hugging Face Spaces: hold a GPU only while generating

@@ -128,3 +128,20 @@ def test_cancelled_job_frees_its_slot(client):
     quick = client.predict("red heart", api_name="/generate")  # one worker: only runs if the slot was freed
     assert final_image(quick).shape == (128, 128, 3)
     assert time.time() - t0 < 60
+
+
+def test_omitted_settings_are_the_pipeline_defaults(client, tiny_pipe):
+    """Over the API and in a direct Python call, a setting left out is the loaded pipeline's default."""
+    from imagen_app.ui import PipelineHolder, make_generate
+
+    def used(settings):
+        return [settings[k] for k in ("num_inference_steps", "guidance_scale", "dynamic_thresholding_percentile",
+                                      "noise_aug_level", "scheduler")]
+
+    d = tiny_pipe.settings
+    steps = d["num_inference_steps"]
+    expected = [[steps] * 3 if isinstance(steps, int) else list(steps), [3.0, 2.0, 2.0],
+                [d["dynamic_thresholding_percentile"]] * 3, [d["noise_aug_level"]] * 3, [d["scheduler"]] * 3]
+    assert used(client.predict("red heart", api_name="/generate")[5]) == expected
+    *_, final = make_generate(PipelineHolder(tiny_pipe))("red heart")
+    assert used(final[5]) == expected
