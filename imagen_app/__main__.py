@@ -1,4 +1,4 @@
-"""Command line: python -m imagen_app {generate,bench,train,export-stage,train-text-encoder} ..."""
+"""Command line: python -m imagen_app {generate,bench,evaluate,grid,train,export-stage,export-dataset,assemble,train-text-encoder} ..."""
 from .cli import main
 
 if __name__ == "__main__":
