@@ -89,11 +89,7 @@ class PromptEncoder:
         if prompt in self._cache:
             self._cache.move_to_end(prompt)
             return self._cache[prompt]
-        if not prompt:
-            emb = torch.zeros(0, self.embed_dim)
-        else:
-            ids = torch.tensor([self._tokenize(prompt, truncation=True)["input_ids"]], device=self.text_encoder.device)
-            emb = self.text_encoder(input_ids=ids).last_hidden_state[0].float().cpu()
+        emb = self._encode_batch([prompt])[0] if prompt else torch.zeros(0, self.embed_dim)
         self._cache[prompt] = emb
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -108,11 +104,15 @@ class PromptEncoder:
         todo = todo[: max(0, self.cache_size - len(self._cache))]
         for i in range(0, len(todo), batch_size):
             chunk = todo[i:i + batch_size]
-            tok = self.tokenizer(chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
-            tok = {k: v.to(self.text_encoder.device) for k, v in tok.items()}
-            hidden = self.text_encoder(**tok).last_hidden_state.float().cpu()
-            for prompt, h, m in zip(chunk, hidden, tok["attention_mask"].cpu()):
-                self._cache[prompt] = h[: int(m.sum())].clone()
+            self._cache.update(zip(chunk, self._encode_batch(chunk)))
+
+    @torch.no_grad()
+    def _encode_batch(self, prompts: Sequence[str]) -> List[torch.Tensor]:
+        """Non-empty prompts -> one (L_i, D) CPU tensor each, the padding cut off."""
+        tok = self.tokenizer(list(prompts), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        tok = {k: v.to(self.text_encoder.device) for k, v in tok.items()}
+        hidden = self.text_encoder(**tok).last_hidden_state.float().cpu()
+        return [h[: int(m.sum())].clone() for h, m in zip(hidden, tok["attention_mask"].cpu())]
 
     def encode(self, prompts: Sequence[str], device=None, dtype=torch.float32):
         """prompts -> embeds (B, L, D), zero at padding, and mask (B, L) bool (True = a real token)."""

@@ -160,7 +160,8 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
         json.dump(asdict(cfg), f, indent=2)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     device = accelerator.device
-    torch.backends.cuda.matmul.allow_tf32 = True  # no effect on CPU; on a GPU, TF32 matmuls are ample for diffusion
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls are ample for diffusion training
     tokenizer, text_encoder = load_text_encoder(cfg.text_encoder)
     text_encoder.to(device)
     encoder = PromptEncoder(tokenizer, text_encoder, cache_size=100_000)

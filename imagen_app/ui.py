@@ -115,9 +115,20 @@ def understanding_markdown(pipe: ImagenPipeline, prompt: str) -> str:
     return "\n\n".join(lines)
 
 
-def per_stage(value, k: int):
-    """A per-stage setting (one value, or a list with one per stage) for stage k (0-based)."""
-    return value[min(k, len(value) - 1)] if isinstance(value, (list, tuple)) else value
+def input_defaults(settings: dict) -> dict:
+    """The value of each of generate()'s settings that a pipeline's `settings` give: the sliders' initial values,
+    and what generate() uses for a setting left out."""
+    def per_stage(value, k):
+        return value[min(k, len(value) - 1)] if isinstance(value, (list, tuple)) else value
+
+    d = dict(guidance_scale=per_stage(settings["guidance_scale"], 0),
+             sr_guidance_scale=per_stage(settings["guidance_scale"], 1),
+             dynamic_thresholding_percentile=settings["dynamic_thresholding_percentile"],
+             noise_aug_level=settings["noise_aug_level"])
+    for k in range(3):
+        d[f"steps_stage_{k + 1}"] = per_stage(settings["num_inference_steps"], k)
+        d[f"scheduler_stage_{k + 1}"] = per_stage(settings["scheduler"], k)
+    return d
 
 
 def make_generate(holder: PipelineHolder):
@@ -132,16 +143,18 @@ def make_generate(holder: PipelineHolder):
         A setting left as None takes the loaded pipeline's default (its pipeline_defaults.json), as the UI's sliders do."""
         pipe = holder.get()
         n_stages = pipe.num_stages
-        s = pipe.settings
-        guidance_scale = per_stage(s["guidance_scale"], 0) if guidance_scale is None else guidance_scale
-        sr_guidance_scale = per_stage(s["guidance_scale"], 1) if sr_guidance_scale is None else sr_guidance_scale
-        steps_stage_1, steps_stage_2, steps_stage_3 = (per_stage(s["num_inference_steps"], k) if v is None else v
+        defaults = input_defaults(pipe.settings)
+
+        def given(value, name):
+            return defaults[name] if value is None else value
+
+        guidance_scale, sr_guidance_scale = given(guidance_scale, "guidance_scale"), given(sr_guidance_scale, "sr_guidance_scale")
+        steps_stage_1, steps_stage_2, steps_stage_3 = (given(v, f"steps_stage_{k + 1}")
                                                        for k, v in enumerate([steps_stage_1, steps_stage_2, steps_stage_3]))
-        scheduler_stage_1, scheduler_stage_2, scheduler_stage_3 = (per_stage(s["scheduler"], k) if v is None else v for k, v in
-                                                                   enumerate([scheduler_stage_1, scheduler_stage_2, scheduler_stage_3]))
-        if dynamic_thresholding_percentile is None:
-            dynamic_thresholding_percentile = s["dynamic_thresholding_percentile"]
-        noise_aug_level = s["noise_aug_level"] if noise_aug_level is None else noise_aug_level
+        scheduler_stage_1, scheduler_stage_2, scheduler_stage_3 = (
+            given(v, f"scheduler_stage_{k + 1}") for k, v in enumerate([scheduler_stage_1, scheduler_stage_2, scheduler_stage_3]))
+        dynamic_thresholding_percentile = given(dynamic_thresholding_percentile, "dynamic_thresholding_percentile")
+        noise_aug_level = given(noise_aug_level, "noise_aug_level")
         last_stage = n_stages if last_stage is None else last_stage
         if prompt is None:
             prompt = ""
@@ -219,7 +232,7 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16) -> gr.Blo
     pipe = holder.pipe
     n_stages = pipe.num_stages if pipe is not None else 3
     resolutions = pipe.stage_resolutions if pipe is not None else [None] * n_stages
-    s = dict(pipe.settings) if pipe is not None else dict(ImagenPipeline.default_settings)
+    defaults = input_defaults(pipe.settings if pipe is not None else ImagenPipeline.default_settings)
 
     generate = make_generate(holder)
     try:  # ZeroGPU on Hugging Face Spaces: hold a GPU only while generating
@@ -244,21 +257,21 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16) -> gr.Blo
         with gr.Row():
             seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
             randomize = gr.Checkbox(label="Randomize seed", value=False)
-            guidance = gr.Slider(0, 30, value=per_stage(s["guidance_scale"], 0), step=0.5, label="Guidance scale (base)")
-            sr_guidance = gr.Slider(0, 30, value=per_stage(s["guidance_scale"], 1), step=0.5,
+            guidance = gr.Slider(0, 30, value=defaults["guidance_scale"], step=0.5, label="Guidance scale (base)")
+            sr_guidance = gr.Slider(0, 30, value=defaults["sr_guidance_scale"], step=0.5,
                                     label="Guidance scale (super-resolution)")
         with gr.Row():
-            steps = [gr.Slider(1, 200, value=per_stage(s["num_inference_steps"], k), step=1,
+            steps = [gr.Slider(1, 200, value=defaults[f"steps_stage_{k + 1}"], step=1,
                                label=f"Steps, stage {k + 1}" + (f" ({resolutions[k]} px)" if resolutions[k] else ""))
                      for k in range(3)]
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
-                schedulers = [gr.Dropdown(SCHEDULER_CHOICES, value=per_stage(s["scheduler"], k), label=f"Scheduler, stage {k + 1}")
+                schedulers = [gr.Dropdown(SCHEDULER_CHOICES, value=defaults[f"scheduler_stage_{k + 1}"], label=f"Scheduler, stage {k + 1}")
                               for k in range(3)]
             with gr.Row():
-                percentile = gr.Slider(0, 100, value=s["dynamic_thresholding_percentile"], step=0.5,
+                percentile = gr.Slider(0, 100, value=defaults["dynamic_thresholding_percentile"], step=0.5,
                                        label="Dynamic thresholding percentile (0 = off)")
-                aug = gr.Slider(0, 1, value=s["noise_aug_level"], step=0.05, label="Noise augmentation level")
+                aug = gr.Slider(0, 1, value=defaults["noise_aug_level"], step=0.05, label="Noise augmentation level")
                 count = gr.Slider(1, 4, value=1, step=1, label="Number of images")
                 last_stage = gr.Slider(1, n_stages, value=n_stages, step=1, label="Last stage to run")
         status = gr.Markdown("Ready.")
