@@ -23,6 +23,8 @@ _TONE_RE = re.compile(r"(?:^|_)((?:medium-)?(?:light|dark)|medium)_skin_tone")
 COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "brown", "black", "white", "pink", "grey", "light blue"]
 SHAPES = ["heart", "circle", "square"]
 GENDERS = ["man", "woman", "person"]
+FAMILIES = ["single emoji", "flags", "skin-tone variants", "other people"]
+_PERSON_CODES = {"1F468", "1F469", "1F9D1", "1F466", "1F467", "1F9D2", "2640", "2642"}  # man, woman, person, boy, girl, child, ♀, ♂
 CAPTION_TEMPLATES = ["{}", "an emoji of {}", "{} emoji", "a {} icon"]
 
 
@@ -47,6 +49,19 @@ class Emoji:
     def gender(self) -> Optional[str]:
         first = self.caption.split(":")[0].split(" ")[0]
         return first if first in GENDERS else None
+
+    @property
+    def family(self) -> str:
+        """One of FAMILIES: flags (country and subdivision), skin-tone variants, other people sequences
+        (ZWJ sequences of a person with a role, gender or family), and single emoji (everything else)."""
+        parts = self.code.split("-")
+        if self.caption.startswith("flag:") or (parts[0] == "1F3F4" and len(parts) > 2 and parts[1].startswith("E00")):
+            return "flags"
+        if "skin tone" in self.caption:
+            return "skin-tone variants"
+        if len(parts) > 1 and _PERSON_CODES & set(parts):
+            return "other people"
+        return "single emoji"
 
     @property
     def colour(self) -> Optional[str]:
@@ -161,6 +176,7 @@ class CaptionedImages:
 
     images: np.ndarray
     captions: List[List[str]]
+    families: Optional[List[str]] = None  # the emoji corpus's family of each image (see Emoji.family)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -179,7 +195,7 @@ def emoji_dataset(size: int, split: str = "train", templates: bool = True) -> Ca
     for i in keep:
         names = [emojis[i].caption] + ([a for a in emojis[i].aliases if a != emojis[i].caption] if templates else [])
         caps.append([t.format(n) for n in names for t in (CAPTION_TEMPLATES if templates else ["{}"])])
-    return CaptionedImages(np.asarray(images[keep]) if split != "all" else images, caps)
+    return CaptionedImages(np.asarray(images[keep]) if split != "all" else images, caps, [emojis[i].family for i in keep])
 
 
 def image_folder_dataset(folder: str, size: int) -> CaptionedImages:

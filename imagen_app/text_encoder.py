@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import List, Sequence
@@ -59,8 +60,36 @@ def freeze(encoder: torch.nn.Module) -> torch.nn.Module:
     return encoder.eval()
 
 
+_TONE_RE = re.compile(r"\b(medium[- ]light|medium[- ]dark|light|medium|dark) skin tone\b")
+# Names that end or start with "flag" but are not a country's flag ("white flag", "flag in hole").
+_NOT_COUNTRY_FLAGS = {"crossed", "chequered", "checkered", "rainbow", "transgender", "white", "black", "pirate",
+                      "triangular", "waving white", "waving black", "in hole"}
+
+
 def normalize_prompt(prompt: str) -> str:
-    return " ".join(prompt.split())
+    """The one prompt normalisation, used for training captions and user prompts alike (PromptEncoder
+    applies it): NFKC, lower case, single spaces, and the forms people type brought to the CLDR form the
+    captions use: "woman firefighter dark skin tone" -> "woman firefighter: dark skin tone", "flag of
+    japan" / "japan flag" / "flag japan" -> "flag: japan". A CLDR caption maps to itself."""
+    text = " ".join(unicodedata.normalize("NFKC", prompt).lower().split())
+    return _canonical_flag(_canonical_skin_tones(text))
+
+
+def _canonical_skin_tones(text: str) -> str:
+    tones = list(_TONE_RE.finditer(text))
+    prefix = text[: tones[0].start()].rstrip(" :,") if tones else ""
+    if not prefix:  # no tone, or a tone on its own (the skin-tone swatch emoji): nothing to bring together
+        return text
+    names = ", ".join(m.group(1).replace(" ", "-") + " skin tone" for m in tones)
+    return f"{prefix}: {names}{text[tones[-1].end():]}"
+
+
+def _canonical_flag(text: str) -> str:
+    m = (re.fullmatch(r"(?:the )?flag (?:of|for) (?:the )?(.+)", text) or re.fullmatch(r"flag:? (.+)", text)
+         or re.fullmatch(r"(?:the )?(.+?) flag", text))
+    if not m or m.group(1) in _NOT_COUNTRY_FLAGS or "mailbox" in text:
+        return text
+    return "flag: " + m.group(1)
 
 
 class PromptEncoder:

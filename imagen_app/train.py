@@ -59,6 +59,7 @@ class TrainConfig:
     init_from: Optional[str] = None  # an exported stage folder to start from when there is no checkpoint
     threads: Optional[int] = None
     mixed_precision: str = "no"  # accelerate's "no", "fp16" or "bf16" (bf16 on a recent GPU)
+    curriculum: Optional[dict] = None  # CurriculumConfig fields: massed blocks of the weakest emoji (emoji corpus only)
     seed: int = 0
 
     @classmethod
@@ -92,9 +93,10 @@ def load_images(cfg: TrainConfig):
     return image_folder_dataset(cfg.data, cfg.resolution)
 
 
-def make_batch(data, cfg: TrainConfig, rng: random.Random, device):
-    """A random batch: images (B, 3, S, S) in [-1, 1], their captions, and for SR the aligned low-res crops."""
-    idx = [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
+def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None):
+    """A batch (uniform draws unless `idx` is given): images (B, 3, S, S) in [-1, 1], their captions, and for SR
+    the aligned low-res crops."""
+    idx = idx if idx is not None else [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
     images = torch.from_numpy(np.stack([data.images[i] for i in idx])).permute(0, 3, 1, 2).float() / 127.5 - 1
     captions = [data.sample_caption(i, rng) for i in idx]
     lowres = None
@@ -198,6 +200,9 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
     data = load_images(cfg)
     encoder.warm([c for caps in data.captions for c in caps])
     log(f"{len(data)} training images at {cfg.resolution}px; U-Net {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
+    curriculum = make_curriculum(cfg, data, log)
+    if curriculum is not None and step == 0:
+        log_text_use(curriculum, ema.model, scheduler, encoder, data, step, cfg.run_dir, log)
 
     def save_checkpoint():
         state = dict(unet=accelerator.unwrap_model(unet).state_dict(), ema=ema.model.state_dict(), ema_updates=ema.updates,
@@ -221,7 +226,12 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
             for g in opt.param_groups:
                 g["lr"] = lr
-            images, captions, lowres = make_batch(data, cfg, rng, device)
+            idx = None
+            if curriculum is not None:
+                if step >= curriculum.end_step:  # plan the next pass from what the model uses now
+                    plan_next_pass(curriculum, ema.model, scheduler, encoder, data, step, log)
+                idx = curriculum.indices(step, cfg.batch_size, rng)
+            images, captions, lowres = make_batch(data, cfg, rng, device, idx)
             embeds, mask = encoder.encode(captions, device=device)
             loss = diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg)
             opt.zero_grad(set_to_none=True)
@@ -236,6 +246,8 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
                 log(f"step {step} loss {loss_avg:.4f} lr {lr:.2e} {elapsed / 60:.1f} min")
             if step % cfg.checkpoint_every == 0:
                 save_checkpoint()
+            if curriculum is not None and step % curriculum.cfg.measure_every == 0:
+                log_text_use(curriculum, ema.model, scheduler, encoder, data, step, cfg.run_dir, log)
             if cfg.sample_every and step % cfg.sample_every == 0 and not cfg.lowres_resolution:
                 write_sample_grid(ema.model, scheduler, encoder, cfg, os.path.join(cfg.run_dir, f"samples_{step:07d}.png"))
     finally:
@@ -244,6 +256,50 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
             signal.signal(signal.SIGTERM, old_handler)
     log(f"stopped at step {step}; checkpoint {ckpt_path}")
     return step
+
+
+def make_curriculum(cfg: TrainConfig, data, log):
+    """The block curriculum of `cfg.curriculum` (None without one; it needs the emoji corpus's families)."""
+    from .curriculum import BlockCurriculum, CurriculumConfig
+
+    if not cfg.curriculum:
+        return None
+    if data.families is None:
+        log("curriculum ignored: it needs the emoji corpus (families of emoji)")
+        return None
+    return BlockCurriculum(CurriculumConfig(**cfg.curriculum), data.families, os.path.join(cfg.run_dir, "curriculum.json"))
+
+
+def _measure(unet, scheduler, encoder, data, idx):
+    from .curriculum import text_use, wrong_captions_within_family
+
+    captions = [data.captions[i][0] for i in idx]  # the plain CLDR name
+    wrong = wrong_captions_within_family(captions, [data.families[i] for i in idx])
+    images = torch.from_numpy(np.stack([data.images[i] for i in idx])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return text_use(unet, scheduler, encoder, images, captions, wrong)
+
+
+def plan_next_pass(curriculum, unet, scheduler, encoder, data, step: int, log) -> None:
+    """Measures every drilled emoji (weakest first, the ones that hold leave) and plans the next pass at `step`."""
+    t0 = time.time()
+    idx = [i for i, f in enumerate(data.families) if f in curriculum.cfg.families]
+    specificity = np.full(len(data), np.inf)
+    specificity[idx] = _measure(unet, scheduler, encoder, data, idx)["specificity"]
+    n = curriculum.plan_pass(step, specificity)
+    log(f"curriculum: pass {len(curriculum.passes)} from step {step} drills {n} emoji "
+        f"until step {curriculum.end_step} (planned in {time.time() - t0:.0f} s)")
+
+
+def log_text_use(curriculum, unet, scheduler, encoder, data, step: int, run_dir: str, log) -> None:
+    """The quick by-family measure of how much the right caption helps, logged and appended to text_use.jsonl."""
+    from .curriculum import family_sample, summarize_by_family
+
+    idx = family_sample(data.families, curriculum.cfg.measure_per_family)
+    summary = summarize_by_family(_measure(unet, scheduler, encoder, data, idx), [data.families[i] for i in idx])
+    log(f"text use at step {step}: " + "; ".join(f"{f} gain {v['gain']:.2f} specificity {v['specificity']:.2f}"
+                                                  for f, v in summary.items()))
+    with open(os.path.join(run_dir, "text_use.jsonl"), "a") as f:
+        f.write(json.dumps(dict(step=step, families=summary)) + "\n")
 
 
 def threading_main() -> bool:

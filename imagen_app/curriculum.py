@@ -1,0 +1,183 @@
+"""Spending training where the model fails: a fast measure of how much each caption helps the base
+U-Net, and a sampler that drills the weakest emoji in short massed blocks.
+
+Why (measured, see the README): single emoji and flags each have one image whose key word ("pizza",
+"japan") occurs nowhere else, and spread out over the whole corpus they get too few exposures to be
+learned; 100 of them drawn for 400 steps in a row go from 11% to 56% top-10. So the sampler works
+through the weak emoji block by block (weakest first), keeps earlier blocks coming back, and keeps the
+whole corpus in every batch so that no family is forgotten.
+
+- `text_use`: noise real images to t (750 and 900 by default), predict x0 with the right caption, a
+  wrong caption of the same family and the null condition. gain = 1 - err(right) / err(null),
+  specificity = 1 - err(right) / err(wrong). About a minute for 1,700 emoji on 2 cores.
+- `BlockCurriculum`: the batch indices for a step; a pure function of the step and the saved block
+  order, so a resumed run draws what an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def text_use(unet, scheduler, encoder, images: torch.Tensor, captions: Sequence[str], wrong_captions: Sequence[str],
+             timesteps: Sequence[int] = (750, 900), batch_size: int = 64, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Per image: x0 error with the right, wrong and null caption (summed over `timesteps`), gain and specificity.
+
+    images: (N, 3, S, S) in [-1, 1]. Fixed noise (from `seed`), so two checkpoints are measured alike."""
+    unet_device = next(unet.parameters()).device
+    dtype = next(unet.parameters()).dtype
+    config = getattr(unet, "module", unet).config
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=gen)
+    errors = np.zeros((3, len(captions)))  # right, wrong, null
+    alphas = scheduler.alphas_cumprod.float()
+    for start in range(0, len(captions), batch_size):
+        sl = slice(start, start + batch_size)
+        x0 = images[sl].float()
+        n = x0.shape[0]
+        embeds, mask = encoder.encode(list(captions[sl]) + list(wrong_captions[sl]) + [""] * n, device=unet_device,
+                                      dtype=dtype)
+        for t in timesteps:
+            a = alphas[t]
+            noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise[sl]
+            inp = noisy.repeat(3, 1, 1, 1).to(unet_device, dtype)
+            out = unet(inp, torch.full((3 * n,), t, device=unet_device), embeds, mask).sample.float().cpu()
+            if config.prediction_type == "epsilon":
+                x0_pred = (inp.float().cpu() - (1 - a).sqrt() * out) / a.sqrt()
+            else:  # v-prediction: x0 = sqrt(a) x_t - sqrt(1 - a) v
+                x0_pred = a.sqrt() * inp.float().cpu() - (1 - a).sqrt() * out
+            err = (x0_pred - x0.repeat(3, 1, 1, 1)).pow(2).flatten(1).mean(1).view(3, n)
+            errors[:, sl] += err.numpy()
+    right, wrong, null = errors
+    return dict(err_right=right, err_wrong=wrong, err_null=null, gain=1 - right / null, specificity=1 - right / wrong)
+
+
+def wrong_captions_within_family(captions: Sequence[str], families: Sequence[str], offset: int = 7) -> List[str]:
+    """For each caption, another caption of the same family (a fixed rotation within the family)."""
+    by_family: Dict[str, List[int]] = {}
+    for i, f in enumerate(families):
+        by_family.setdefault(f, []).append(i)
+    wrong = list(captions)
+    for members in by_family.values():
+        for k, i in enumerate(members):
+            wrong[i] = captions[members[(k + offset) % len(members)]] if len(members) > 1 else ""
+    return wrong
+
+
+def family_sample(families: Sequence[str], per_family: int, seed: int = 0) -> List[int]:
+    """A fixed sample of up to `per_family` indices of each family (sorted), for the quick training-time measure."""
+    rng = random.Random(seed)
+    out = []
+    for f in sorted(set(families)):
+        members = [i for i, g in enumerate(families) if g == f]
+        out += sorted(rng.sample(members, min(per_family, len(members))))
+    return out
+
+
+def summarize_by_family(measure: Dict[str, np.ndarray], families: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Family -> mean gain and specificity (ratios of the summed errors, as in the notes), and the count."""
+    out = {}
+    fam = np.asarray(families)
+    for f in sorted(set(families)):
+        sel = fam == f
+        right, wrong, null = (measure[k][sel].sum() for k in ("err_right", "err_wrong", "err_null"))
+        out[f] = dict(count=int(sel.sum()), gain=float(1 - right / null), specificity=float(1 - right / wrong))
+    return out
+
+
+@dataclass
+class CurriculumConfig:
+    """Massed blocks of the weakest emoji of some families, revisited, with the whole corpus kept in the mix."""
+
+    families: List[str] = field(default_factory=lambda: ["single emoji", "flags"])  # the families drilled in blocks
+    block_size: int = 100
+    block_steps: Dict[str, int] = field(default_factory=lambda: {"single emoji": 500, "flags": 1000})
+    focus: float = 0.6  # share of each batch from the current block
+    review: float = 0.2  # share from the blocks done before it in this pass; the rest is the whole corpus
+    hold_specificity: float = 0.8  # after a pass, emoji whose specificity reached this leave the blocks
+    measure_per_family: int = 60  # the quick by-family measure logged every `measure_every` steps
+    measure_every: int = 500
+
+
+class BlockCurriculum:
+    """Batch indices by step: pass after pass of blocks over the weak emoji.
+
+    A pass orders its emoji weakest first (lowest specificity, as `text_use` measured at the pass's
+    start), cuts them into blocks of `block_size` of one family each, and interleaves the families'
+    blocks. The passes are saved in `path` (JSON), so a resumed run keeps the same order."""
+
+    def __init__(self, cfg: CurriculumConfig, families: Sequence[str], path: Optional[str] = None):
+        self.cfg = cfg
+        self.families = list(families)
+        self.path = path
+        self.passes: List[dict] = []  # {"start_step": int, "blocks": [[family, [indices]], ...]}
+        if path and os.path.exists(path):
+            with open(path) as f:
+                self.passes = json.load(f)["passes"]
+
+    def save(self) -> None:
+        if self.path:
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(dict(passes=self.passes), f)
+            os.replace(tmp, self.path)
+
+    @property
+    def end_step(self) -> int:
+        """The step at which the last planned pass ends (0 with no pass)."""
+        if not self.passes:
+            return 0
+        last = self.passes[-1]
+        return last["start_step"] + sum(self.cfg.block_steps[f] for f, _ in last["blocks"])
+
+    def plan_pass(self, start_step: int, specificity: Optional[np.ndarray], seed: int = 0) -> int:
+        """Adds a pass starting at `start_step` over the drilled families' emoji that do not hold yet
+        (all of them when there is no measure); returns how many emoji it drills."""
+        rng = random.Random(seed + len(self.passes))
+        per_family = []
+        for fam in self.cfg.families:
+            members = [i for i, f in enumerate(self.families) if f == fam]
+            if specificity is not None:
+                members = [i for i in members if specificity[i] < self.cfg.hold_specificity]
+                members.sort(key=lambda i: specificity[i])
+            else:
+                rng.shuffle(members)
+            blocks = [members[k:k + self.cfg.block_size] for k in range(0, len(members), self.cfg.block_size)]
+            per_family.append([(fam, b) for b in blocks if b])
+        # Interleave: each family's blocks spread evenly over the pass, so none waits until the end.
+        slots = sorted(((k + 0.5) / len(bl), j, k) for j, bl in enumerate(per_family) for k in range(len(bl)))
+        blocks = [per_family[j][k] for _, j, k in slots]
+        self.passes.append(dict(start_step=start_step, blocks=[[f, b] for f, b in blocks]))
+        self.save()
+        return sum(len(b) for _, b in blocks)
+
+    def block_at(self, step: int):
+        """(pass, block number) in effect at `step`, or (None, None) past the plan."""
+        for p in reversed(self.passes):
+            if step >= p["start_step"]:
+                s = p["start_step"]
+                for k, (fam, _) in enumerate(p["blocks"]):
+                    s += self.cfg.block_steps[fam]
+                    if step < s:
+                        return p, k
+                return None, None
+        return None, None
+
+    def indices(self, step: int, batch_size: int, rng: random.Random) -> List[int]:
+        p, k = self.block_at(step)
+        if p is None:
+            return [rng.randrange(len(self.families)) for _ in range(batch_size)]
+        block = p["blocks"][k][1]
+        earlier = [i for _, b in p["blocks"][:k] for i in b]
+        n_focus = round(batch_size * self.cfg.focus)
+        n_review = round(batch_size * self.cfg.review) if earlier else 0
+        out = [rng.choice(block) for _ in range(n_focus)] + [rng.choice(earlier) for _ in range(n_review)]
+        out += [rng.randrange(len(self.families)) for _ in range(batch_size - len(out))]
+        return out
