@@ -10,6 +10,12 @@
   render area-downsampled, as in training), against the real high-res render: PSNR and SSIM,
   beside bicubic upsampling of the same low-res image.
 - Timing: seconds per stage and end to end at the default settings.
+- By family (what users see; the average hides it): seen captions sampled per family (single emoji,
+  flags, skin-tone variants, other people), each in two phrasings: the CLDR caption ("flag: japan",
+  "woman firefighter: dark skin tone") and the plain name as people type it ("japan", "woman
+  firefighter dark skin tone"), plus the emoji's aliases; the same seed for both phrasings. The UI
+  examples at seeds 0-3 (right = the asked emoji among the 3 nearest real renders). And the quick
+  text-use measure per family (how much the right caption cuts the x0 error; `curriculum.text_use`).
 """
 from __future__ import annotations
 
@@ -127,8 +133,87 @@ def super_resolution(pipe, emojis, held_idx: List[int], count: int, seed: int) -
     return rows
 
 
+def plain_phrasing(emoji) -> str:
+    """The name as people type it: no CLDR punctuation ("woman firefighter dark skin tone"), a flag by its country."""
+    if emoji.family == "flags" and emoji.caption.startswith("flag: "):
+        return emoji.caption[len("flag: "):]
+    return " ".join(emoji.caption.replace(":", " ").replace(",", " ").split())
+
+
+def by_family(pipe, emojis, corpus, seen: List[str], per_family: int, seed: int) -> Dict:
+    """Family -> phrasing -> alignment figures, on a seeded sample of `per_family` seen captions per family."""
+    from .data import FAMILIES
+
+    index = {e.caption: i for i, e in enumerate(emojis)}
+    rng = random.Random(seed)
+    out: Dict = {}
+    for fam in FAMILIES:
+        members = [c for c in seen if emojis[index[c]].family == fam]
+        chosen = sorted(rng.sample(members, min(per_family, len(members))))
+        chosen_emoji = [emojis[index[c]] for c in chosen]
+        phrasings = {"cldr": chosen, "plain": [plain_phrasing(e) for e in chosen_emoji]}
+        with_alias = [(c, next(a for a in e.aliases if a != e.caption)) for c, e in zip(chosen, chosen_emoji)
+                      if any(a != e.caption for a in e.aliases)]
+        out[fam] = {}
+        for name, prompts in phrasings.items():
+            out[fam][name] = _ranked(pipe, emojis, corpus, prompts, [index[c] for c in chosen], seed)
+        if with_alias:
+            out[fam]["alias"] = _ranked(pipe, emojis, corpus, [a for _, a in with_alias], [index[c] for c, _ in with_alias], seed)
+    return out
+
+
+def _ranked(pipe, emojis, corpus, prompts: List[str], truth: List[int], seed: int) -> Dict:
+    generated = generate_base(pipe, prompts, seed)
+    ranks, nearest = rank_of_truth(generated, corpus, truth)
+    return dict(count=len(prompts), top1=float((ranks <= 1).float().mean()), top10=float((ranks <= 10).float().mean()),
+                median_rank=float(ranks.float().median()),
+                failures=[[p, emojis[int(n)].caption] for p, n, r in zip(prompts, nearest, ranks) if r > 10][:20])
+
+
+def ui_examples(pipe, emojis, corpus, examples: List[str], seeds=(0, 1, 2, 3)) -> List[Dict]:
+    """Each UI example at each seed: the rank of the asked emoji (right = among the 3 nearest real renders)."""
+    from .text_encoder import normalize_prompt
+
+    names = {}
+    for i, e in enumerate(emojis):
+        for name in [e.caption] + e.aliases:
+            names.setdefault(normalize_prompt(name), i)
+    rows = []
+    for prompt in examples:
+        truth = names.get(normalize_prompt(prompt))
+        if truth is None:
+            rows.append(dict(prompt=prompt, ranks=None))
+            continue
+        images = [generate_base(pipe, [prompt], s) for s in seeds]
+        ranks, nearest = rank_of_truth(torch.cat(images), corpus, [truth] * len(seeds))
+        rows.append(dict(prompt=prompt, seeds=list(seeds), ranks=ranks.tolist(),
+                         nearest=[emojis[int(n)].caption for n in nearest], right=[int(r) <= 3 for r in ranks]))
+    return rows
+
+
+def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: int = 60, seed: int = 0) -> Dict:
+    """The quick measure of how much the right caption helps the base U-Net, per family (as training logs it)."""
+    from .curriculum import family_sample, summarize_by_family, text_use, wrong_captions_within_family
+    from .text_encoder import PromptEncoder
+
+    index = {e.caption: i for i, e in enumerate(emojis)}
+    families = [emojis[index[c]].family for c in seen]
+    idx = family_sample(families, per_family, seed)
+    captions = [seen[i] for i in idx]
+    fams = [families[i] for i in idx]
+    images = to_tensor(corpus_uint8[[index[c] for c in captions]])
+    encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder, cache_size=4 * len(captions) + 8)
+    unet = pipe.unet_1.float() if pipe.unet_1.dtype == torch.float16 else pipe.unet_1
+    measure = text_use(unet, pipe.scheduler_1, encoder, images, captions, wrong_captions_within_family(captions, fams))
+    return summarize_by_family(measure, fams)
+
+
+PARTS = ("families", "examples", "text_use", "held_out", "super_resolution", "timing")
+
+
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
-                   pipe: Optional[ImagenPipeline] = None, timing_repeats: int = 3) -> Dict:
+                   pipe: Optional[ImagenPipeline] = None, timing_repeats: int = 3, per_family: int = 100,
+                   parts=PARTS) -> Dict:
     from .bench import time_end_to_end
     from .data import emoji_dataset, held_out_split, load_emoji, rendered_corpus
 
@@ -143,13 +228,25 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
     seen = sorted(random.Random(seed).sample(seen, min(seen_count, len(seen))))
     t0 = time.time()
     report: Dict = dict(weights=weights, seed=seed, corpus_size=len(emojis), settings=pipe.settings)
-    report["seen"] = alignment(pipe, emojis, corpus, seen, seed)
-    report["held_out"] = alignment(pipe, emojis, corpus, held, seed)
-    report["held_out_attributes"] = attribute_accuracy(emojis, held, report["held_out"]["nearest"])
-    held_idx = [i for i, e in enumerate(emojis) if e.caption in held_set]
-    report["super_resolution"] = super_resolution(pipe, emojis, held_idx, sr_count, seed)
-    total, per_stage = time_end_to_end(pipe, "red heart", timing_repeats)
-    report["timing"] = dict(end_to_end_s=total, stage_s=per_stage, threads=torch.get_num_threads())
+    all_seen = sorted(e.caption for e in emojis if e.caption not in held_set)
+    if "families" in parts:
+        report["families"] = by_family(pipe, emojis, corpus, all_seen, per_family, seed)
+    if "examples" in parts:
+        from .ui import EXAMPLES
+
+        report["ui_examples"] = ui_examples(pipe, emojis, corpus, EXAMPLES)
+    if "text_use" in parts:
+        report["text_use"] = text_use_by_family(pipe, emojis, rendered_corpus(emojis, base_px), all_seen, seed=seed)
+    if "held_out" in parts:
+        report["seen"] = alignment(pipe, emojis, corpus, seen, seed)
+        report["held_out"] = alignment(pipe, emojis, corpus, held, seed)
+        report["held_out_attributes"] = attribute_accuracy(emojis, held, report["held_out"]["nearest"])
+    if "super_resolution" in parts:
+        held_idx = [i for i, e in enumerate(emojis) if e.caption in held_set]
+        report["super_resolution"] = super_resolution(pipe, emojis, held_idx, sr_count, seed)
+    if "timing" in parts:
+        total, per_stage = time_end_to_end(pipe, "red heart", timing_repeats)
+        report["timing"] = dict(end_to_end_s=total, stage_s=per_stage, threads=torch.get_num_threads())
     report["evaluation_s"] = time.time() - t0
     print_report(report)
     if out:
@@ -160,21 +257,34 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
 
 def print_report(r: Dict) -> None:
     print(f"alignment at {r['settings'].get('num_inference_steps')} steps, guidance {r['settings'].get('guidance_scale')} "
-          f"(rank among {r['corpus_size']} real emoji)")
+          f"(rank among {r['corpus_size']} real emoji; chance top-10 {10 / r['corpus_size']:.2%})")
+    if "families" in r:
+        print(f"{'family':<20} {'phrasing':<8} {'n':>4} {'top-1':>7} {'top-10':>7} {'median rank':>12}")
+        for fam, rows in sorted(r["families"].items(), key=lambda kv: kv[1]["cldr"]["top10"]):  # weakest first
+            for phrasing, a in rows.items():
+                print(f"{fam:<20} {phrasing:<8} {a['count']:>4} {a['top1']:>7.1%} {a['top10']:>7.1%} {a['median_rank']:>12.0f}")
+    for ex in r.get("ui_examples", []):
+        if ex["ranks"] is None:
+            print(f"UI example {ex['prompt']!r}: no emoji of that name")
+        else:
+            print(f"UI example {ex['prompt']!r}: right at seeds {ex['seeds']}: {ex['right']} (ranks {ex['ranks']})")
+    for fam, v in r.get("text_use", {}).items():
+        print(f"text use {fam:<20} gain {v['gain']:.2f} specificity {v['specificity']:.2f} (n {v['count']})")
     print(f"{'set':<10} {'n':>4} {'top-1':>7} {'chance':>7} {'top-10':>7} {'chance':>7} {'median rank':>12} {'chance':>7}")
-    for name in ("seen", "held_out"):
+    for name in [n for n in ("seen", "held_out") if n in r]:
         a = r[name]
         print(f"{name:<10} {a['count']:>4} {a['top1']:>7.1%} {a['chance_top1']:>7.2%} {a['top10']:>7.1%} "
               f"{a['chance_top10']:>7.2%} {a['median_rank']:>12.0f} {a['chance_median_rank']:>7.0f}")
-    for k, v in r["held_out_attributes"].items():
+    for k, v in r.get("held_out_attributes", {}).items():
         if v["count"]:
             print(f"held-out {k:<10} nearest real image has it: {v['accuracy']:.1%} of {v['count']} (chance {v['chance']:.1%})")
-    for s in r["super_resolution"]:
+    for s in r.get("super_resolution", []):
         print(f"stage {s['stage']} {s['from_px']}->{s['to_px']} px on {s['count']} held-out emoji: PSNR {s['psnr']:.2f} dB "
               f"(bicubic {s['bicubic_psnr']:.2f}), SSIM {s['ssim']:.4f} (bicubic {s['bicubic_ssim']:.4f})")
-    t = r["timing"]
-    print("timing: " + ", ".join(f"stage {k + 1} {s:.2f} s" for k, s in enumerate(t["stage_s"])) +
-          f"; end to end {t['end_to_end_s']:.2f} s ({t['threads']} threads)")
+    t = r.get("timing")
+    if t:
+        print("timing: " + ", ".join(f"stage {k + 1} {s:.2f} s" for k, s in enumerate(t["stage_s"])) +
+              f"; end to end {t['end_to_end_s']:.2f} s ({t['threads']} threads)")
 
 
 SEEN_GRID_PROMPTS = ["red heart", "panda", "flag: japan", "grinning face", "woman firefighter: dark skin tone", "green apple"]

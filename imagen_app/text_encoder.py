@@ -87,7 +87,8 @@ def _canonical_skin_tones(text: str) -> str:
 def _canonical_flag(text: str) -> str:
     m = (re.fullmatch(r"(?:the )?flag (?:of|for) (?:the )?(.+)", text) or re.fullmatch(r"flag:? (.+)", text)
          or re.fullmatch(r"(?:the )?(.+?) flag", text))
-    if not m or m.group(1) in _NOT_COUNTRY_FLAGS or "mailbox" in text:
+    if not m or "mailbox" in text or any(
+            m.group(1) == n or m.group(1).startswith(n + " ") or m.group(1).endswith(" " + n) for n in _NOT_COUNTRY_FLAGS):
         return text
     return "flag: " + m.group(1)
 
