@@ -98,6 +98,7 @@ class TextAttention(nn.Module):
         self.to_out = nn.Linear(channels, channels)
         nn.init.zeros_(self.to_out.weight)
         nn.init.zeros_(self.to_out.bias)
+        self.recorder = None  # set by attention_maps.CrossAttentionRecorder while it records; None costs nothing
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -113,7 +114,12 @@ class TextAttention(nn.Module):
         def split(t):  # (B, N, C) -> (B, heads, N, C/heads)
             return t.view(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)
 
-        if self.self_attention:
+        if self.recorder is not None:  # the explicit softmax, to hand its text columns to the recorder
+            logits = split(q) @ split(k).transpose(-1, -2) / math.sqrt(c // self.heads)  # (B, heads, HW, keys)
+            probs = logits.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(dim=-1)
+            self.recorder.record(probs[..., -context.shape[1]:], h, w)  # the text's columns (null tokens first)
+            out = probs @ split(v)
+        elif self.self_attention:
             out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask[:, None, None, :])
         else:
             # Cross-attention only: few keys (the text tokens), where a plain softmax(QK^T)V is much

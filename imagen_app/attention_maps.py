@@ -1,0 +1,103 @@
+"""Where each word of the prompt acts on the image: the U-Net's cross-attention, per word.
+
+Imagen conditions every U-Net on the T5 token embeddings through cross-attention (§2.1, Appendix
+F). While a `CrossAttentionRecorder` is active, every attention layer of the U-Net hands it the
+attention probabilities from image positions to the text tokens; the recorder averages them over
+heads, layers (each upsampled to the stage's resolution) and denoising steps. `word_maps` then joins
+a word's sub-tokens and leaves out the null tokens, `</s>` and padding. Layers that also attend to
+the image (self-attention at low resolution, one softmax over pixels and text) give the text's share
+of that softmax. With no recorder the U-Net runs its usual kernels: recording costs nothing when off.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class CrossAttentionRecorder:
+    """Accumulates (B, L, H, W) cross-attention maps of one U-Net over layers and steps.
+
+    with CrossAttentionRecorder(unet, size) as rec:  ... run the U-Net ...;  rec.maps() -> (B, L, size, size)"""
+
+    def __init__(self, unet: torch.nn.Module, size: int, rows: Optional[slice] = None):
+        from .unet import TextAttention
+
+        self.layers = [m for m in getattr(unet, "module", unet).modules() if isinstance(m, TextAttention)]
+        self.size = size
+        self.rows = rows  # the batch rows to keep (e.g. the conditional half of a guidance batch)
+        self.total: Optional[torch.Tensor] = None
+        self.count = 0
+
+    @property
+    def has_cross_attention(self) -> bool:
+        return bool(self.layers)
+
+    def __enter__(self):
+        for layer in self.layers:
+            layer.recorder = self
+        return self
+
+    def __exit__(self, *exc):
+        for layer in self.layers:
+            layer.recorder = None
+        return False
+
+    @torch.no_grad()
+    def record(self, probs: torch.Tensor, h: int, w: int) -> None:
+        """probs (B, heads, h*w, L): one layer's attention from each position to each context token."""
+        if self.rows is not None:
+            probs = probs[self.rows]
+        maps = probs.float().mean(dim=1).transpose(1, 2).reshape(probs.shape[0], -1, h, w)  # (B, L, h, w)
+        if (h, w) != (self.size, self.size):
+            maps = F.interpolate(maps, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        if self.total is not None and self.total.shape != maps.shape:
+            raise ValueError("the batch changed while recording attention")
+        self.total = maps if self.total is None else self.total + maps
+        self.count += 1
+
+    def maps(self) -> Optional[torch.Tensor]:
+        """(B, L, size, size): the mean over every recorded layer call (layers x steps); None before any."""
+        return None if self.total is None else self.total / self.count
+
+
+def word_maps(tokenizer, prompt: str, token_maps: torch.Tensor, num_null_tokens: int, max_length: int) -> Dict[str, np.ndarray]:
+    """One prompt's token maps (L, H, W), null tokens first, -> {word as written: (H, W) float32}.
+
+    Sub-tokens of a word are summed (the attention the word receives); special tokens and padding are
+    left out. A word that occurs twice gets one entry per occurrence ("heart", "heart (2)")."""
+    enc = tokenizer(prompt, truncation=True, max_length=max_length, return_offsets_mapping=True, add_special_tokens=True)
+    out: Dict[str, np.ndarray] = {}
+    words = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", prompt)]
+    for start, end, word in words:
+        positions = [num_null_tokens + k for k, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < end and e > start]
+        positions = [p for p in positions if p < token_maps.shape[0]]
+        if not positions:
+            continue  # cut by truncation
+        key, n = word, 2
+        while key in out:
+            key, n = f"{word} ({n})", n + 1
+        out[key] = token_maps[positions].sum(dim=0).cpu().numpy().astype(np.float32)
+    return out
+
+
+def overlay(image, heatmap: np.ndarray, alpha: float = 0.55):
+    """The stage image with a heatmap (normalised to its max) blended over it, as a PIL image."""
+    from PIL import Image
+
+    h = heatmap / max(float(heatmap.max()), 1e-8)
+    rgb = np.stack([h, 0.25 * np.ones_like(h), 1 - h], axis=-1)  # blue (little) -> red (most)
+    colour = Image.fromarray((rgb * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
+    return Image.blend(image.convert("RGB"), colour, alpha)
+
+
+def stage_word_maps(recorder: CrossAttentionRecorder, tokenizer, prompts: List[str], num_null_tokens: int,
+                    max_length: int) -> List[Dict[str, np.ndarray]]:
+    """Per image of the batch (its prompt in `prompts`), the word maps of one stage; {} without cross-attention."""
+    maps = recorder.maps()
+    if maps is None or not recorder.has_cross_attention:
+        return [{} for _ in prompts]
+    return [word_maps(tokenizer, p, m, num_null_tokens, max_length) for p, m in zip(prompts, maps)]

@@ -1,0 +1,68 @@
+"""Cross-attention maps: what the recorder extracts, per word, at no cost when off."""
+import torch
+
+from imagen_app.attention_maps import CrossAttentionRecorder, overlay, word_maps
+from imagen_app.tiny import TINY_CAPTIONS, tiny_unet
+from imagen_app.text_pretrain import train_caption_tokenizer
+from imagen_app.unet import TextAttention
+
+
+def test_recorder_finds_the_token_the_layer_attends_to():
+    """A cross-attention layer whose queries match token 2's key only: its map is 1 on token 2, 0 elsewhere."""
+    torch.manual_seed(0)
+    layer = TextAttention(channels=8, context_dim=4, head_dim=4, groups=2, self_attention=False)
+    with torch.no_grad():
+        layer.to_q.weight.zero_()
+        layer.to_q.bias = None
+        layer.norm.weight.zero_()
+        layer.norm.bias.fill_(1.0)  # normalised pixels are all ones -> every query is the same vector
+        layer.to_q.weight.fill_(1.0)
+        layer.context_kv.weight.zero_()
+        layer.context_kv.weight[:8, 2] = 50.0  # only context dimension 2 makes a key that matches the queries
+    context = torch.zeros(1, 4, 4)
+    context[0, 2, 2] = 1.0  # token 2 carries that dimension
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    rec = CrossAttentionRecorder(layer, size=6)
+    with rec:
+        layer(torch.randn(1, 8, 3, 3), context, mask)
+    assert layer.recorder is None  # removed on exit
+    maps = rec.maps()
+    assert maps.shape == (1, 4, 6, 6)
+    assert torch.allclose(maps[0, 2], torch.ones(6, 6), atol=1e-4)
+    assert maps[0, [0, 1, 3]].abs().max() < 1e-4
+
+
+def test_recording_does_not_change_the_output_and_maps_are_shares():
+    torch.manual_seed(0)
+    unet = tiny_unet(16, lowres=False, text_dim=16).eval()
+    for m in unet.modules():
+        if isinstance(m, torch.nn.Linear) and m.weight.abs().sum() == 0:
+            torch.nn.init.normal_(m.weight, std=0.1)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([500, 500])
+    emb, mask = torch.randn(2, 5, 16), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    plain = unet(x, t, emb, mask).sample
+    rec = CrossAttentionRecorder(unet, size=16, rows=slice(0, 1))
+    with rec:
+        recorded = unet(x, t, emb, mask).sample
+    assert torch.allclose(plain, recorded, atol=1e-5)
+    maps = rec.maps()  # (1 row kept, null + 5 tokens, 16, 16)
+    assert maps.shape == (1, 1 + 5, 16, 16)
+    assert rec.count == sum(1 for m in unet.modules() if isinstance(m, TextAttention))
+    total = maps.sum(dim=1)
+    assert (total <= 1 + 1e-5).all() and (total > 0).all()  # a share of each position's attention
+    assert maps[0, 4:].abs().max() < 1e-6  # padding gets nothing
+
+
+def test_word_maps_join_subtokens_and_drop_special_tokens():
+    tokenizer = train_caption_tokenizer(TINY_CAPTIONS, max_length=16)
+    prompt = "woman firefighter: dark skin tone"
+    n_tokens = len(tokenizer(prompt)["input_ids"])  # words, ':' and </s>
+    token_maps = torch.arange(1 + n_tokens, dtype=torch.float32)[:, None, None].expand(-1, 4, 4)  # map k = k
+    words = word_maps(tokenizer, prompt, token_maps, num_null_tokens=1, max_length=16)
+    assert list(words) == ["woman", "firefighter:", "dark", "skin", "tone"]
+    assert words["woman"][0, 0] == 1  # the first text token, after the null token
+    assert words["firefighter:"][0, 0] == 2 + 3  # "firefighter" and ":" together
+    assert words["tone"][0, 0] == 6  # and </s> (token 7) is not a word
+    from PIL import Image
+
+    assert overlay(Image.new("RGB", (8, 8)), words["dark"]).size == (8, 8)
