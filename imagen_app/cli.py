@@ -10,28 +10,41 @@ DEFAULT_WEIGHTS = os.environ.get("IMAGEN_WEIGHTS", os.path.join(os.path.dirname(
 
 
 def _stage_values(text: str | None, kind=float):
-    """'16' -> 16; '16,8,4' -> [16, 8, 4]; None -> None (the pipeline's default)."""
+    """'16' -> 16.0; '16,8,4' -> [16.0, 8.0, 4.0]; None -> None (the pipeline's default). Words that are not
+    numbers stay words, so that the pipeline's resolve_settings names the setting in its error."""
     if text is None:
         return None
-    parts = [p.strip() for p in text.split(",")]
-    values = [p if kind is str else kind(p) for p in parts]
+
+    def value(part: str):
+        if kind is str:
+            return part
+        try:
+            return float(part)
+        except ValueError:
+            return part
+
+    values = [value(p.strip()) for p in text.split(",")]
     return values[0] if len(values) == 1 else values
 
 
 def cmd_generate(args) -> int:
     import torch
 
-    from .pipeline import ImagenPipeline
+    from .pipeline import ImagenPipeline, settings_kwargs
 
     pipe = ImagenPipeline.from_pretrained(args.weights)
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+    # Checked before any work; a ValueError names the setting (main() prints it).
+    stages = pipe.resolve_settings(num_inference_steps=_stage_values(args.steps, float),
+                                   guidance_scale=_stage_values(args.guidance_scale),
+                                   scheduler=_stage_values(args.scheduler, str),
+                                   dynamic_thresholding_percentile=_stage_values(args.dynamic_thresholding_percentile),
+                                   dynamic_thresholding_max=_stage_values(args.dynamic_thresholding_max),
+                                   noise_aug_level=_stage_values(args.noise_aug_level), stop_at_stage=args.stop_at_stage)
     for warning in pipe.check_prompt(args.prompt).warnings():
         print("warning:", warning, file=sys.stderr)
-    out = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=_stage_values(args.steps, int),
-               guidance_scale=_stage_values(args.guidance_scale), scheduler=_stage_values(args.scheduler, str),
-               dynamic_thresholding_percentile=_stage_values(args.dynamic_thresholding_percentile),
-               noise_aug_level=_stage_values(args.noise_aug_level), num_images_per_prompt=args.num_images,
-               stop_at_stage=args.stop_at_stage, generator=torch.Generator().manual_seed(args.seed))
+    out = pipe(args.prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images,
+               generator=torch.Generator().manual_seed(args.seed), **settings_kwargs(stages))
     root, ext = os.path.splitext(args.out)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for i, image in enumerate(out.images):
@@ -51,8 +64,16 @@ def cmd_train(args) -> int:
 
     cfg = TrainConfig.load(args.config, max_steps=args.max_steps, run_dir=args.run_dir, text_encoder=args.text_encoder,
                            data=args.data, init_from=args.init_from, threads=args.threads)
-    train(cfg, max_minutes=args.max_minutes, log=lambda m: print(m, flush=True))
+    train(cfg, max_minutes=args.max_minutes, log=_log_line)
     return 0
+
+
+def _log_line(message: str) -> None:
+    """A training log line on stdout that leaves the progress bar (stderr, on a terminal) intact."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def cmd_export_stage(args) -> int:
@@ -88,7 +109,32 @@ def cmd_bench(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import run_evaluation
 
-    run_evaluation(args.weights, out=args.out, seen_count=args.seen, sr_count=args.sr_count, seed=args.seed)
+    from .evaluate import PARTS
+
+    parts = args.parts.split(",") if args.parts else PARTS
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"unknown --parts {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    run_evaluation(args.weights, out=args.out, seen_count=args.seen, sr_count=args.sr_count, seed=args.seed,
+                   per_family=args.per_family, parts=parts)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import parse_row, write_comparison
+    from .pipeline import ImagenPipeline
+
+    try:
+        guidances = [float(g) for g in args.guidance.split(",")]
+        rows = [parse_row(r) for r in args.thresholding.split(",")]
+    except ValueError as e:
+        raise SystemExit(f"compare: {e}")
+    pipe = ImagenPipeline.from_pretrained(args.weights)
+    pipe.set_progress_bar_config(disable=True)
+    cells = write_comparison(pipe, args.prompt, guidances, rows, args.out, seed=args.seed, stage=args.stage,
+                             on_cell=lambda c: print(f"cell {c.row + 1},{c.col + 1}: guidance {c.guidance_scale:g}, "
+                                                     f"{rows[c.row].label}", flush=True))
+    print(f"{len(cells)} cells -> {args.out} and {os.path.splitext(args.out)[0]}.json")
     return 0
 
 
@@ -128,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", help="one value, or one per stage: 16,8,4")
     g.add_argument("--guidance-scale", help="one value, or one per stage")
     g.add_argument("--scheduler", help="ddpm, ddim, dpm++, euler, euler-ancestral, unipc (or one per stage)")
-    g.add_argument("--dynamic-thresholding-percentile")
+    g.add_argument("--dynamic-thresholding-percentile", help="0 (off) or 50-100, one value or one per stage")
+    g.add_argument("--dynamic-thresholding-max", help="the largest s dynamic thresholding divides by (>= 1)")
     g.add_argument("--noise-aug-level")
     g.add_argument("--num-images", type=int, default=1)
     g.add_argument("--stop-at-stage", type=int, default=None)
@@ -141,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-baseline", action="store_true")
     b.set_defaults(func=cmd_bench)
 
-    t = sub.add_parser("train", help="train one stage from a config file")
+    t = sub.add_parser("train", help="train one stage from a config file (several processes: torchrun / accelerate launch)")
     t.add_argument("config")
-    t.add_argument("--max-minutes", type=float, default=None)
+    t.add_argument("--max-minutes", type=float, default=None, help="time budget, measured by the main process")
     t.add_argument("--max-steps", type=int, default=None)
     t.add_argument("--run-dir", default=None)
     t.add_argument("--text-encoder", default=None)
@@ -173,7 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seen", type=int, default=200, help="size of the fixed sample of seen captions")
     ev.add_argument("--sr-count", type=int, default=24, help="held-out emoji for the super-resolution figures")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--per-family", type=int, default=100, help="seen captions per family for the family table")
+    ev.add_argument("--parts", default=None, help="comma-separated subset of: families, examples, text_use, held_out, "
+                                                  "super_resolution, timing (default: all)")
     ev.set_defaults(func=cmd_evaluate)
+
+    cmp = sub.add_parser("compare", help="guidance x thresholding grid (Imagen Fig. A.10) for one prompt, same seed in every cell")
+    cmp.add_argument("prompt")
+    cmp.add_argument("--weights", default=DEFAULT_WEIGHTS)
+    cmp.add_argument("--guidance", default="1,4,8,16", help="the columns: guidance weights")
+    cmp.add_argument("--thresholding", default="0,static,99.5",
+                     help="the rows: 0 (off), static (clip to [-1, 1]), a percentile (dynamic), or aug=LEVEL (noise aug, SR stages)")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--stage", type=int, default=1, help="the stage whose settings vary and whose image is shown")
+    cmp.add_argument("--out", default="grid.png")
+    cmp.set_defaults(func=cmd_compare)
 
     gr_ = sub.add_parser("grid", help="a sample grid with prompts under the images (seen and held-out captions)")
     gr_.add_argument("--weights", default=DEFAULT_WEIGHTS)

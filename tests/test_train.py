@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imagen_app.train import TrainConfig, export_stage, train
+from imagen_app.train import (CHECKPOINT, TrainConfig, checkpoint_path, export_stage, read_checkpoint,
+                              read_checkpoint_step, train)
 from imagen_app.unet import ImagenUNet
 
 TINY_UNET = dict(block_out_channels=[8, 16], layers_per_block=[1, 1], cross_attention_levels=[False, True],
@@ -69,12 +70,19 @@ def test_resume_continues_exactly(tmp_path, text_encoder_dir, image_folder):
     resumed_logs = []
     assert train(split, log=resumed_logs.append) == 6
     assert any("resumed" in m and "step 4" in m for m in resumed_logs)
-    a = torch.load(os.path.join(straight.run_dir, "checkpoint.pt"), weights_only=False)
-    b = torch.load(os.path.join(split.run_dir, "checkpoint.pt"), weights_only=False)
-    for key in a["unet"]:
-        torch.testing.assert_close(a["unet"][key], b["unet"][key], msg=key)
-    for key in a["ema"]:
-        torch.testing.assert_close(a["ema"][key], b["ema"][key], msg=key)
+    assert_same_training_state(straight.run_dir, split.run_dir)
+
+
+def assert_same_training_state(run_a, run_b):
+    a, b = (read_checkpoint(os.path.join(run, CHECKPOINT)) for run in (run_a, run_b))
+    assert a["step"] == b["step"] and a["ema_updates"] == b["ema_updates"] and a["lr_scheduler"] == b["lr_scheduler"]
+    for part in ("unet", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0, msg=f"{part}.{key}")
+    for i, state in a["opt"]["state"].items():
+        for key, value in state.items():
+            torch.testing.assert_close(value, b["opt"]["state"][i][key], rtol=0, atol=0)
 
 
 def test_killed_run_resumes_from_last_checkpoint(tmp_path, text_encoder_dir, image_folder):
@@ -83,13 +91,13 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, text_encoder_dir, ima
     from dataclasses import asdict
 
     cfg_path.write_text(json.dumps(asdict(cfg)))
-    ckpt = os.path.join(cfg.run_dir, "checkpoint.pt")
+    ckpt = os.path.join(cfg.run_dir, CHECKPOINT)
     proc = subprocess.Popen([sys.executable, "-m", "imagen_app", "train", str(cfg_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
-            if os.path.exists(ckpt) and torch.load(ckpt, weights_only=False)["step"] >= 6:
+            if os.path.exists(ckpt) and read_checkpoint_step(ckpt) >= 6:
                 break
             time.sleep(0.5)
         else:
@@ -97,7 +105,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, text_encoder_dir, ima
     finally:
         proc.kill()  # SIGKILL: no chance to clean up
         proc.wait()
-    saved_step = torch.load(ckpt, weights_only=False)["step"]
+    saved_step = read_checkpoint_step(ckpt)
     assert saved_step >= 6 and saved_step % 3 == 0
     logs = []
     cfg.max_steps = saved_step + 2
@@ -114,7 +122,7 @@ def test_super_resolution_stage_on_crops_and_export(tmp_path, text_encoder_dir, 
     export_stage(cfg.run_dir, str(out))
     unet = ImagenUNet.from_pretrained(str(out))
     assert unet.config.lowres_cond and unet.config.sample_size == 32
-    ema = torch.load(os.path.join(cfg.run_dir, "checkpoint.pt"), weights_only=False)["ema"]
+    ema = read_checkpoint(checkpoint_path(cfg.run_dir))["ema"]
     torch.testing.assert_close(unet.state_dict()["conv_in.weight"], ema["conv_in.weight"])
 
 
@@ -198,3 +206,113 @@ def test_init_from_can_switch_prediction_type_and_residual(tmp_path, text_encode
     assert loaded.config.prediction_type == "v_prediction" and loaded.config.residual
     before = ImagenUNet.from_pretrained(str(tmp_path / "exported"))
     assert before.config.prediction_type == "epsilon" and not before.config.residual
+
+
+def test_checkpoint_is_safetensors_with_a_json_header(tmp_path, text_encoder_dir, image_folder):
+    from safetensors import safe_open
+
+    cfg = config(tmp_path, text_encoder_dir, image_folder, max_steps=1)
+    train(cfg, log=lambda *_: None)
+    assert sorted(os.listdir(cfg.run_dir)) == ["checkpoint.safetensors", "config.json"]  # no temporary file left
+    with safe_open(os.path.join(cfg.run_dir, CHECKPOINT), "pt") as f:
+        meta = json.loads(f.metadata()["imagen_app"])
+    assert meta["step"] == 1 and meta["ema_updates"] == 1 and len(meta["rng"]) == 1
+    ckpt = read_checkpoint(os.path.join(cfg.run_dir, CHECKPOINT))
+    for key, value in ckpt["unet"].items():  # diffusers' EMAModel: its first update copies the weights
+        torch.testing.assert_close(ckpt["ema"][key], value, rtol=0, atol=0)
+
+
+def test_legacy_checkpoint_resumes(tmp_path, text_encoder_dir, image_folder):
+    """A run dir with only the old pickled checkpoint.pt resumes from it, as exactly as from the new format."""
+    straight = config(tmp_path / "a", text_encoder_dir, image_folder, max_steps=6)
+    train(straight, log=lambda *_: None)
+    split = config(tmp_path / "b", text_encoder_dir, image_folder, max_steps=4)
+    train(split, log=lambda *_: None)
+    new = read_checkpoint(os.path.join(split.run_dir, CHECKPOINT))
+    rng = new["rng"][0]
+    torch.save(dict(unet=new["unet"], ema=new["ema"], ema_updates=new["ema_updates"], opt=new["opt"], step=new["step"],
+                    python_rng=(rng["python"][0], tuple(rng["python"][1]), rng["python"][2]), torch_rng=rng["torch"]),
+               os.path.join(split.run_dir, "checkpoint.pt"))  # the keys the old train.py wrote
+    os.remove(os.path.join(split.run_dir, CHECKPOINT))
+    split.max_steps = 6
+    logs = []
+    assert train(split, log=logs.append) == 6
+    assert any("resumed from" in m and "checkpoint.pt at step 4" in m for m in logs)
+    assert_same_training_state(straight.run_dir, split.run_dir)
+    assert checkpoint_path(split.run_dir).endswith(CHECKPOINT)  # the newer file wins from now on
+
+
+# --- several processes (torchrun and accelerate launch, gloo on this CPU) ---------------------------------------
+
+def launch(launcher: str, cfg_path, *args, timeout=120):
+    """Runs `python -m imagen_app train` in 2 CPU processes; returns the combined output."""
+    from conftest import free_port
+
+    port = str(free_port())
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", port]
+    else:  # accelerate's multi-process launcher; on a machine without GPUs train() asks accelerate for gloo
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
+    cmd += ["-m", "imagen_app", "train", str(cfg_path), *args]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def ranks_record(run_dir):
+    with open(os.path.join(run_dir, "ranks.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory, text_encoder_dir, image_folder):
+    """A: 4 steps straight under accelerate launch. B: under torchrun, stopped by --max-minutes 0 after step 1, then
+    resumed to step 4."""
+    from dataclasses import asdict
+
+    tmp = tmp_path_factory.mktemp("two_processes")
+    runs = {}
+    for name in ("a", "b"):
+        # a cross-attention-only level, whose unused self-attention projection DDP must be told about
+        unet = dict(TINY_UNET, self_attention_levels=[False, False])
+        cfg = config(tmp / name, text_encoder_dir, image_folder, max_steps=4, record_ranks=True, unet=unet)
+        (tmp / f"{name}.json").write_text(json.dumps(asdict(cfg)))
+        runs[name] = cfg.run_dir
+    out = dict(a=launch("accelerate", tmp / "a.json"))
+    out["b_stopped"] = launch("torchrun", tmp / "b.json", "--max-minutes", "0")
+    out["b_stopped_record"] = ranks_record(runs["b"])
+    out["b_resumed"] = launch("torchrun", tmp / "b.json")
+    return runs, out
+
+
+def test_two_processes_draw_different_batches_and_keep_identical_weights(two_process_runs):
+    runs, out = two_process_runs
+    for run in runs.values():
+        record = ranks_record(run)
+        assert [r["step"] for r in record] == [1, 2, 3, 4]
+        for row in record:
+            rank0, rank1 = row["ranks"]
+            assert (rank0["rank"], rank1["rank"]) == (0, 1)
+            assert rank0["indices"] != rank1["indices"]  # offset seeds: the processes share the work
+            assert rank0["weights"] == rank1["weights"]  # all-reduced gradients: one model, bit for bit
+    assert "2 processes (MULTI_CPU)" in out["a"] and "global batch 8" in out["a"]
+
+
+def test_two_processes_one_writer_and_one_stop_step(two_process_runs):
+    runs, out = two_process_runs
+    for run in runs.values():
+        assert sorted(os.listdir(run)) == ["checkpoint.safetensors", "config.json", "ranks.jsonl"]  # no .tmp left
+        assert len(read_checkpoint(os.path.join(run, CHECKPOINT))["rng"]) == 2  # both ranks' RNG states
+    for text in (out["a"], out["b_stopped"], out["b_resumed"]):
+        assert text.count("stopped at step") == 1 and text.count("training images") == 1  # the main process logs
+    # --max-minutes 0: the main process decides after the first step, and both ranks stop there
+    assert [r["step"] for r in out["b_stopped_record"]] == [1] and "stopped at step 1" in out["b_stopped"]
+    assert "at step 1" in out["b_resumed"] and "stopped at step 4" in out["b_resumed"]
+
+
+def test_two_process_resume_matches_an_uninterrupted_run(two_process_runs):
+    runs, _ = two_process_runs
+    assert_same_training_state(runs["a"], runs["b"])  # also: accelerate launch and torchrun train alike

@@ -1,0 +1,116 @@
+"""The guidance x thresholding grid of Imagen's Fig. A.10, for any prompt, and a noise-augmentation row.
+
+    python -m imagen_app compare "red heart" --guidance 1,4,8,16 --thresholding 0,static,99.5 --seed 0 --out grid.png
+
+Columns are guidance weights (§2.2), rows thresholding settings (§2.3): "0" = none, "static" = clip
+x0 to [-1, 1] (the paper's middle row), a percentile p = dynamic thresholding at p. Rows "aug=L"
+set the noise conditioning augmentation level of a super-resolution stage instead (§2.5). Every
+cell uses the same seed, so the setting is the only difference. `grid.json` beside the image lists
+each cell's settings.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    dynamic_thresholding_percentile: Optional[float] = None  # None: the stage's default
+    static: bool = False
+    noise_aug_level: Optional[float] = None
+
+
+def parse_row(text: str) -> Row:
+    """"0" / "off" -> no thresholding; "static" -> clip to [-1, 1]; "99.5" -> dynamic at 99.5; "aug=0.3"."""
+    t = text.strip().lower()
+    if t in ("0", "off", "none"):
+        return Row("no thresholding", dynamic_thresholding_percentile=0)
+    if t == "static":
+        return Row("static [-1, 1]", dynamic_thresholding_percentile=100.0, static=True)
+    if t.startswith("aug="):
+        level = float(t[4:])
+        return Row(f"noise aug {level:g}", noise_aug_level=level)
+    p = float(t)
+    return Row(f"dynamic p={p:g}", dynamic_thresholding_percentile=p)
+
+
+@dataclass
+class Cell:
+    row: int
+    col: int
+    guidance_scale: float
+    dynamic_thresholding_percentile: Optional[float]
+    static_thresholding: bool
+    noise_aug_level: Optional[float]
+    seed: int
+    stage: int
+    image: object = None  # PIL image, filled in when the cell has run
+
+
+def _at_stage(value, stage: int):
+    """A per-stage list that sets `stage` (1-based) and leaves the stages before it at their defaults."""
+    return None if value is None else [None] * (stage - 1) + [value]
+
+
+def run_cells(pipe, prompt: str, guidances: Sequence[float], rows: Sequence[Row], seed: int = 0,
+              stage: int = 1, negative_prompt: Optional[str] = None) -> Iterator[Cell]:
+    """Runs the grid cell by cell (rows, then columns), yielding each cell with its image as it finishes."""
+    if not 1 <= stage <= pipe.num_stages:
+        raise ValueError(f"stage must be between 1 and {pipe.num_stages}, got {stage}")
+    if any(r.noise_aug_level is not None for r in rows) and stage == 1:
+        raise ValueError("noise augmentation rows need a super-resolution stage: pass stage 2 or more")
+    for i, row in enumerate(rows):
+        for j, g in enumerate(guidances):
+            out = pipe(prompt, negative_prompt=negative_prompt, guidance_scale=_at_stage(float(g), stage),
+                       dynamic_thresholding_percentile=_at_stage(row.dynamic_thresholding_percentile, stage),
+                       dynamic_thresholding_max=_at_stage(1.0, stage) if row.static else None,
+                       noise_aug_level=_at_stage(row.noise_aug_level, stage), stop_at_stage=stage,
+                       generator=torch.Generator().manual_seed(seed))
+            yield Cell(i, j, float(g), row.dynamic_thresholding_percentile, row.static, row.noise_aug_level, seed, stage,
+                       out.images[0])
+
+
+def labelled_grid(cells: Sequence[Cell], guidances: Sequence[float], rows: Sequence[Row], cell_px: int = 128):
+    """The cells' images in a grid, guidance weights above the columns and the row settings at the left."""
+    from PIL import Image, ImageDraw
+
+    left, top = 120, 22
+    sheet = Image.new("RGB", (left + cell_px * len(guidances), top + cell_px * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, g in enumerate(guidances):
+        draw.text((left + j * cell_px + 4, 4), f"guidance {g:g}", fill=(0, 0, 0))
+    for i, row in enumerate(rows):
+        draw.text((4, top + i * cell_px + cell_px // 2 - 6), row.label, fill=(0, 0, 0))
+    for c in cells:
+        if c.image is not None:
+            resample = Image.NEAREST if c.image.width < cell_px else Image.LANCZOS
+            sheet.paste(c.image.convert("RGB").resize((cell_px, cell_px), resample), (left + c.col * cell_px, top + c.row * cell_px))
+    return sheet
+
+
+def cell_record(c: Cell) -> Dict:
+    record = {k: v for k, v in asdict(c).items() if k != "image"}
+    if c.static_thresholding:  # no percentile: x0 clipped to [-1, 1]
+        record["dynamic_thresholding_percentile"] = 0
+    return record
+
+
+def write_comparison(pipe, prompt: str, guidances: Sequence[float], rows: Sequence[Row], out: str, seed: int = 0,
+                     stage: int = 1, on_cell: Optional[Callable[[Cell], None]] = None) -> List[Cell]:
+    """Runs the grid and writes `out` (PNG) and the same name with .json: one entry per cell."""
+    cells = []
+    for cell in run_cells(pipe, prompt, guidances, rows, seed, stage):
+        cells.append(cell)
+        if on_cell:
+            on_cell(cell)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    labelled_grid(cells, guidances, rows).save(out)
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+        json.dump(dict(prompt=prompt, seed=seed, stage=stage, cells=[cell_record(c) for c in cells]), f, indent=2)
+    return cells
