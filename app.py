@@ -1,8 +1,10 @@
 """Starts the Imagen playground on the shipped weights (offline), or on another saved pipeline.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--weights weights] [--share]
+    python app.py --weights DeepFloyd/IF-I-XL-v1.0 --stage-2 DeepFloyd/IF-II-L-v1.0     # DeepFloyd IF (GPU)
 
-Environment variables: IMAGEN_WEIGHTS, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, IMAGEN_SHARE=1.
+Environment variables: IMAGEN_WEIGHTS, IMAGEN_IF_STAGE_2, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, IMAGEN_SHARE=1.
+`--weights` also takes an IF stage I folder, or a JSON file naming {"stage_1": ..., "stage_2": ...}.
 On Hugging Face Spaces the same file is the app_file.
 """
 import argparse
@@ -20,11 +22,14 @@ def main(argv=None):
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--weights", default=os.environ.get("IMAGEN_WEIGHTS", os.path.join(HERE, "weights")))
+    parser.add_argument("--stage-2", default=os.environ.get("IMAGEN_IF_STAGE_2") or None,
+                        help="DeepFloyd IF: stage II folder or hub id, with --weights naming IF's stage I")
     parser.add_argument("--share", action="store_true", default=os.environ.get("IMAGEN_SHARE") == "1")
     parser.add_argument("--concurrency", type=int, default=1, help="generations at once (1 fits a 2-core CPU)")
     parser.add_argument("--max-queue", type=int, default=16)
     args = parser.parse_args(argv)
-    demo = build_app(args.weights, concurrency_limit=args.concurrency, max_queue=args.max_queue)
+    source = {"stage_1": args.weights, "stage_2": args.stage_2} if args.stage_2 else args.weights
+    demo = build_app(source, concurrency_limit=args.concurrency, max_queue=args.max_queue)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS, show_error=False)
 
 

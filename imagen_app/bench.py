@@ -117,13 +117,12 @@ def time_end_to_end(pipe, prompt: str, repeats: int):
 def run_bench(weights: str, prompt: str = "red heart", repeats: int = 5, baseline: bool = True, pipe=None) -> dict:
     pipe = pipe or ImagenPipeline.from_pretrained(weights)
     pipe.set_progress_bar_config(disable=True)
-    n = pipe.num_stages
-    scales = pipe._per_stage("guidance_scale", None, n)
+    stages = pipe.resolve_settings()  # the default settings that time_end_to_end runs
     text_len = pipe.prompt_encoder.encode([prompt])[0].shape[1]
     rows = []
     baselines = {}
     for k, unet in enumerate(pipe.unets):
-        batch = 2 if scales[k] != 1.0 else 1  # CFG runs both branches in one call
+        batch = 2 if stages[k].guidance_scale != 1.0 else 1  # CFG runs both branches in one call
         row = dict(stage=k + 1, resolution=unet.config.sample_size, batch=batch, params=n_params(unet),
                    ms=time_unet(unet, batch, text_len, repeats))
         if baseline:

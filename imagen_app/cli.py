@@ -32,8 +32,16 @@ def cmd_generate(args) -> int:
 
     from .pipeline import ImagenPipeline, settings_kwargs
 
-    pipe = ImagenPipeline.from_pretrained(args.weights)
-    pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.deepfloyd_if:  # DeepFloyd IF's stage I (and II) folders or hub ids; fp16 on CUDA
+        from .deepfloyd_if import place
+
+        pipe = ImagenPipeline.from_deepfloyd_if(args.deepfloyd_if, args.stage_2,
+                                                torch_dtype=torch.float16 if device == "cuda" else None)
+        place(pipe, device, cpu_offload=args.cpu_offload, text_encoder_on_cpu=args.t5_on_cpu)
+    else:
+        pipe = ImagenPipeline.from_pretrained(args.weights)
+        pipe.to(device)
     # Checked before any work; a ValueError names the setting (main() prints it).
     stages = pipe.resolve_settings(num_inference_steps=_stage_values(args.steps, float),
                                    guidance_scale=_stage_values(args.guidance_scale),
@@ -44,7 +52,8 @@ def cmd_generate(args) -> int:
     for warning in pipe.check_prompt(args.prompt).warnings():
         print("warning:", warning, file=sys.stderr)
     out = pipe(args.prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images,
-               generator=torch.Generator().manual_seed(args.seed), **settings_kwargs(stages))
+               generator=torch.Generator().manual_seed(args.seed), image=args.image, mask_image=args.mask,
+               strength=args.strength, **settings_kwargs(stages))
     root, ext = os.path.splitext(args.out)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for i, image in enumerate(out.images):
@@ -56,6 +65,27 @@ def cmd_generate(args) -> int:
             image.save(f"{root}_stage{k}" + (f"_{i}" if i else "") + ext)
     with open(root + ".json", "w") as f:
         json.dump(dict(out.settings, seed=args.seed), f, indent=2)
+    return 0
+
+
+def cmd_upscale(args) -> int:
+    import torch
+
+    from .pipeline import ImagenPipeline
+
+    pipe = ImagenPipeline.from_pretrained(args.weights)
+    pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+    out = pipe(args.prompt, image=args.image, start_at_stage=args.start_at_stage, stop_at_stage=args.stop_at_stage,
+               num_inference_steps=_stage_values(args.steps, float), noise_aug_level=_stage_values(args.noise_aug_level),
+               generator=torch.Generator().manual_seed(args.seed))
+    root, ext = os.path.splitext(args.out)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    out.images[0].save(args.out)
+    for k, images in enumerate(out.stage_images[:-1], args.start_at_stage):
+        images[0].save(f"{root}_stage{k}{ext}")
+    with open(root + ".json", "w") as f:
+        json.dump(dict(out.settings, seed=args.seed, image=args.image, start_at_stage=args.start_at_stage), f, indent=2)
+    print(args.out, f"{out.images[0].size[0]} px")
     return 0
 
 
@@ -179,7 +209,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--noise-aug-level")
     g.add_argument("--num-images", type=int, default=1)
     g.add_argument("--stop-at-stage", type=int, default=None)
+    g.add_argument("--deepfloyd-if", metavar="STAGE_1", default=None,
+                   help="run DeepFloyd IF instead of --weights: IF stage I folder or hub id (DeepFloyd/IF-I-XL-v1.0)")
+    g.add_argument("--stage-2", default=None, help="with --deepfloyd-if: IF stage II folder or hub id (DeepFloyd/IF-II-L-v1.0)")
+    g.add_argument("--cpu-offload", action="store_true", help="with --deepfloyd-if on CUDA: keep only the running model on the GPU")
+    g.add_argument("--t5-on-cpu", action="store_true", help="with --deepfloyd-if: run the T5 text encoder on the CPU")
+    g.add_argument("--image", default=None, help="edit this image: image-to-image, or inpainting with --mask")
+    g.add_argument("--mask", default=None, help="with --image: white = repaint, black = keep (or an RGBA layer's alpha)")
+    g.add_argument("--strength", type=float, default=None,
+                   help="with --image: the fraction of stage 1's schedule re-run, (0, 1] (default 0.8; 1 with --mask)")
     g.set_defaults(func=cmd_generate)
+
+    u = sub.add_parser("upscale", help="super-resolve an image with the super-resolution stages")
+    u.add_argument("image")
+    u.add_argument("--prompt", default="", help="what the image shows (the stages are text-conditioned)")
+    u.add_argument("--weights", default=DEFAULT_WEIGHTS)
+    u.add_argument("--out", default="upscaled.png")
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--start-at-stage", type=int, default=2,
+                   help="the first stage run; the image is resized to the resolution of the stage before it")
+    u.add_argument("--stop-at-stage", type=int, default=None)
+    u.add_argument("--steps", help="one value, or one per stage (stages 1..N; the ones before the start are unused)")
+    u.add_argument("--noise-aug-level")
+    u.set_defaults(func=cmd_upscale)
 
     b = sub.add_parser("bench", help="ms per U-Net evaluation and end-to-end seconds, beside a diffusers UNet2DConditionModel")
     b.add_argument("--weights", default=DEFAULT_WEIGHTS)

@@ -1,8 +1,14 @@
-"""The sampling-time rules of Imagen that do not depend on the scheduler."""
+"""The sampling-time rules of Imagen, and the per-stage denoiser that applies them at each step.
+
+`StageDenoiser` turns one stage's U-Net into "x_t -> (model output, predicted x0)" for any diffusers
+scheduler: classifier-free guidance (§2.2), dynamic thresholding (§2.3) and the conversions between
+x0 and the U-Net's parametrisation (epsilon or v), so that the cascade's step loop only steps.
+"""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -32,3 +38,76 @@ def noise_augment(image: torch.Tensor, level: float | torch.Tensor, generator: O
 def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
     """eps = eps_uncond + w (eps_cond - eps_uncond) (Ho & Salimans 2022; Imagen §2.2)."""
     return uncond + scale * (cond - uncond)
+
+
+# ----- x0 <-> model output, in the DDPM parametrisation x_t = sqrt(ab) x0 + sqrt(1 - ab) eps ------------
+def alpha_bar(scheduler, t) -> torch.Tensor:
+    """alpha_bar at a (possibly fractional) timestep, interpolated from the training schedule."""
+    ac = scheduler.alphas_cumprod.float()
+    t = float(t)
+    lo = int(math.floor(t))
+    hi = min(lo + 1, len(ac) - 1)
+    frac = t - lo
+    return (ac[lo] * (1 - frac) + ac[hi] * frac).to(torch.float32)
+
+
+def x0_from_output(ab: torch.Tensor, model_output: torch.Tensor, x_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """Predicted x0 from an epsilon or v prediction (Salimans & Ho 2022 for v)."""
+    if prediction_type == "v_prediction":
+        return ab.sqrt() * x_t - (1 - ab).sqrt() * model_output
+    return (x_t - (1 - ab).sqrt() * model_output) / ab.sqrt()
+
+
+def output_from_x0(ab: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The epsilon or v prediction that a given x0 implies at x_t (the inverse of x0_from_output)."""
+    eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+    if prediction_type == "v_prediction":
+        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+    return eps
+
+
+@dataclass
+class StageDenoiser:
+    """One stage's denoiser: x_t -> (the model output to hand the scheduler, predicted x0 as an image).
+
+    `embeds`/`mask` hold the unconditional half first when `guidance_scale != 1` (one batched U-Net call
+    for both branches); `unet_kwargs` carries the super-resolution inputs (already doubled likewise);
+    `base` is what a residual stage's sample is added to (the upsampled low-res image), else 0.
+    """
+
+    unet: torch.nn.Module
+    scheduler: object
+    embeds: torch.Tensor  # (B or 2B, L, D)
+    mask: torch.Tensor  # (B or 2B, L)
+    guidance_scale: float
+    thresholding_percentile: float = 0.0  # 0: off
+    thresholding_max: float = 1.0
+    base: Union[torch.Tensor, float] = 0.0
+    unet_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def use_cfg(self) -> bool:
+        return self.guidance_scale != 1.0  # w = 1 is the conditional branch alone
+
+    def model_output(self, model_input: torch.Tensor, t) -> torch.Tensor:
+        """The U-Net's prediction with classifier-free guidance (Imagen §2.2)."""
+        unet_input = torch.cat([model_input, model_input]) if self.use_cfg else model_input
+        out = self.unet(unet_input, t, self.embeds, self.mask, return_dict=False, **self.unet_kwargs)[0]
+        if self.use_cfg:
+            out = classifier_free_guidance(*out.chunk(2), self.guidance_scale)
+        return out
+
+    def __call__(self, x: torch.Tensor, t) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(model output, x0 image): with dynamic thresholding (Imagen §2.3) the output is the one that the
+        thresholded x0 implies, so every scheduler steps towards the thresholded image."""
+        prediction_type = self.unet.config.prediction_type
+        model_input = self.scheduler.scale_model_input(x, t)  # x_t in the DDPM parametrisation
+        out = self.model_output(model_input, t)
+        ab = alpha_bar(self.scheduler, t).to(model_input.dtype)
+        x0 = x0_from_output(ab, out, model_input, prediction_type)
+        if self.thresholding_percentile > 0:
+            # The rule is about the image, so a residual stage thresholds residual + upsampled low-res.
+            image = dynamic_threshold(self.base + x0, self.thresholding_percentile, self.thresholding_max)
+            out = output_from_x0(ab, image - self.base, model_input, prediction_type)
+            return out, image
+        return out, self.base + x0

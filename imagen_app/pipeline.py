@@ -1,27 +1,32 @@
 """The Imagen cascade as a diffusers pipeline: text -> T5 embeddings -> stage 1 -> stage 2 -> ... -> image.
 
-`ImagenPipeline.stream(...)` is a generator that yields a `StageEvent` after every denoising step of
-every stage (with the predicted-x0 preview), then one final event; `__call__` drains it. Closing
-the generator (a `break`, or the UI's Stop) stops the work at the next step.
+`ImagenPipeline.resolve_settings(...)` fills a caller's settings from the pipeline's defaults and checks
+them; `stream(...)` is a generator that yields a `StageEvent` after every denoising step of every stage
+(with the predicted x0), then one final event; `__call__` drains it. Each stage's step loop calls a
+`StageDenoiser` (guidance.py) and its scheduler. Closing the generator (a `break`, or the UI's Stop)
+stops the work at the next step.
 """
 from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from diffusers import (DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
                        EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler)
 from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 
-from .guidance import classifier_free_guidance, dynamic_threshold, noise_augment
+from . import deepfloyd_if
+from .editing import EditInputs, StageEdit, lowres_tensor
+from .guidance import StageDenoiser, noise_augment
+from .images import pil_to_tensor, to_pil  # noqa: F401  (pil_to_tensor, to_pil: also imported from here)
 from .text_encoder import PromptEncoder, PromptReport, freeze
 from .unet import ImagenUNet, upsample_lowres
 
@@ -63,16 +68,120 @@ def scheduler_class(name: str):
     return SCHEDULERS[key]
 
 
+# ----- settings ----------------------------------------------------------------------------------------
+# The per-stage settings: what each one is, and the range a value must lie in. A caller gives one value
+# (every stage) or a list (one per stage; None in a list: that stage's default).
+SETTINGS = {
+    "num_inference_steps": dict(kind=int, low=1, high=1000),
+    "guidance_scale": dict(kind=float, low=0.0, high=100.0),
+    "dynamic_thresholding_percentile": dict(kind=float, low=50.0, high=100.0, off=0),
+    "dynamic_thresholding_max": dict(kind=float, low=1.0, high=100.0),
+    "noise_aug_level": dict(kind=float, low=0.0, high=1.0),
+    "scheduler": dict(kind=str),
+}
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """The settings of one stage of one run, filled in and checked by `ImagenPipeline.resolve_settings`."""
+
+    stage: int  # 1-based
+    num_inference_steps: int
+    guidance_scale: float  # classifier-free guidance weight w (§2.2); 1 = no guidance
+    dynamic_thresholding_percentile: float  # p of §2.3; 0 = off
+    dynamic_thresholding_max: float  # the largest s that dynamic thresholding divides by
+    noise_aug_level: float  # noise conditioning augmentation level (§2.5), super-resolution stages
+    scheduler: Optional[str]  # a SCHEDULERS name, or None for the stage's own scheduler
+
+
+def settings_kwargs(stages: Sequence[StageSettings]) -> Dict[str, Any]:
+    """Resolved settings as the keyword arguments of `stream` / `__call__`: {setting: [stage 1's value,
+    stage 2's, ...]} and stop_at_stage."""
+    return dict({name: [getattr(s, name) for s in stages] for name in SETTINGS}, stop_at_stage=len(stages))
+
+
+def _setting_value(name: str, value, stage: int):
+    """One stage's value of one setting, checked against SETTINGS (a ValueError names the setting)."""
+    rule = SETTINGS[name]
+    where = f"{name} for stage {stage}"
+    if rule["kind"] is str:
+        if value is not None:
+            if not isinstance(value, str):
+                raise ValueError(f"{where} must be a scheduler name, got {value!r}")
+            try:
+                scheduler_class(value)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{where} must be a finite number, got {value}")
+    if rule["kind"] is int and value != int(value):
+        raise ValueError(f"{where} must be a whole number, got {value}")
+    if value != rule.get("off", None) and not rule["low"] <= value <= rule["high"]:
+        off = f"{rule['off']} (off) or " if "off" in rule else ""
+        raise ValueError(f"{where} must be {off}between {rule['low']:g} and {rule['high']:g}, got {value:g}")
+    return rule["kind"](value)
+
+
+def _stage_values(name: str, value, default, n: int, num_stages: int) -> list:
+    """A setting given as one value, a list, or None, as one value per stage 1..n."""
+    if isinstance(default, (list, tuple)):  # a saved default list is fitted to the number of stages
+        default = (list(default) + [default[-1]] * n)[:n]
+    else:
+        default = [default] * n
+    if value is None:
+        values = default
+    elif isinstance(value, (list, tuple)):
+        if not n <= len(value) <= num_stages:
+            raise ValueError(f"{name} has {len(value)} values but the cascade runs {n} of {num_stages} stages: "
+                             "give one value or one per stage")
+        values = [d if v is None else v for v, d in zip(value, default)]
+    else:
+        values = [value] * n
+    return [_setting_value(name, v, k) for k, v in enumerate(values, 1)]
+
+
+def whole_number(name: str, value, low: int, high: int) -> int:
+    """A count such as num_images_per_prompt or stop_at_stage: a whole number in [low, high]."""
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+          and value == int(value) and low <= value <= high)
+    if not ok:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return int(value)
+
+
+def resolve_settings(defaults: Dict[str, Any], num_stages: int, stop_at_stage=None, **given) -> List[StageSettings]:
+    """`ImagenPipeline.resolve_settings` for a cascade of `num_stages` stages with these `defaults`."""
+    unknown = set(given) - set(SETTINGS)
+    if unknown:
+        raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+    n = num_stages if stop_at_stage is None else whole_number("stop_at_stage", stop_at_stage, 1, num_stages)
+    columns = {name: _stage_values(name, given.get(name), defaults[name], n, num_stages) for name in SETTINGS}
+    return [StageSettings(stage=k + 1, **{name: values[k] for name, values in columns.items()}) for k in range(n)]
+
+
 @dataclass
 class StageEvent:
-    """One step of one stage (1-based), or the final event (`is_final`) carrying the output."""
+    """One step of one stage (1-based), or the final event (`is_final`) carrying the output.
+
+    `x0` is the stage's predicted image, (B, 3, H, W) in [-1, 1]; `previews` / `preview` turn it into
+    PIL images only when a consumer asks for them."""
 
     stage: int
     step: int
     total_steps: int
-    previews: List[Image.Image]
+    x0: torch.Tensor
     is_final: bool = False
     output: Optional["ImagenPipelineOutput"] = None
+    _previews: Optional[List[Image.Image]] = field(default=None, repr=False)
+
+    @property
+    def previews(self) -> List[Image.Image]:
+        if self._previews is None:
+            self._previews = to_pil(self.x0)
+        return self._previews
 
     @property
     def preview(self) -> Image.Image:
@@ -87,17 +196,6 @@ class ImagenPipelineOutput(BaseOutput):
     settings: Dict[str, Any] = field(default_factory=dict)
 
 
-def to_pil(x: torch.Tensor) -> List[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> PIL images."""
-    arr = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
-
-
-def pil_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1
-
-
 class ImagenPipeline(DiffusionPipeline):
     """Imagen: frozen T5 text encoder + a cascade of Efficient U-Nets, each with its own scheduler.
 
@@ -106,11 +204,12 @@ class ImagenPipeline(DiffusionPipeline):
     """
 
     _optional_components = [f"{kind}_{k}" for k in range(2, MAX_STAGES + 1) for kind in ("unet", "scheduler")]
-    # Defaults of the per-stage settings when the caller gives none; the shipped model's
-    # `pipeline_defaults.json` (see `from_pretrained`) overrides them.
+    model_cpu_offload_seq = "->".join(["text_encoder"] + [f"unet_{k}" for k in range(1, MAX_STAGES + 1)])  # enable_model_cpu_offload
+    # A new pipeline's default settings. `pipe.settings` is the one source callers read; it is saved with
+    # the pipeline as `pipeline_defaults.json` and loaded back by `from_pretrained`.
     default_settings = dict(num_inference_steps=[16, 8, 4], guidance_scale=[4.0, 2.0, 1.0],
                             dynamic_thresholding_percentile=99.5, noise_aug_level=0.1, scheduler="dpm++",
-                            dynamic_thresholding_max=1.5, max_prompt_length=None)
+                            dynamic_thresholding_max=1.1, max_prompt_length=None)
 
     def __init__(self, tokenizer, text_encoder, **stages):
         super().__init__()
@@ -147,8 +246,16 @@ class ImagenPipeline(DiffusionPipeline):
     @property
     def prompt_encoder(self) -> PromptEncoder:
         if self._encoder is None or self._encoder.text_encoder is not self.text_encoder:
-            self._encoder = PromptEncoder(self.tokenizer, self.text_encoder, max_length=self.settings.get("max_prompt_length"))
+            if self.is_deepfloyd_if:  # IF's prompt rules: its preprocessing, 77 tokens
+                self._encoder = deepfloyd_if.IFPromptEncoder(self.tokenizer, self.text_encoder)
+            else:
+                self._encoder = PromptEncoder(self.tokenizer, self.text_encoder, max_length=self.settings.get("max_prompt_length"))
         return self._encoder
+
+    @property
+    def is_deepfloyd_if(self) -> bool:
+        """Whether the stages are DeepFloyd IF's (`from_deepfloyd_if`)."""
+        return deepfloyd_if.is_if_unet(self.unet_1)
 
     def check_prompt(self, prompt: str) -> PromptReport:
         """What the model will see of `prompt`: tokens, unknown words, words cut by truncation."""
@@ -158,68 +265,37 @@ class ImagenPipeline(DiffusionPipeline):
     def stage_resolutions(self) -> List[int]:
         return [u.config.sample_size for u in self.unets]
 
-    # ----- argument handling ------------------------------------------------------------------
-    def _per_stage(self, name: str, value, n: int, kind=float) -> list:
-        if value is None:  # the pipeline's default: fitted to the number of stages
-            value = self.settings[name]
-            if isinstance(value, (list, tuple)):
-                value = (list(value) + [value[-1]] * n)[:n]
-        if isinstance(value, (str, int, float)) or value is None:
-            values = [value] * n
-        else:
-            values = list(value)
-            if len(values) < n or len(values) > self.num_stages:
-                raise ValueError(f"{name} has {len(values)} values but the cascade runs {n} of "
-                                 f"{self.num_stages} stages: give one value or one per stage")
-            values = values[:n]
-        out = []
-        for k, v in enumerate(values, 1):
-            if kind is str:
-                if v is not None and not isinstance(v, str):
-                    raise ValueError(f"{name} for stage {k} must be a scheduler name, got {v!r}")
-                out.append(v)
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"{name} for stage {k} must be a number, got {v!r}")
-            if not math.isfinite(v):
-                raise ValueError(f"{name} for stage {k} must be a finite number, got {v}")
-            if kind is int and v != int(v):
-                raise ValueError(f"{name} for stage {k} must be a whole number, got {v}")
-            out.append(kind(v))
-        return out
+    # ----- settings ---------------------------------------------------------------------------
+    def resolve_settings(self, num_inference_steps=None, guidance_scale=None, dynamic_thresholding_percentile=None,
+                         noise_aug_level=None, scheduler=None, dynamic_thresholding_max=None,
+                         stop_at_stage=None) -> List[StageSettings]:
+        """The settings of a run of stages 1..stop_at_stage (default: all), one StageSettings per stage.
 
-    def _check_settings(self, steps, scales, percentiles, aug_levels, schedulers):
-        for k, s in enumerate(steps, 1):
-            if s < 1 or s > 1000:
-                raise ValueError(f"num_inference_steps for stage {k} must be between 1 and 1000, got {s}")
-        for k, w in enumerate(scales, 1):
-            if w < 0 or w > 100:
-                raise ValueError(f"guidance_scale for stage {k} must be between 0 and 100, got {w}")
-        for k, p in enumerate(percentiles, 1):
-            if p != 0 and not 50 <= p <= 100:
-                raise ValueError(f"dynamic_thresholding_percentile for stage {k} must be 0 (off) or in [50, 100], got {p}")
-        for k, a in enumerate(aug_levels, 1):
-            if not 0 <= a <= 1:
-                raise ValueError(f"noise_aug_level for stage {k} must be in [0, 1], got {a}")
-        for s in schedulers:
-            if s is not None:
-                scheduler_class(s)
+        Each setting is one value (every stage), a list (one per stage; None in it: that stage's default),
+        or None: `self.settings`, the pipeline's defaults (saved with it as pipeline_defaults.json).
+        Raises a ValueError that names the setting when a value is wrong.
+        """
+        return resolve_settings(self.settings, self.num_stages, num_inference_steps=num_inference_steps,
+                                guidance_scale=guidance_scale,
+                                dynamic_thresholding_percentile=dynamic_thresholding_percentile,
+                                noise_aug_level=noise_aug_level, scheduler=scheduler,
+                                dynamic_thresholding_max=dynamic_thresholding_max, stop_at_stage=stop_at_stage)
 
     # ----- sampling ---------------------------------------------------------------------------
-    def _make_scheduler(self, stage: int, name: Optional[str], percentile: float):
-        """A fresh scheduler for one run (so concurrent or cancelled runs share no state)."""
+    def make_scheduler(self, stage: int, name: Optional[str] = None):
+        """A fresh scheduler for stage `stage` (0-based) of one run (so concurrent or cancelled runs share
+        no state): the stage's noise schedule, sampled by `name` (default: the stage's own class)."""
         base = self.schedulers[stage]
         cls = scheduler_class(name) if name else type(base)
         # Private keys (e.g. `_use_default_values`) would make from_config drop the overrides below.
         config = {k: v for k, v in base.config.items() if not k.startswith("_")}
         config.update(SCHEDULER_EXTRA.get(cls, {}))
         config["prediction_type"] = self.unets[stage].config.prediction_type
-        # The scheduler thresholds x0 itself where it can; not for residual stages, whose x0 is a
-        # residual: there the rule is applied to the image (residual + upsampled low-res) in _run_stage.
         if "thresholding" in inspect.signature(cls.__init__).parameters:
-            own = percentile > 0 and not getattr(self.unets[stage].config, "residual", False)
-            config.update(thresholding=own, dynamic_thresholding_ratio=(percentile or 99.5) / 100,
-                          sample_max_value=float(self.settings["dynamic_thresholding_max"]), clip_sample=False)
+            # Dynamic thresholding happens in StageDenoiser, for every scheduler alike; the schedulers'
+            # own copies would threshold a residual stage's residual, or (DDIM) step with an epsilon
+            # that the thresholded x0 does not imply.
+            config.update(thresholding=False, clip_sample=False)
         return cls.from_config(config)
 
     @torch.no_grad()
@@ -227,21 +303,33 @@ class ImagenPipeline(DiffusionPipeline):
         self,
         prompt: Union[str, List[str]],
         negative_prompt: Optional[Union[str, List[str]]] = None,
-        num_inference_steps=None,
-        guidance_scale=None,
-        dynamic_thresholding_percentile=None,
-        noise_aug_level=None,
-        scheduler=None,
+        num_inference_steps: Optional[Union[int, List[int]]] = None,
+        guidance_scale: Optional[Union[float, List[float]]] = None,
+        dynamic_thresholding_percentile: Optional[Union[float, List[float]]] = None,
+        noise_aug_level: Optional[Union[float, List[float]]] = None,
+        scheduler: Optional[Union[str, List[str]]] = None,
         num_images_per_prompt: int = 1,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         stop_at_stage: Optional[int] = None,
         image: Optional[Union[Image.Image, List[Image.Image], torch.Tensor]] = None,
         start_at_stage: int = 1,
+        dynamic_thresholding_max: Optional[Union[float, List[float]]] = None,
+        mask_image=None,
+        strength: Optional[float] = None,
     ) -> Iterator[StageEvent]:
         """Runs the cascade, yielding a StageEvent after every denoising step and a final one.
 
-        `image` with `start_at_stage=k` (k >= 2) skips stages 1..k-1 and super-resolves `image`
-        (PIL images, or a (B, 3, H, W) tensor in [-1, 1], at stage k-1's resolution) from stage k on.
+        Settings left as None take `self.settings` (see `resolve_settings`). `image` with
+        `start_at_stage=k` (k >= 2) skips stages 1..k-1 and super-resolves `image` (PIL images, or a
+        (B, 3, H, W) tensor in [-1, 1], at stage k-1's resolution) from stage k on. A list of
+        generators gives each image its own random numbers (initial noise, noise augmentation and the
+        step noise of ancestral samplers), so image i of a batch is the one `generator[i]` makes alone.
+
+        Editing (editing.py), with `start_at_stage=1`: `image` (any size and mode) alone is image-to-image
+        (SDEdit): stage 1 starts from it noised to `strength` (default 0.8) of its schedule, and the
+        super-resolution stages follow as usual. With `mask_image` (white = repaint, black = keep) it is
+        inpainting: at every step of every stage the kept region is the init image at that stage's
+        resolution, noised to the current level (RePaint); `strength` (default 1) applies to stage 1.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if prompt is not None else None
         if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -252,26 +340,26 @@ class ImagenPipeline(DiffusionPipeline):
             negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
             if len(negatives) != len(prompts) or not all(isinstance(p, str) for p in negatives):
                 raise ValueError(f"negative_prompt must be a string or a list of {len(prompts)} strings")
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or not 1 <= num_images_per_prompt <= 16:
-            raise ValueError(f"num_images_per_prompt must be an integer from 1 to 16, got {num_images_per_prompt!r}")
-        n = self.num_stages if stop_at_stage is None else stop_at_stage
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.num_stages:
-            raise ValueError(f"stop_at_stage must be an integer from 1 to {self.num_stages}, got {stop_at_stage!r}")
+        num_images_per_prompt = whole_number("num_images_per_prompt", num_images_per_prompt, 1, 16)
+        stages = self.resolve_settings(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                       dynamic_thresholding_percentile=dynamic_thresholding_percentile,
+                                       noise_aug_level=noise_aug_level, scheduler=scheduler,
+                                       dynamic_thresholding_max=dynamic_thresholding_max, stop_at_stage=stop_at_stage)
+        n = len(stages)
         if isinstance(start_at_stage, bool) or not isinstance(start_at_stage, int) or not 1 <= start_at_stage <= n:
             raise ValueError(f"start_at_stage must be an integer from 1 to {n}, got {start_at_stage!r}")
-        if (image is None) != (start_at_stage == 1):
-            raise ValueError("give `image` exactly when start_at_stage > 1 (the image to super-resolve)")
-        steps = self._per_stage("num_inference_steps", num_inference_steps, n, int)
-        scales = self._per_stage("guidance_scale", guidance_scale, n)
-        percentiles = self._per_stage("dynamic_thresholding_percentile", dynamic_thresholding_percentile, n)
-        aug_levels = self._per_stage("noise_aug_level", noise_aug_level, n)
-        scheduler_names = self._per_stage("scheduler", scheduler, n, str)
-        self._check_settings(steps, scales, percentiles, aug_levels, scheduler_names)
+        if image is None and start_at_stage > 1:
+            raise ValueError(f"start_at_stage={start_at_stage} needs `image`, the image to super-resolve")
+        if (mask_image is not None or strength is not None) and (image is None or start_at_stage > 1):
+            raise ValueError("mask_image and strength edit `image` from stage 1: give `image` with start_at_stage=1")
 
         device = self._execution_device
         batch = len(prompts) * num_images_per_prompt
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} images")
+        edit = None
+        if image is not None and start_at_stage == 1:  # image-to-image or inpainting, checked before any work
+            edit, image = EditInputs.prepare(image, mask_image, strength, batch), None
         with self._lock:  # the embedding cache is shared between threads
             embeds, mask = self.prompt_encoder.encode(negatives + prompts, device=device)
             reports = [self.prompt_encoder.report(p) for p in prompts]
@@ -279,85 +367,122 @@ class ImagenPipeline(DiffusionPipeline):
         mask = mask.repeat_interleave(num_images_per_prompt, dim=0)
         uncond, cond = (embeds[:batch], mask[:batch]), (embeds[batch:], mask[batch:])
 
-        settings = dict(prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps, guidance_scale=scales,
-                        dynamic_thresholding_percentile=percentiles, noise_aug_level=aug_levels,
-                        scheduler=[s or type(self.schedulers[k]).__name__ for k, s in enumerate(scheduler_names)],
-                        num_images_per_prompt=num_images_per_prompt, stop_at_stage=n)
-        stage_images: List[List[Image.Image]] = []
+        settings = dict(prompt=prompt, negative_prompt=negative_prompt, **settings_kwargs(stages),
+                        num_images_per_prompt=num_images_per_prompt)
+        settings["scheduler"] = [s or type(self.schedulers[k]).__name__ for k, s in enumerate(settings["scheduler"])]
+        if edit is not None:
+            settings.update(edit=edit.mode, strength=edit.strength)
         if image is not None:  # (B, 3, H, W) in [-1, 1], standing for stage start_at_stage - 1's output
-            image = image if isinstance(image, torch.Tensor) else pil_to_tensor([image] if isinstance(image, Image.Image) else image)
             expected = self.unets[start_at_stage - 2].config.sample_size
+            image = image if isinstance(image, torch.Tensor) else lowres_tensor(image, expected, batch)  # resized
             if image.shape[0] != batch or image.shape[-1] != expected or image.shape[-2] != expected:
                 raise ValueError(f"image must be {batch} image(s) of {expected}x{expected} px for start_at_stage={start_at_stage}, "
                                  f"got {tuple(image.shape)}")
             image = image.to(device=device, dtype=self.unets[start_at_stage - 1].dtype)
-        for k in range(start_at_stage - 1, n):
-            image = yield from self._run_stage(k, image, uncond, cond, steps[k], scales[k], percentiles[k], aug_levels[k],
-                                               scheduler_names[k], generator, batch, device)
+        stage_images: List[List[Image.Image]] = []
+        for s in stages[start_at_stage - 1:]:
+            unet = self.unets[s.stage - 1]
+            stage_edit = edit and edit.stage(unet.config.sample_size, first=s.stage == start_at_stage,
+                                             device=device, dtype=unet.dtype)
+            image = yield from self._run_stage(s, image, uncond, cond, generator, batch, device, edit=stage_edit)
             stage_images.append(to_pil(image))
         output = ImagenPipelineOutput(images=stage_images[-1], stage_images=stage_images, prompt_reports=reports,
                                       settings=settings)
-        yield StageEvent(stage=n, step=steps[-1], total_steps=steps[-1], previews=stage_images[-1], is_final=True,
-                         output=output)
+        yield StageEvent(stage=n, step=stages[-1].num_inference_steps, total_steps=stages[-1].num_inference_steps,
+                         x0=image, is_final=True, output=output, _previews=stage_images[-1])
 
-    def _run_stage(self, k, lowres, uncond, cond, steps, scale, percentile, aug_level, scheduler_name, generator, batch, device):
+    def _run_stage(self, s: StageSettings, lowres, uncond, cond, generator, batch, device,
+                   edit: Optional[StageEdit] = None) -> Iterator[StageEvent]:
+        """One stage's denoising loop (a generator of StageEvents); returns the stage's image in [-1, 1].
+        `edit` (editing.py) starts it part-way from an init image and/or keeps the unmasked region."""
+        k = s.stage - 1
         unet = self.unets[k]
-        sched = self._make_scheduler(k, scheduler_name, percentile)
-        sched.set_timesteps(steps, device=device)
-        own_thresholding = bool(sched.config.get("thresholding", False))
-        size = unet.config.sample_size
+        if_stage = deepfloyd_if.is_if_unet(unet)  # a DeepFloyd IF stage: its scheduler thresholds (deepfloyd_if.py)
+        sched = (deepfloyd_if.make_scheduler(self.schedulers[k], s.scheduler, s.dynamic_thresholding_percentile,
+                                             s.dynamic_thresholding_max) if if_stage else self.make_scheduler(k, s.scheduler))
+        sched.set_timesteps(s.num_inference_steps, device=device)
+        size, dtype = unet.config.sample_size, unet.dtype
+        channels = deepfloyd_if.sample_channels(unet, k) if if_stage else unet.config.in_channels
+        noise = _randn((batch, channels, size, size), generator, device, dtype)
+        x = noise * sched.init_noise_sigma
+        denoise = self._stage_denoiser(s, unet, sched, lowres, uncond, cond, generator, device)
+        timesteps = sched.timesteps
+        if edit is not None:
+            timesteps, x = edit.start(sched, noise, denoise.base)
+        # Ancestral samplers (DDPM, Euler ancestral) draw noise at every step: from the caller's generator(s).
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
+        for i, t in enumerate(timesteps):
+            model_output, x0 = denoise(x, t)
+            result = sched.step(model_output, t, x, return_dict=True, **step_kwargs)
+            x = result.prev_sample
+            own_x0 = getattr(result, "pred_original_sample", None)  # the scheduler's x0, where it returns one
+            preview = x0 if own_x0 is None else denoise.base + own_x0
+            if edit is not None:
+                x = edit.after_step(sched, x, noise, timesteps, i)
+                preview = edit.preview(preview)
+            yield StageEvent(stage=s.stage, step=i + 1, total_steps=len(timesteps), x0=preview)
+        return (denoise.base + x).clamp(-1, 1)
+
+    def _stage_denoiser(self, s: StageSettings, unet, sched, lowres, uncond, cond, generator, device) -> StageDenoiser:
+        """The StageDenoiser of stage `s`: text condition, guidance, thresholding and, for super-resolution,
+        the low-res image with noise conditioning augmentation (§2.5)."""
+        if deepfloyd_if.is_if_unet(unet):  # IF's own rules (deepfloyd_if.IFStageDenoiser)
+            return deepfloyd_if.stage_denoiser(s, s.stage - 1, unet, sched, lowres, uncond, cond,
+                                               lambda shape: _randn(shape, generator, device, unet.dtype), device,
+                                               deepfloyd_if.noising_scheduler_of(self, s.stage - 1))
         dtype = unet.dtype
-        shape = (batch, unet.config.in_channels, size, size)
-        x = _randn(shape, generator, device, dtype) * sched.init_noise_sigma
-        use_cfg = scale != 1.0
-        embeds = torch.cat([uncond[0], cond[0]]) if use_cfg else cond[0]
+        use_cfg = s.guidance_scale != 1.0
+        embeds = torch.cat([uncond[0], cond[0]]) if use_cfg else cond[0]  # (2B or B, L, D)
         mask = torch.cat([uncond[1], cond[1]]) if use_cfg else cond[1]
-        extra = {}
-        base = 0  # what the stage's sample is added to: the upsampled low-res image for residual stages
+        unet_kwargs, base = {}, 0
         if unet.config.lowres_cond:
             if lowres is None:
-                raise ValueError(f"stage {k + 1} is a super-resolution stage and needs a previous stage")
+                raise ValueError(f"stage {s.stage} is a super-resolution stage and needs a previous stage")
             lowres = lowres.to(dtype)
             if getattr(unet.config, "residual", False):
-                base = upsample_lowres(lowres, size)
+                base = upsample_lowres(lowres, unet.config.sample_size)
             # Noise conditioning augmentation (§2.5): the same fixed level at sampling time.
-            noisy = noise_augment(lowres, aug_level, noise=_randn(lowres.shape, generator, device, dtype))
-            levels = torch.full((noisy.shape[0],), aug_level, device=device)
-            extra = dict(lowres_image=torch.cat([noisy, noisy]) if use_cfg else noisy,
-                         noise_aug_level=torch.cat([levels, levels]) if use_cfg else levels)
-        step_kwargs = {"generator": generator} if "generator" in _step_params(sched) and not isinstance(generator, list) else {}
-        for i, t in enumerate(sched.timesteps):
-            model_input = sched.scale_model_input(x, t)
-            unet_input = torch.cat([model_input, model_input]) if use_cfg else model_input
-            out = unet(unet_input, t, embeds.to(dtype), mask, return_dict=False, **extra)[0]
-            if use_cfg:
-                out = classifier_free_guidance(*out.chunk(2), scale)  # one batched call, both branches
-            x0 = _x0_from_output(sched, out, model_input, t, unet.config.prediction_type)
-            if percentile > 0:
-                x0_t = dynamic_threshold(base + x0, percentile, float(self.settings["dynamic_thresholding_max"])) - base
-                if not own_thresholding:
-                    # The scheduler has no thresholding: apply the rule to x0 and hand it the model
-                    # output that this thresholded x0 implies.
-                    out = _output_from_x0(sched, x0_t, model_input, t, unet.config.prediction_type)
-                x0 = x0_t
-            result = sched.step(out, t, x, return_dict=True, **step_kwargs)
-            x = result.prev_sample
-            preview = getattr(result, "pred_original_sample", None)
-            preview = x0 if preview is None else preview
-            yield StageEvent(stage=k + 1, step=i + 1, total_steps=steps, previews=to_pil(base + preview))
-        return (base + x).clamp(-1, 1)
+            noisy = noise_augment(lowres, s.noise_aug_level, noise=_randn(lowres.shape, generator, device, dtype))
+            levels = torch.full((noisy.shape[0],), s.noise_aug_level, device=device)
+            unet_kwargs = dict(lowres_image=torch.cat([noisy, noisy]) if use_cfg else noisy,
+                               noise_aug_level=torch.cat([levels, levels]) if use_cfg else levels)
+        return StageDenoiser(unet=unet, scheduler=sched, embeds=embeds.to(dtype), mask=mask,
+                             guidance_scale=s.guidance_scale, thresholding_percentile=s.dynamic_thresholding_percentile,
+                             thresholding_max=s.dynamic_thresholding_max, base=base, unet_kwargs=unet_kwargs)
 
-    def __call__(self, prompt, *args, **kwargs) -> ImagenPipelineOutput:
-        """Generates images; the same arguments as `stream`."""
+    def __call__(
+        self,
+        prompt: Union[str, List[str]],
+        negative_prompt: Optional[Union[str, List[str]]] = None,
+        num_inference_steps: Optional[Union[int, List[int]]] = None,
+        guidance_scale: Optional[Union[float, List[float]]] = None,
+        dynamic_thresholding_percentile: Optional[Union[float, List[float]]] = None,
+        noise_aug_level: Optional[Union[float, List[float]]] = None,
+        scheduler: Optional[Union[str, List[str]]] = None,
+        num_images_per_prompt: int = 1,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        stop_at_stage: Optional[int] = None,
+        image: Optional[Union[Image.Image, List[Image.Image], torch.Tensor]] = None,
+        start_at_stage: int = 1,
+        dynamic_thresholding_max: Optional[Union[float, List[float]]] = None,
+        mask_image=None,
+        strength: Optional[float] = None,
+    ) -> ImagenPipelineOutput:
+        """Generates images: runs `stream` with the same arguments to its end, with a progress bar per stage."""
+        events = self.stream(prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, dynamic_thresholding_percentile=dynamic_thresholding_percentile,
+                             noise_aug_level=noise_aug_level, scheduler=scheduler,
+                             num_images_per_prompt=num_images_per_prompt, generator=generator,
+                             stop_at_stage=stop_at_stage, image=image, start_at_stage=start_at_stage,
+                             dynamic_thresholding_max=dynamic_thresholding_max, mask_image=mask_image, strength=strength)
         bar = None
-        for event in self.stream(prompt, *args, **kwargs):
+        for event in events:
+            if bar is not None and (event.is_final or event.step == 1):  # a stage ended
+                bar.close()
+                bar = None
             if event.is_final:
-                if bar is not None:
-                    bar.close()
                 return event.output
-            if event.step == 1:
-                if bar is not None:
-                    bar.close()
+            if bar is None:
                 bar = self.progress_bar(total=event.total_steps)
                 bar.set_description(f"stage {event.stage}")
             bar.update(1)
@@ -365,10 +490,23 @@ class ImagenPipeline(DiffusionPipeline):
 
     # ----- loading ----------------------------------------------------------------------------
     @classmethod
+    def from_deepfloyd_if(cls, stage_1, stage_2=None, stage_3=None, torch_dtype=None, **kwargs) -> "ImagenPipeline":
+        """DeepFloyd IF's stage I (and II) as this cascade: folders saved by diffusers' IFPipeline /
+        IFSuperResolutionPipeline, or hub ids where a hub is reachable; IF's defaults per stage. Stage III
+        (the SD x4 upscaler) is not supported. Keyword arguments: text_encoder_dtype, local_files_only."""
+        return deepfloyd_if.build_pipeline(cls, stage_1, stage_2, stage_3, torch_dtype=torch_dtype, **kwargs)
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, torch_dtype=None, local_files_only=None, **kwargs):
         """Loads a saved pipeline folder (or, where a hub is reachable, a hub repo id) by its
         `model_index.json`; `pipeline_defaults.json` beside it sets the default settings.
-        Components given as keyword arguments replace the saved ones."""
+        Components given as keyword arguments replace the saved ones. DeepFloyd IF sources (an IF stage I
+        folder or hub id, a JSON file or dict naming stage_1 / stage_2) go to `from_deepfloyd_if`, in fp16
+        where CUDA is available."""
+        spec = deepfloyd_if.cascade_spec(pretrained_model_name_or_path)
+        if spec is not None:
+            spec["torch_dtype"] = torch_dtype or spec.get("torch_dtype") or (torch.float16 if torch.cuda.is_available() else None)
+            return cls.from_deepfloyd_if(**spec, local_files_only=local_files_only)
         import importlib
         import json
         import os
@@ -433,38 +571,6 @@ def _own_aligned_memory(module: torch.nn.Module) -> None:
             tensor.data = tensor.data.clone()
 
 
-def _step_params(sched):
-    return inspect.signature(sched.step).parameters
-
-
-def _randn(shape, generator, device, dtype):
-    if isinstance(generator, list):
-        return torch.cat([_randn((1, *shape[1:]), g, device, dtype) for g in generator])
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device=device, dtype=dtype)
-
-
-def _alpha_bar(scheduler, t) -> torch.Tensor:
-    """alpha_bar at a (possibly fractional) timestep, interpolated from the training schedule."""
-    ac = scheduler.alphas_cumprod.float()
-    t = float(t)
-    lo = int(math.floor(t))
-    hi = min(lo + 1, len(ac) - 1)
-    frac = t - lo
-    return (ac[lo] * (1 - frac) + ac[hi] * frac).to(torch.float32)
-
-
-def _x0_from_output(scheduler, model_output, model_input, t, prediction_type):
-    """Predicted x0 from the model output, in the DDPM parametrisation of the (scaled) model input."""
-    ab = _alpha_bar(scheduler, t).to(model_input.dtype)
-    if prediction_type == "v_prediction":
-        return ab.sqrt() * model_input - (1 - ab).sqrt() * model_output
-    return (model_input - (1 - ab).sqrt() * model_output) / ab.sqrt()
-
-
-def _output_from_x0(scheduler, x0, model_input, t, prediction_type):
-    ab = _alpha_bar(scheduler, t).to(model_input.dtype)
-    eps = (model_input - ab.sqrt() * x0) / (1 - ab).sqrt()
-    if prediction_type == "v_prediction":
-        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
-    return eps
+def _randn(shape, generator, device, dtype) -> torch.Tensor:
+    """Gaussian noise drawn in float32 on the generator's device (one generator per image for a list)."""
+    return randn_tensor(shape, generator=generator, device=torch.device(device), dtype=torch.float32).to(dtype)

@@ -1,17 +1,17 @@
 """The Gradio playground: a prompt in, the cascade streamed out stage by stage.
 
-The UI knows the pipeline only through its public calls: `stream`, `check_prompt`, `settings`,
-`num_stages` and `stage_resolutions`.
+The UI knows the pipeline only through its public calls: `resolve_settings` (defaults and checks of
+every setting; its ValueError becomes a message), `stream`, `check_prompt`, `num_stages` and
+`stage_resolutions`. Its per-stage controls follow the loaded pipeline's stages.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-import math
 import os
 import random
 import tempfile
-import threading
 import time
 from typing import List, Optional
 
@@ -19,7 +19,9 @@ import gradio as gr
 import torch
 from PIL import Image, PngImagePlugin
 
-from .pipeline import SCHEDULERS, ImagenPipeline
+from .images import image_grid
+from .ui_edit import build_edit_tabs
+from .pipeline import SCHEDULERS, ImagenPipeline, StageSettings, resolve_settings, settings_kwargs, whole_number
 
 log = logging.getLogger("imagen_app.ui")
 
@@ -59,24 +61,6 @@ class PipelineHolder:
         return self.pipe
 
 
-def _number(name: str, value, lo: float, hi: float, integer: bool = False):
-    if isinstance(value, bool) or value is None:
-        raise gr.Error(f"{name} must be a number")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise gr.Error(f"{name} must be a finite number, got {value}")
-    if not lo <= value <= hi:
-        raise gr.Error(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
-    if integer:
-        if value != int(value):
-            raise gr.Error(f"{name} must be a whole number, got {value:g}")
-        return int(value)
-    return value
-
-
 def png_with_metadata(image: Image.Image, settings: dict) -> str:
     """Writes a PNG whose text chunks carry the prompt and the settings; returns its path."""
     info = PngImagePlugin.PngInfo()
@@ -87,18 +71,6 @@ def png_with_metadata(image: Image.Image, settings: dict) -> str:
     os.close(fd)
     image.save(path, pnginfo=info)
     return path
-
-
-def grid(images: List[Image.Image]) -> Image.Image:
-    if len(images) == 1:
-        return images[0]
-    w, h = images[0].size
-    cols = 2
-    rows = (len(images) + 1) // 2
-    out = Image.new("RGB", (cols * w, rows * h), "white")
-    for i, im in enumerate(images):
-        out.paste(im, ((i % cols) * w, (i // cols) * h))
-    return out
 
 
 def understanding_markdown(pipe: ImagenPipeline, prompt: str) -> str:
@@ -115,130 +87,128 @@ def understanding_markdown(pipe: ImagenPipeline, prompt: str) -> str:
     return "\n\n".join(lines)
 
 
-def input_defaults(settings: dict) -> dict:
-    """The value of each of generate()'s settings that a pipeline's `settings` give: the sliders' initial values,
-    and what generate() uses for a setting left out."""
-    def per_stage(value, k):
-        return value[min(k, len(value) - 1)] if isinstance(value, (list, tuple)) else value
+def stage_controls_defaults(pipe: Optional[ImagenPipeline]) -> List[StageSettings]:
+    """The initial value of every per-stage control: the pipeline's own defaults (`resolve_settings()` with
+    nothing given), so that the sliders and a generation with settings left out agree."""
+    return pipe.resolve_settings() if pipe is not None else resolve_settings(ImagenPipeline.default_settings, 3)
 
-    d = dict(guidance_scale=per_stage(settings["guidance_scale"], 0),
-             sr_guidance_scale=per_stage(settings["guidance_scale"], 1),
-             dynamic_thresholding_percentile=settings["dynamic_thresholding_percentile"],
-             noise_aug_level=settings["noise_aug_level"])
-    for k in range(3):
-        d[f"steps_stage_{k + 1}"] = per_stage(settings["num_inference_steps"], k)
-        d[f"scheduler_stage_{k + 1}"] = per_stage(settings["scheduler"], k)
-    return d
+
+def generate_parameters(n_stages: int) -> List[inspect.Parameter]:
+    """generate()'s parameters, in the order of the UI's inputs and of the API: the prompt first; every
+    setting after it defaults to None, which is the loaded pipeline's default."""
+    def param(name, default=None):
+        return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+
+    stages = range(1, n_stages + 1)
+    return [inspect.Parameter("prompt", inspect.Parameter.POSITIONAL_OR_KEYWORD), param("negative_prompt", ""),
+            param("seed", 0), param("randomize_seed", False),
+            *[param(f"guidance_scale_stage_{k}") for k in stages], *[param(f"steps_stage_{k}") for k in stages],
+            *[param(f"scheduler_stage_{k}") for k in stages],
+            *[param(f"dynamic_thresholding_percentile_stage_{k}") for k in stages],
+            *[param(f"noise_aug_level_stage_{k}") for k in stages if k > 1],
+            param("num_images", 1), param("last_stage"), param("progress", gr.Progress())]
 
 
 def make_generate(holder: PipelineHolder):
-    def generate(prompt: str, negative_prompt: str = "", seed: float = 0, randomize_seed: bool = False,
-                 guidance_scale: Optional[float] = None, sr_guidance_scale: Optional[float] = None,
-                 steps_stage_1: Optional[float] = None, steps_stage_2: Optional[float] = None,
-                 steps_stage_3: Optional[float] = None, scheduler_stage_1: Optional[str] = None,
-                 scheduler_stage_2: Optional[str] = None, scheduler_stage_3: Optional[str] = None,
-                 dynamic_thresholding_percentile: Optional[float] = None, noise_aug_level: Optional[float] = None,
-                 num_images: float = 1, last_stage: Optional[float] = None, progress=gr.Progress()):
+    """The app's generate(prompt, negative_prompt, seed, randomize_seed, <per-stage settings>, num_images,
+    last_stage), a generator of output updates; its per-stage parameters follow the loaded pipeline."""
+    n_stages = holder.pipe.num_stages if holder.pipe is not None else 3
+    signature = inspect.Signature(generate_parameters(n_stages))
+
+    def generate(*args, **kwargs):
         """Generates images for `prompt`, streaming every stage's x0 preview as it denoises.
-        A setting left as None takes the loaded pipeline's default (its pipeline_defaults.json), as the UI's sliders do."""
-        pipe = holder.get()
-        n_stages = pipe.num_stages
-        defaults = input_defaults(pipe.settings)
+        A setting left as None takes the loaded pipeline's default (its pipeline_defaults.json), as the UI's controls do."""
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        yield from _generate(holder, n_stages, **bound.arguments)
 
-        def given(value, name):
-            return defaults[name] if value is None else value
-
-        guidance_scale, sr_guidance_scale = given(guidance_scale, "guidance_scale"), given(sr_guidance_scale, "sr_guidance_scale")
-        steps_stage_1, steps_stage_2, steps_stage_3 = (given(v, f"steps_stage_{k + 1}")
-                                                       for k, v in enumerate([steps_stage_1, steps_stage_2, steps_stage_3]))
-        scheduler_stage_1, scheduler_stage_2, scheduler_stage_3 = (
-            given(v, f"scheduler_stage_{k + 1}") for k, v in enumerate([scheduler_stage_1, scheduler_stage_2, scheduler_stage_3]))
-        dynamic_thresholding_percentile = given(dynamic_thresholding_percentile, "dynamic_thresholding_percentile")
-        noise_aug_level = given(noise_aug_level, "noise_aug_level")
-        last_stage = n_stages if last_stage is None else last_stage
-        if prompt is None:
-            prompt = ""
-        if not isinstance(prompt, str) or not isinstance(negative_prompt or "", str):
-            raise gr.Error("prompt and negative prompt must be text")
-        if len(prompt) > MAX_PROMPT_CHARS or len(negative_prompt or "") > MAX_PROMPT_CHARS:
-            raise gr.Error(f"The prompt is too long ({max(len(prompt), len(negative_prompt or ''))} characters); "
-                           f"the limit is {MAX_PROMPT_CHARS}.")
-        seed = random.randint(0, MAX_SEED) if randomize_seed else _number("seed", seed, 0, MAX_SEED, integer=True)
-        last = _number("last stage", last_stage, 1, n_stages, integer=True)
-        steps = [_number(f"steps for stage {k + 1}", s, 1, 200, integer=True)
-                 for k, s in enumerate([steps_stage_1, steps_stage_2, steps_stage_3][:n_stages])]
-        scales = [_number("guidance scale", guidance_scale, 0, 30)] + \
-                 [_number("super-resolution guidance scale", sr_guidance_scale, 0, 30)] * (n_stages - 1)
-        schedulers = [scheduler_stage_1, scheduler_stage_2, scheduler_stage_3][:n_stages]
-        for s in schedulers:
-            if s not in SCHEDULER_CHOICES:
-                raise gr.Error(f"unknown scheduler {s!r}; choose one of: {', '.join(SCHEDULER_CHOICES)}")
-        percentile = _number("dynamic thresholding percentile", dynamic_thresholding_percentile, 0, 100)
-        if 0 < percentile < 50:
-            raise gr.Error("dynamic thresholding percentile must be 0 (off) or between 50 and 100")
-        aug = _number("noise augmentation level", noise_aug_level, 0, 1)
-        count = _number("number of images", num_images, 1, 4, integer=True)
-        if not prompt.strip():
-            gr.Info("Empty prompt: drawing an unconditional sample.")
-        understood = understanding_markdown(pipe, prompt)
-        for w in pipe.check_prompt(prompt).warnings():
-            gr.Warning(w)
-
-        stage_outputs: List = [gr.skip()] * n_stages
-        total_steps = sum(steps[:last])
-        done = 0
-        t0 = time.time()
-        last_yield = 0.0
-        stream = pipe.stream(prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
-                             guidance_scale=scales, dynamic_thresholding_percentile=percentile, noise_aug_level=aug,
-                             scheduler=schedulers, num_images_per_prompt=count, stop_at_stage=last,
-                             generator=torch.Generator().manual_seed(seed))
-        try:
-            for ev in stream:
-                if ev.is_final:
-                    out = ev.output
-                    settings = dict(out.settings, seed=seed, negative_prompt=negative_prompt or "")
-                    stages = [grid(imgs) for imgs in out.stage_images] + [None] * (n_stages - len(out.stage_images))
-                    status = f"Done: {len(out.stage_images)} stage(s) in {time.time() - t0:.1f} s (seed {seed})."
-                    yield (*stages, out.images, status, settings, png_with_metadata(out.images[0], settings), understood, seed)
-                    return
-                done += 1
-                progress((done, total_steps), desc=f"stage {ev.stage}/{last}")
-                now = time.time()
-                stage_end = ev.step == ev.total_steps
-                if now - last_yield < PREVIEW_INTERVAL_S and not stage_end and ev.step != 1:
-                    continue  # faster than the browser can show: skip this frame
-                last_yield = now
-                outputs = list(stage_outputs)
-                outputs[ev.stage - 1] = grid(ev.previews)
-                status = f"Stage {ev.stage}/{last} · step {ev.step}/{ev.total_steps} · {now - t0:.1f} s"
-                yield (*outputs, gr.skip(), status, gr.skip(), gr.skip(), understood, seed)
-        except ValueError as e:
-            raise gr.Error(str(e))
-        except gr.Error:
-            raise
-        except Exception as e:  # never a traceback in the browser, never a dead worker
-            log.exception("generation failed")
-            raise gr.Error(f"Generation failed: {type(e).__name__}: {e}")
-        finally:
-            stream.close()  # Stop (or a lost client) ends the work at the current step
-
+    generate.__signature__ = signature
     return generate
 
 
+def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, seed, randomize_seed, num_images,
+              last_stage, progress, **per_stage):
+    pipe = holder.get()
+
+    def stage_values(name: str, first: int = 1) -> list:  # None: that stage's default
+        return [None] * (first - 1) + [per_stage.get(f"{name}_stage_{k}") for k in range(first, n_stages + 1)]
+
+    prompt = "" if prompt is None else prompt
+    if not isinstance(prompt, str) or not isinstance(negative_prompt or "", str):
+        raise gr.Error("prompt and negative prompt must be text")
+    if len(prompt) > MAX_PROMPT_CHARS or len(negative_prompt or "") > MAX_PROMPT_CHARS:
+        raise gr.Error(f"The prompt is too long ({max(len(prompt), len(negative_prompt or ''))} characters); "
+                       f"the limit is {MAX_PROMPT_CHARS}.")
+    try:
+        seed = random.randint(0, MAX_SEED) if randomize_seed else whole_number("seed", seed, 0, MAX_SEED)
+        stages = pipe.resolve_settings(num_inference_steps=stage_values("steps"), guidance_scale=stage_values("guidance_scale"),
+                                       scheduler=stage_values("scheduler"),
+                                       dynamic_thresholding_percentile=stage_values("dynamic_thresholding_percentile"),
+                                       noise_aug_level=stage_values("noise_aug_level", first=2), stop_at_stage=last_stage)
+    except ValueError as e:
+        raise gr.Error(str(e))
+    if not prompt.strip():
+        gr.Info("Empty prompt: drawing an unconditional sample.")
+    understood = understanding_markdown(pipe, prompt)
+    for w in pipe.check_prompt(prompt).warnings():
+        gr.Warning(w)
+
+    last = len(stages)
+    stage_outputs: List = [gr.skip()] * n_stages
+    total_steps = sum(s.num_inference_steps for s in stages)
+    done = 0
+    t0 = time.time()
+    last_yield = 0.0
+    stream = pipe.stream(prompt, negative_prompt=negative_prompt or None, num_images_per_prompt=num_images,
+                         generator=torch.Generator().manual_seed(seed), **settings_kwargs(stages))
+    try:
+        for ev in stream:
+            if ev.is_final:
+                out = ev.output
+                settings = dict(out.settings, seed=seed, negative_prompt=negative_prompt or "")
+                stages_shown = [image_grid(imgs) for imgs in out.stage_images] + [None] * (n_stages - len(out.stage_images))
+                status = f"Done: {len(out.stage_images)} stage(s) in {time.time() - t0:.1f} s (seed {seed})."
+                yield (*stages_shown, out.images, status, settings, png_with_metadata(out.images[0], settings), understood, seed)
+                return
+            done += 1
+            progress((done, total_steps), desc=f"stage {ev.stage}/{last}")
+            now = time.time()
+            stage_end = ev.step == ev.total_steps
+            if now - last_yield < PREVIEW_INTERVAL_S and not stage_end and ev.step != 1:
+                continue  # faster than the browser can show: skip this frame (and never make its preview)
+            last_yield = now
+            outputs = list(stage_outputs)
+            outputs[ev.stage - 1] = image_grid(ev.previews)
+            status = f"Stage {ev.stage}/{last} · step {ev.step}/{ev.total_steps} · {now - t0:.1f} s"
+            yield (*outputs, gr.skip(), status, gr.skip(), gr.skip(), understood, seed)
+    except ValueError as e:
+        raise gr.Error(str(e))
+    except gr.Error:
+        raise
+    except Exception as e:  # never a traceback in the browser, never a dead worker
+        log.exception("generation failed")
+        raise gr.Error(f"Generation failed: {type(e).__name__}: {e}")
+    finally:
+        stream.close()  # Stop (or a lost client) ends the work at the current step
+
+
 def build_app(source, concurrency_limit: int = 1, max_queue: int = 16) -> gr.Blocks:
-    """The playground for a pipeline (or a weights folder to load it from)."""
+    """The playground for a pipeline (or a weights folder to load it from); its per-stage controls
+    follow the pipeline's stages (1-6) and resolutions."""
     holder = PipelineHolder(source)
     pipe = holder.pipe
-    n_stages = pipe.num_stages if pipe is not None else 3
+    defaults = stage_controls_defaults(pipe)
+    n_stages = len(defaults)
     resolutions = pipe.stage_resolutions if pipe is not None else [None] * n_stages
-    defaults = input_defaults(pipe.settings if pipe is not None else ImagenPipeline.default_settings)
+
+    def stage_name(k: int) -> str:
+        return f"stage {k + 1}" + (f" ({resolutions[k]} px)" if resolutions[k] else "")
 
     generate = make_generate(holder)
     try:  # ZeroGPU on Hugging Face Spaces: hold a GPU only while generating
         import spaces  # type: ignore
 
-        generate = spaces.GPU(generate)
+        generate = spaces.GPU(duration=int(os.environ.get("IMAGEN_GPU_DURATION", "60")))(generate)  # IF needs more
     except ImportError:
         pass
 
@@ -257,23 +227,26 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16) -> gr.Blo
         with gr.Row():
             seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
             randomize = gr.Checkbox(label="Randomize seed", value=False)
-            guidance = gr.Slider(0, 30, value=defaults["guidance_scale"], step=0.5, label="Guidance scale (base)")
-            sr_guidance = gr.Slider(0, 30, value=defaults["sr_guidance_scale"], step=0.5,
-                                    label="Guidance scale (super-resolution)")
+        guidance, steps = [], []
         with gr.Row():
-            steps = [gr.Slider(1, 200, value=defaults[f"steps_stage_{k + 1}"], step=1,
-                               label=f"Steps, stage {k + 1}" + (f" ({resolutions[k]} px)" if resolutions[k] else ""))
-                     for k in range(3)]
+            for k, d in enumerate(defaults):
+                with gr.Column(min_width=160):
+                    steps.append(gr.Slider(1, 200, value=d.num_inference_steps, step=1, label=f"Steps, {stage_name(k)}"))
+                    guidance.append(gr.Slider(0, 30, value=d.guidance_scale, step=0.5, label=f"Guidance scale, {stage_name(k)}"))
+        schedulers, percentiles, augs = [], [], []
         with gr.Accordion("Advanced", open=False):
+            for k, d in enumerate(defaults):
+                with gr.Row():
+                    schedulers.append(gr.Dropdown(SCHEDULER_CHOICES, value=d.scheduler, label=f"Scheduler, {stage_name(k)}"))
+                    percentiles.append(gr.Slider(0, 100, value=d.dynamic_thresholding_percentile, step=0.5,
+                                                 label=f"Dynamic thresholding percentile, {stage_name(k)} (0 = off)"))
+                    if k > 0:  # noise conditioning augmentation is for super-resolution stages
+                        augs.append(gr.Slider(0, 1, value=d.noise_aug_level, step=0.05,
+                                              label=f"Noise augmentation level, {stage_name(k)}"))
             with gr.Row():
-                schedulers = [gr.Dropdown(SCHEDULER_CHOICES, value=defaults[f"scheduler_stage_{k + 1}"], label=f"Scheduler, stage {k + 1}")
-                              for k in range(3)]
-            with gr.Row():
-                percentile = gr.Slider(0, 100, value=defaults["dynamic_thresholding_percentile"], step=0.5,
-                                       label="Dynamic thresholding percentile (0 = off)")
-                aug = gr.Slider(0, 1, value=defaults["noise_aug_level"], step=0.05, label="Noise augmentation level")
                 count = gr.Slider(1, 4, value=1, step=1, label="Number of images")
-                last_stage = gr.Slider(1, n_stages, value=n_stages, step=1, label="Last stage to run")
+                last_stage = (gr.Slider(1, n_stages, value=n_stages, step=1, label="Last stage to run") if n_stages > 1
+                              else gr.Number(value=1, precision=0, visible=False, label="Last stage to run"))
         status = gr.Markdown("Ready.")
         with gr.Row():
             stage_images = [gr.Image(label=f"Stage {k + 1}" + (f": {resolutions[k]} px" if resolutions[k] else ""),
@@ -289,15 +262,15 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16) -> gr.Blo
         with gr.Accordion("What the model knows", open=False):
             gr.Markdown(known_captions_markdown(pipe))
 
-        inputs = [prompt, negative, seed, randomize, guidance, sr_guidance, *steps, *schedulers, percentile, aug, count,
-                  last_stage]
+        # The same order as generate_parameters().
+        inputs = [prompt, negative, seed, randomize, *guidance, *steps, *schedulers, *percentiles, *augs, count, last_stage]
         outputs = [*stage_images, gallery, status, settings, download, understood, seed]
         event = gr.on([run.click, prompt.submit], generate, inputs, outputs, api_name="generate",
                       concurrency_limit=concurrency_limit)
         stop.click(lambda: "Stopped.", None, status, cancels=[event], queue=False, api_name=False)
+        build_edit_tabs(holder, concurrency_limit)  # the Edit and Upscale tabs (ui_edit.py)
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
     return demo
-
 
 def known_captions_markdown(pipe: Optional[ImagenPipeline]) -> str:
     if pipe is None:

@@ -37,3 +37,16 @@ def app_url(tiny_pipe):
     demo.close()
 
 
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: checks on the shipped weights (minutes on a CPU); run with -m slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with `python -m pytest -m slow tests`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -59,7 +59,8 @@ def test_same_seed_same_image(client):
     (dict(steps_stage_1=0), "minimum"),
     (dict(prompt="x" * 5000), "too long"),
     (dict(scheduler_stage_2="warp-drive"), "warp-drive"),
-    (dict(noise_aug_level=3), "maximum"),
+    (dict(noise_aug_level_stage_2=3), "maximum"),
+    (dict(last_stage=1.5), "stop_at_stage"),
 ])
 def test_bad_input_gets_clear_error_then_next_request_works(client, kwargs, message):
     args = () if "prompt" in kwargs else ("red heart",)
@@ -73,8 +74,9 @@ def test_bad_input_gets_clear_error_then_next_request_works(client, kwargs, mess
 
 def test_nan_guidance_over_raw_http_is_a_clear_error(app_url, client):
     """JSON clients cannot send NaN; a raw request can. It must be refused with a message."""
-    body = json.dumps({"data": ["red heart", "", 0, False, float("nan"), 2.0, 3, 3, 3, "dpm++", "dpm++", "dpm++",
-                                99.5, 0.1, 1, 3]}).encode()
+    # prompt, negative, seed, randomize, guidance x3, steps x3, scheduler x3, percentile x3, noise aug x2, count, last
+    body = json.dumps({"data": ["red heart", "", 0, False, float("nan"), 2.0, 1.0, 3, 3, 3, "dpm++", "dpm++", "dpm++",
+                                99.5, 99.5, 99.5, 0.1, 0.1, 1, 3]}).encode()
     req = urllib.request.Request(app_url + "gradio_api/call/generate", data=body,
                                  headers={"Content-Type": "application/json"})
     try:
@@ -130,18 +132,48 @@ def test_cancelled_job_frees_its_slot(client):
     assert time.time() - t0 < 60
 
 
+def used(settings):
+    return {k: settings[k] for k in ("num_inference_steps", "guidance_scale", "dynamic_thresholding_percentile",
+                                     "dynamic_thresholding_max", "noise_aug_level", "scheduler")}
+
+
 def test_omitted_settings_are_the_pipeline_defaults(client, tiny_pipe):
-    """Over the API and in a direct Python call, a setting left out is the loaded pipeline's default."""
+    """Over the API and in a direct Python call, a setting left out is the loaded pipeline's default,
+    stage by stage (each super-resolution stage has its own guidance)."""
+    from imagen_app.pipeline import settings_kwargs
     from imagen_app.ui import PipelineHolder, make_generate
 
-    def used(settings):
-        return [settings[k] for k in ("num_inference_steps", "guidance_scale", "dynamic_thresholding_percentile",
-                                      "noise_aug_level", "scheduler")]
-
-    d = tiny_pipe.settings
-    steps = d["num_inference_steps"]
-    expected = [[steps] * 3 if isinstance(steps, int) else list(steps), [3.0, 2.0, 2.0],
-                [d["dynamic_thresholding_percentile"]] * 3, [d["noise_aug_level"]] * 3, [d["scheduler"]] * 3]
+    expected = used(settings_kwargs(tiny_pipe.resolve_settings()))
+    assert expected["guidance_scale"] == [3.0, 2.0, 1.0]
     assert used(client.predict("red heart", api_name="/generate")[5]) == expected
     *_, final = make_generate(PipelineHolder(tiny_pipe))("red heart")
     assert used(final[5]) == expected
+
+
+@pytest.mark.parametrize("resolutions", [(8,), (8, 32), (8, 32, 128)])
+def test_ui_controls_follow_the_pipeline(resolutions):
+    """The app has one set of per-stage controls per stage of the pipeline, and their initial values (what
+    a browser sends when nobody touches them) are the pipeline's own defaults."""
+    from imagen_app.pipeline import settings_kwargs
+    from imagen_app.tiny import tiny_pipeline
+    from imagen_app.ui import PipelineHolder, build_app, make_generate
+
+    pipe = tiny_pipeline(resolutions=resolutions)
+    n = len(resolutions)
+    pipe.settings.update(num_inference_steps=[2, 1, 1][:n], guidance_scale=[3.5, 2.5, 1.5][:n],
+                         dynamic_thresholding_percentile=[99.5, 0, 95][:n], noise_aug_level=[0.0, 0.25, 0.5][:n],
+                         scheduler=["ddim", "euler", "unipc"][:n])
+    demo = build_app(pipe)
+    fn = next(f for f in demo.fns.values() if f.api_name == "generate")
+    labels = [c.label for c in fn.inputs]
+    assert sum(label.startswith("Guidance scale, stage") for label in labels) == n
+    assert sum(label.startswith("Steps, stage") for label in labels) == n
+    assert f"Steps, stage {n} ({resolutions[-1]} px)" in labels
+    untouched = [c.value for c in fn.inputs]
+    untouched[0] = "red heart"
+    *_, from_controls = make_generate(PipelineHolder(pipe))(*untouched)
+    *_, omitted = make_generate(PipelineHolder(pipe))("red heart")
+    expected = used(settings_kwargs(pipe.resolve_settings()))
+    settings = n + 2  # outputs: one image per stage, gallery, status, settings, ...
+    assert used(from_controls[settings]) == used(omitted[settings]) == expected
+    assert expected["guidance_scale"] == [3.5, 2.5, 1.5][:n] and expected["scheduler"] == ["ddim", "euler", "unipc"][:n]

@@ -1,0 +1,242 @@
+"""The "Edit" and "Upscale" tabs: the cascade on the user's own image, streamed stage by stage.
+
+- Edit: upload an image, paint the region to repaint on it (`gr.ImageEditor`), prompt, strength.
+  Painted: inpainting (the unpainted pixels are kept at every stage); nothing painted: image-to-image
+  (SDEdit) of the whole image. API: `api_name="edit"`.
+- Upscale: upload a small image; the super-resolution stages run on it. API: `api_name="upscale"`.
+
+It calls only the pipeline's public `stream` (with `image`, `mask_image`, `strength`, `start_at_stage`)
+and editing.py's input helpers; a ValueError from them becomes a gr.Error message.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import List, Optional
+
+import gradio as gr
+import torch
+from PIL import Image, ImageChops
+
+from .editing import mask_gray
+from .images import image_grid
+
+log = logging.getLogger("imagen_app.ui")
+
+MAX_SEED = 2**31 - 1
+MAX_PROMPT_CHARS = 500
+PREVIEW_INTERVAL_S = 0.1
+EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "examples")
+# (file stem, prompt, strength): the init image and the mask layer are docs/examples/<stem>.png, <stem>_mask.png
+EDIT_EXAMPLES = [("firefighter", "woman firefighter: light skin tone", 1.0),
+                 ("red_heart", "blue heart", 1.0)]
+UPSCALE_EXAMPLES = [("firefighter_32", "woman firefighter: dark skin tone"), ("red_heart_32", "red heart")]
+
+
+def editor_inputs(editor) -> tuple:
+    """(init image, mask or None) from a gr.ImageEditor value: the background is the image, the painted
+    layers (their alpha, or their brightness where a layer is opaque) are the region to repaint."""
+    if not isinstance(editor, dict):
+        raise gr.Error("Upload an image to edit.")
+    image = editor.get("background") or editor.get("composite")
+    if image is None:
+        raise gr.Error("Upload an image to edit.")
+    mask: Optional[Image.Image] = None
+    for layer in editor.get("layers") or []:
+        if layer is None:
+            continue
+        try:
+            gray = mask_gray(layer)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        gray = gray.resize(image.size, Image.NEAREST) if gray.size != image.size else gray
+        mask = gray if mask is None else ImageChops.lighter(mask, gray)
+    if mask is not None and mask.getextrema()[1] < 128:  # nothing painted: image-to-image
+        mask = None
+    return image, mask
+
+
+def _seed(seed) -> int:
+    try:
+        value = int(seed)
+    except (TypeError, ValueError):
+        raise gr.Error(f"Seed must be a whole number from 0 to {MAX_SEED}") from None
+    if not 0 <= value <= MAX_SEED or value != seed:
+        raise gr.Error(f"Seed must be a whole number from 0 to {MAX_SEED}")
+    return value
+
+
+def _prompt(prompt) -> str:
+    prompt = "" if prompt is None else prompt
+    if not isinstance(prompt, str):
+        raise gr.Error("The prompt must be text")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise gr.Error(f"The prompt is too long ({len(prompt)} characters); the limit is {MAX_PROMPT_CHARS}.")
+    return prompt
+
+
+def stream_panes(events, n_stages: int, first_pane: int, what: str):
+    """Turns the pipeline's events into UI updates: (the panes of stages first_pane..n, final image, status,
+    settings). Previews are throttled; every stage's first and last step are shown."""
+    n_panes = n_stages - first_pane + 1
+    t0, last_yield, start = time.time(), 0.0, None
+    try:
+        for ev in events:
+            start = ev.stage if start is None else start  # the first stage run
+            if ev.is_final:
+                out = ev.output
+                panes = [None] * n_panes
+                for i, imgs in enumerate(out.stage_images):
+                    panes[start - first_pane + i] = image_grid(imgs)
+                status = f"Done: {what}, {len(out.stage_images)} stage(s) in {time.time() - t0:.1f} s."
+                yield (*panes, out.images[0], status, out.settings)
+                return
+            now = time.time()
+            if now - last_yield < PREVIEW_INTERVAL_S and ev.step not in (1, ev.total_steps):
+                continue
+            last_yield = now
+            panes: List = [gr.skip()] * n_panes
+            panes[ev.stage - first_pane] = image_grid(ev.previews)
+            status = f"{what}: stage {ev.stage}/{n_stages} · step {ev.step}/{ev.total_steps} · {now - t0:.1f} s"
+            yield (*panes, gr.skip(), status, gr.skip())
+    except ValueError as e:
+        raise gr.Error(str(e)) from None
+    except gr.Error:
+        raise
+    except Exception as e:  # never a traceback in the browser
+        log.exception("%s failed", what)
+        raise gr.Error(f"{what} failed: {type(e).__name__}: {e}") from None
+    finally:
+        events.close()  # Stop, or a lost client, ends the work at the current step
+
+
+def make_edit(holder):
+    def edit(image: dict, prompt: str, strength: float = 0.8, seed: int = 0, guidance_scale: Optional[float] = None,
+             last_stage: Optional[int] = None):
+        """Edits `image` (an ImageEditor value: background = the image, painted layers = the region to
+        repaint) towards `prompt`, streaming every stage. Nothing painted: image-to-image at `strength`."""
+        pipe = holder.get()
+        init, mask = editor_inputs(image)
+        prompt, seed = _prompt(prompt), _seed(seed)
+        try:
+            strength = float(strength)
+            guidance = None if guidance_scale is None else [float(guidance_scale)] + [None] * (pipe.num_stages - 1)
+            stop = None if last_stage is None else int(last_stage)
+        except (TypeError, ValueError):
+            raise gr.Error("Strength, guidance scale and last stage must be numbers") from None
+        what = "Inpainting" if mask is not None else "Image-to-image"
+        events = pipe.stream(prompt, image=init, mask_image=mask, strength=strength, guidance_scale=guidance,
+                             stop_at_stage=stop, generator=torch.Generator().manual_seed(seed))
+        yield from stream_panes(events, pipe.num_stages, 1, what)
+
+    return edit
+
+
+def make_upscale(holder):
+    def upscale(image, prompt: str = "", seed: int = 0, noise_aug_level: Optional[float] = None,
+                start_at_stage: Optional[int] = None):
+        """Super-resolves `image` with the stages after the base one, streaming each. The image is resized
+        to the input size of `start_at_stage` (default 2: the base stage's resolution)."""
+        pipe = holder.get()
+        if image is None:
+            raise gr.Error("Upload an image to upscale.")
+        prompt, seed = _prompt(prompt), _seed(seed)
+        if pipe.num_stages < 2:
+            raise gr.Error("This model has no super-resolution stage.")
+        try:
+            start = 2 if start_at_stage is None else int(start_at_stage)
+            aug = None if noise_aug_level is None else float(noise_aug_level)
+        except (TypeError, ValueError):
+            raise gr.Error("Noise augmentation level and start stage must be numbers") from None
+        if not 2 <= start <= pipe.num_stages:
+            raise gr.Error(f"start_at_stage must be from 2 to {pipe.num_stages}")
+        events = pipe.stream(prompt, image=image, start_at_stage=start, noise_aug_level=aug,
+                             generator=torch.Generator().manual_seed(seed))
+        size = pipe.stage_resolutions[start - 2]
+        yield from stream_panes(events, pipe.num_stages, 2, f"Upscaling from {size} px")
+
+    return upscale
+
+
+def _example(stem: str) -> dict:
+    return {"background": os.path.join(EXAMPLES_DIR, f"{stem}.png"),
+            "layers": [os.path.join(EXAMPLES_DIR, f"{stem}_mask.png")], "composite": None}
+
+
+def build_edit_tabs(holder, concurrency_limit: int = 1) -> None:
+    """Adds the "Edit" and "Upscale" tabs and their `edit` / `upscale` API endpoints (call inside gr.Blocks)."""
+    pipe = holder.pipe
+    n_stages = pipe.num_stages if pipe is not None else 3
+    resolutions = pipe.stage_resolutions if pipe is not None else [None] * n_stages
+
+    def pane(k: int) -> gr.Image:
+        return gr.Image(label=f"Stage {k + 1}" + (f": {resolutions[k]} px" if resolutions[k] else ""), type="pil",
+                        format="png", height=256, interactive=False, elem_classes="stage-image")
+
+    with gr.Tab("Edit"):
+        gr.Markdown("Upload an image and **paint the region to repaint** (the brush); the rest is kept at every "
+                    "stage. Paint nothing to redraw the whole image from a noised copy of it (image-to-image): "
+                    "strength 1 ignores the image, small strengths stay close to it.")
+        with gr.Row():
+            editor = gr.ImageEditor(label="Image (paint the region to repaint)", type="pil", image_mode="RGBA",
+                                    format="png", sources=("upload", "clipboard"), height=420, layers=False,
+                                    brush=gr.Brush(colors=[("#ff00ff", 0.8)], color_mode="fixed", default_size=48),
+                                    transforms=())
+            with gr.Column():
+                prompt = gr.Textbox(label="Prompt", placeholder="what the painted region should become", max_lines=2)
+                strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength (1: repaint from pure noise)")
+                with gr.Row():
+                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                    guidance = gr.Slider(0, 30, value=(pipe.resolve_settings()[0].guidance_scale if pipe else 4.0),
+                                         step=0.5, label="Guidance scale, stage 1")
+                last = gr.Slider(1, max(n_stages, 2), value=n_stages, step=1, label="Last stage to run",
+                                 visible=n_stages > 1)
+                with gr.Row():
+                    run = gr.Button("Edit", variant="primary")
+                    stop = gr.Button("Stop", variant="stop")
+        status = gr.Markdown("")
+        with gr.Row():
+            panes = [pane(k) for k in range(n_stages)]
+        result = gr.Image(label="Edited image", type="pil", format="png", interactive=False)
+        settings = gr.JSON(label="Settings used")
+        examples = [[_example(stem), p, s] for stem, p, s in EDIT_EXAMPLES
+                    if os.path.exists(os.path.join(EXAMPLES_DIR, f"{stem}.png"))]
+        if examples:
+            gr.Examples(examples, inputs=[editor, prompt, strength], label="Examples (the mask is painted)")
+        event = gr.on([run.click, prompt.submit], make_edit(holder), [editor, prompt, strength, seed, guidance, last],
+                      [*panes, result, status, settings], api_name="edit", concurrency_limit=concurrency_limit)
+        stop.click(lambda: "Stopped.", None, status, cancels=[event], queue=False, api_name=False)
+
+    if n_stages < 2:  # a model without super-resolution stages has nothing to upscale with
+        return
+    with gr.Tab("Upscale"):
+        low = resolutions[0]
+        gr.Markdown("Upload a small image: the super-resolution stages enlarge it 4x at a time"
+                    + (f" (it is first resized to {low} px, the base stage's size)" if low else "") +
+                    ". A prompt that says what it shows helps, as the stages are text-conditioned.")
+        with gr.Row():
+            small = gr.Image(label="Small image", type="pil", image_mode="RGB", format="png", height=256,
+                             sources=("upload", "clipboard"))
+            with gr.Column():
+                up_prompt = gr.Textbox(label="Prompt (optional)", max_lines=2)
+                with gr.Row():
+                    up_seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                    aug = gr.Slider(0, 1, value=(pipe.resolve_settings()[1].noise_aug_level if pipe and n_stages > 1 else 0.1),
+                                    step=0.05, label="Noise augmentation level")
+                with gr.Row():
+                    up_run = gr.Button("Upscale", variant="primary")
+                    up_stop = gr.Button("Stop", variant="stop")
+        up_status = gr.Markdown("")
+        with gr.Row():
+            up_panes = [pane(k) for k in range(1, n_stages)]
+        up_result = gr.Image(label="Upscaled image", type="pil", format="png", interactive=False)
+        up_settings = gr.JSON(label="Settings used")
+        examples = [[os.path.join(EXAMPLES_DIR, f"{stem}.png"), p] for stem, p in UPSCALE_EXAMPLES
+                    if os.path.exists(os.path.join(EXAMPLES_DIR, f"{stem}.png"))]
+        if examples:
+            gr.Examples(examples, inputs=[small, up_prompt], label="Examples (32 px stage-1 images)")
+        up_event = up_run.click(make_upscale(holder), [small, up_prompt, up_seed, aug],
+                                [*up_panes, up_result, up_status, up_settings], api_name="upscale",
+                                concurrency_limit=concurrency_limit)
+        up_stop.click(lambda: "Stopped.", None, up_status, cancels=[up_event], queue=False, api_name=False)
