@@ -3,7 +3,8 @@
     python app.py [--host 127.0.0.1] [--port 7860] [--weights weights] [--share]
     python app.py --weights DeepFloyd/IF-I-XL-v1.0 --stage-2 DeepFloyd/IF-II-L-v1.0     # DeepFloyd IF (GPU)
 
-Environment variables: IMAGEN_WEIGHTS, IMAGEN_IF_STAGE_2, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, IMAGEN_SHARE=1.
+Environment variables: IMAGEN_WEIGHTS, IMAGEN_IF_STAGE_2, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, IMAGEN_SHARE=1,
+IMAGEN_CACHE_MINUTES (--cache-minutes: files written for a request are deleted after this long, default 60).
 `--weights` also takes an IF stage I folder, or a JSON file naming {"stage_1": ..., "stage_2": ...}.
 On Hugging Face Spaces the same file is the app_file.
 """
@@ -27,9 +28,14 @@ def main(argv=None):
     parser.add_argument("--share", action="store_true", default=os.environ.get("IMAGEN_SHARE") == "1")
     parser.add_argument("--concurrency", type=int, default=1, help="generations at once (1 fits a 2-core CPU)")
     parser.add_argument("--max-queue", type=int, default=16)
+    parser.add_argument("--cache-minutes", type=float, default=float(os.environ.get("IMAGEN_CACHE_MINUTES", "60")),
+                        help="delete every file written for a request (previews, results, PNG downloads) this many "
+                             "minutes after it was written (default 60; env IMAGEN_CACHE_MINUTES)")
     args = parser.parse_args(argv)
     source = {"stage_1": args.weights, "stage_2": args.stage_2} if args.stage_2 else args.weights
-    demo = build_app(source, concurrency_limit=args.concurrency, max_queue=args.max_queue)
+    if args.cache_minutes <= 0:
+        parser.error("--cache-minutes must be more than 0")
+    demo = build_app(source, concurrency_limit=args.concurrency, max_queue=args.max_queue, cache_minutes=args.cache_minutes)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS, show_error=False)
 
 

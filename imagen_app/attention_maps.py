@@ -11,6 +11,7 @@ of that softmax. With no recorder the U-Net runs its usual kernels: recording co
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -94,10 +95,19 @@ def overlay(image, heatmap: np.ndarray, alpha: float = 0.55):
     return Image.blend(image.convert("RGB"), colour, alpha)
 
 
-def stage_word_maps(recorder: CrossAttentionRecorder, tokenizer, prompts: List[str], num_null_tokens: int,
-                    max_length: int) -> List[Dict[str, np.ndarray]]:
-    """Per image of the batch (its prompt in `prompts`), the word maps of one stage; {} without cross-attention."""
-    maps = recorder.maps()
-    if maps is None or not recorder.has_cross_attention:
-        return [{} for _ in prompts]
-    return [word_maps(tokenizer, p, m, num_null_tokens, max_length) for p, m in zip(prompts, maps)]
+@dataclass
+class StageWordMaps:
+    """One stage's recorder and what turns its token maps into word maps for one prompt."""
+
+    recorder: CrossAttentionRecorder
+    tokenizer: object
+    prompt: str  # as the tokenizer sees it (normalised)
+    num_null_tokens: int
+    max_length: int
+
+    def maps(self) -> Dict[str, np.ndarray]:
+        """{word: (H, W)} averaged over what was recorded so far; {} without cross-attention or before any step."""
+        token_maps = self.recorder.maps()
+        if token_maps is None or not self.prompt:
+            return {}
+        return word_maps(self.tokenizer, self.prompt, token_maps[0], self.num_null_tokens, self.max_length)

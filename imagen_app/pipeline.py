@@ -8,6 +8,7 @@ stops the work at the next step.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
@@ -15,6 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -24,10 +26,11 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import deepfloyd_if
+from .attention_maps import CrossAttentionRecorder, StageWordMaps
 from .editing import EditInputs, StageEdit, lowres_tensor
 from .guidance import StageDenoiser, noise_augment
 from .images import pil_to_tensor, to_pil  # noqa: F401  (pil_to_tensor, to_pil: also imported from here)
-from .text_encoder import PromptEncoder, PromptReport, freeze
+from .text_encoder import PromptEncoder, PromptReport, freeze, normalize_prompt
 from .unet import ImagenUNet, upsample_lowres
 
 MAX_STAGES = 6
@@ -175,6 +178,7 @@ class StageEvent:
     x0: torch.Tensor
     is_final: bool = False
     output: Optional["ImagenPipelineOutput"] = None
+    attention_maps: Optional[Dict[str, np.ndarray]] = None  # with return_attention: this stage's word maps so far
     _previews: Optional[List[Image.Image]] = field(default=None, repr=False)
 
     @property
@@ -194,6 +198,9 @@ class ImagenPipelineOutput(BaseOutput):
     stage_images: List[List[Image.Image]]  # the images of every stage run, stage 1 first
     prompt_reports: List[PromptReport] = field(default_factory=list)
     settings: Dict[str, Any] = field(default_factory=dict)
+    # With return_attention: per stage run, {word of the (first) prompt: (H, W) cross-attention map}; {} for a stage
+    # without cross-attention (attention_maps.py).
+    attention_maps: Optional[List[Dict[str, np.ndarray]]] = None
 
 
 class ImagenPipeline(DiffusionPipeline):
@@ -316,6 +323,7 @@ class ImagenPipeline(DiffusionPipeline):
         dynamic_thresholding_max: Optional[Union[float, List[float]]] = None,
         mask_image=None,
         strength: Optional[float] = None,
+        return_attention: bool = False,
     ) -> Iterator[StageEvent]:
         """Runs the cascade, yielding a StageEvent after every denoising step and a final one.
 
@@ -380,19 +388,32 @@ class ImagenPipeline(DiffusionPipeline):
                                  f"got {tuple(image.shape)}")
             image = image.to(device=device, dtype=self.unets[start_at_stage - 1].dtype)
         stage_images: List[List[Image.Image]] = []
+        attention_maps: List[Dict[str, np.ndarray]] = []
         for s in stages[start_at_stage - 1:]:
             unet = self.unets[s.stage - 1]
             stage_edit = edit and edit.stage(unet.config.sample_size, first=s.stage == start_at_stage,
                                              device=device, dtype=unet.dtype)
-            image = yield from self._run_stage(s, image, uncond, cond, generator, batch, device, edit=stage_edit)
+            words = self._attention_words(s, unet, prompts[0], batch) if return_attention else None
+            image = yield from self._run_stage(s, image, uncond, cond, generator, batch, device, edit=stage_edit,
+                                               attention=words)
             stage_images.append(to_pil(image))
+            if words is not None:
+                attention_maps.append(words.maps())
         output = ImagenPipelineOutput(images=stage_images[-1], stage_images=stage_images, prompt_reports=reports,
-                                      settings=settings)
+                                      settings=settings, attention_maps=attention_maps if return_attention else None)
         yield StageEvent(stage=n, step=stages[-1].num_inference_steps, total_steps=stages[-1].num_inference_steps,
                          x0=image, is_final=True, output=output, _previews=stage_images[-1])
 
+    def _attention_words(self, s: StageSettings, unet, prompt: str, batch: int) -> "StageWordMaps":
+        """Records stage `s`'s cross-attention for the first image (the conditional half of a guidance batch)."""
+        guided = s.guidance_scale != 1.0 and not deepfloyd_if.is_if_unet(unet)  # [uncond; cond] in one U-Net call
+        recorder = CrossAttentionRecorder(unet, unet.config.sample_size, rows=slice(batch, batch + 1) if guided else slice(0, 1))
+        encoder = self.prompt_encoder
+        return StageWordMaps(recorder, encoder.tokenizer, normalize_prompt(prompt), getattr(unet.config, "num_null_tokens", 0),
+                             encoder.max_length)
+
     def _run_stage(self, s: StageSettings, lowres, uncond, cond, generator, batch, device,
-                   edit: Optional[StageEdit] = None) -> Iterator[StageEvent]:
+                   edit: Optional[StageEdit] = None, attention: Optional["StageWordMaps"] = None) -> Iterator[StageEvent]:
         """One stage's denoising loop (a generator of StageEvents); returns the stage's image in [-1, 1].
         `edit` (editing.py) starts it part-way from an init image and/or keeps the unmasked region."""
         k = s.stage - 1
@@ -412,7 +433,8 @@ class ImagenPipeline(DiffusionPipeline):
         # Ancestral samplers (DDPM, Euler ancestral) draw noise at every step: from the caller's generator(s).
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
         for i, t in enumerate(timesteps):
-            model_output, x0 = denoise(x, t)
+            with attention.recorder if attention is not None else contextlib.nullcontext():
+                model_output, x0 = denoise(x, t)
             result = sched.step(model_output, t, x, return_dict=True, **step_kwargs)
             x = result.prev_sample
             own_x0 = getattr(result, "pred_original_sample", None)  # the scheduler's x0, where it returns one
@@ -420,7 +442,8 @@ class ImagenPipeline(DiffusionPipeline):
             if edit is not None:
                 x = edit.after_step(sched, x, noise, timesteps, i)
                 preview = edit.preview(preview)
-            yield StageEvent(stage=s.stage, step=i + 1, total_steps=len(timesteps), x0=preview)
+            yield StageEvent(stage=s.stage, step=i + 1, total_steps=len(timesteps), x0=preview,
+                             attention_maps=attention.maps() if attention is not None else None)
         return (denoise.base + x).clamp(-1, 1)
 
     def _stage_denoiser(self, s: StageSettings, unet, sched, lowres, uncond, cond, generator, device) -> StageDenoiser:
@@ -467,6 +490,7 @@ class ImagenPipeline(DiffusionPipeline):
         dynamic_thresholding_max: Optional[Union[float, List[float]]] = None,
         mask_image=None,
         strength: Optional[float] = None,
+        return_attention: bool = False,
     ) -> ImagenPipelineOutput:
         """Generates images: runs `stream` with the same arguments to its end, with a progress bar per stage."""
         events = self.stream(prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
@@ -474,7 +498,8 @@ class ImagenPipeline(DiffusionPipeline):
                              noise_aug_level=noise_aug_level, scheduler=scheduler,
                              num_images_per_prompt=num_images_per_prompt, generator=generator,
                              stop_at_stage=stop_at_stage, image=image, start_at_stage=start_at_stage,
-                             dynamic_thresholding_max=dynamic_thresholding_max, mask_image=mask_image, strength=strength)
+                             dynamic_thresholding_max=dynamic_thresholding_max, mask_image=mask_image, strength=strength,
+                             return_attention=return_attention)
         bar = None
         for event in events:
             if bar is not None and (event.is_final or event.step == 1):  # a stage ended
@@ -511,13 +536,22 @@ class ImagenPipeline(DiffusionPipeline):
         import json
         import os
 
+        import re
+
         path = str(pretrained_model_name_or_path)
         if not os.path.isdir(path):
+            # Only a name of the form owner/repo can be a hub id; anything else is a folder that is not there.
+            if os.path.exists(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path) or path.startswith("."):
+                raise FileNotFoundError(f"no such folder: {path}" + (" (it is a file)" if os.path.exists(path) else ""))
             from huggingface_hub import snapshot_download
 
             if local_files_only is None:
                 local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
-            path = snapshot_download(path, local_files_only=local_files_only)
+            try:
+                path = snapshot_download(path, local_files_only=local_files_only)
+            except Exception as e:
+                raise FileNotFoundError(f"no such folder: {path}, and no hub repo {path!r} could be loaded "
+                                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
         index_path = os.path.join(path, "model_index.json")
         if not os.path.exists(index_path):
             raise ValueError(f"{path} is not a saved ImagenPipeline: it has no model_index.json")
@@ -535,7 +569,14 @@ class ImagenPipeline(DiffusionPipeline):
             load_kwargs = {}
             if torch_dtype is not None and hasattr(component_cls, "dtype"):
                 load_kwargs["torch_dtype" if library != "transformers" else "dtype"] = torch_dtype
-            component = component_cls.from_pretrained(os.path.join(path, name), **load_kwargs)
+            folder = os.path.join(path, name)
+            try:
+                component = component_cls.from_pretrained(folder, **load_kwargs)
+            except Exception as e:  # a damaged, truncated or missing weight file: name it and say what to do
+                files = sorted(f for f in os.listdir(folder) if f.endswith((".safetensors", ".bin"))) if os.path.isdir(folder) else []
+                where = ", ".join(os.path.join(folder, f) for f in files) or folder
+                raise OSError(f"could not load {name} from {where}: {type(e).__name__}: {e}. The file may be damaged "
+                              "or truncated: copy or download it again (or re-save the pipeline).") from e
             if torch_dtype is None and isinstance(component, ImagenUNet) and component.dtype == torch.float16:
                 component = component.float()  # weights ship in fp16; CPUs compute in fp32 (pipe.to() may change it)
             if isinstance(component, torch.nn.Module):
@@ -546,9 +587,25 @@ class ImagenPipeline(DiffusionPipeline):
             components["text_encoder"] = freeze(components["text_encoder"])
         pipe = cls(**components)
         defaults = os.path.join(path, "pipeline_defaults.json")
+        pipe.load_warnings = []
         if os.path.exists(defaults):
-            with open(defaults) as f:
-                pipe.settings.update(json.load(f))
+            try:
+                with open(defaults) as f:
+                    saved = json.load(f)
+                if not isinstance(saved, dict):
+                    raise ValueError("it is not a JSON object")
+            except ValueError as e:
+                raise ValueError(f"{defaults} is damaged ({e}): fix it, or delete it to use the library defaults") from e
+            pipe.settings.update(saved)
+        else:  # not silent: these defaults may be slower or worse than the ones the pipeline was saved with
+            message = (f"{defaults} is missing: using the library's default settings instead "
+                       f"({json.dumps(pipe.settings)}); save the pipeline again or restore the file.")
+            pipe.load_warnings.append(message)
+            import logging
+            import warnings
+
+            logging.getLogger("imagen_app.pipeline").warning(message)
+            warnings.warn(message, stacklevel=2)
         return pipe
 
     def save_pretrained(self, save_directory, **kwargs):

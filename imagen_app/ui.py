@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import re
 import tempfile
 import time
 from typing import List, Optional
@@ -19,7 +20,9 @@ import gradio as gr
 import torch
 from PIL import Image, PngImagePlugin
 
+from .attention_maps import overlay
 from .images import image_grid
+from .ui_compare import build_compare_tab
 from .ui_edit import build_edit_tabs
 from .pipeline import SCHEDULERS, ImagenPipeline, StageSettings, resolve_settings, settings_kwargs, whole_number
 
@@ -27,6 +30,7 @@ log = logging.getLogger("imagen_app.ui")
 
 MAX_PROMPT_CHARS = 500
 MAX_SEED = 2**31 - 1
+STOP_SETTLE_S = 1.0  # after Stop, the status is set to "Stopped." again this late (a last preview may land first)
 PREVIEW_INTERVAL_S = 0.1  # at most ~10 preview frames a second reach the browser
 SCHEDULER_CHOICES = list(SCHEDULERS)
 EXAMPLES = [  # seen captions, and held-out compositions (see weights/held_out.txt)
@@ -35,6 +39,50 @@ EXAMPLES = [  # seen captions, and held-out compositions (see weights/held_out.t
 ]
 # Small stages (32 px) are scaled up to the output's size, pixelated rather than blurred.
 CSS = ".stage-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+
+
+KEEP_DOWNLOADS = 32  # the PNG downloads the app keeps in its own folder (older ones are deleted)
+# How the API and the UI call each per-stage setting: {pipeline name: (API prefix, control label)}.
+SETTING_NAMES = {"num_inference_steps": ("steps", "Steps"), "guidance_scale": ("guidance_scale", "Guidance scale"),
+                 "scheduler": ("scheduler", "Scheduler"),
+                 "dynamic_thresholding_percentile": ("dynamic_thresholding_percentile", "Dynamic thresholding percentile"),
+                 "noise_aug_level": ("noise_aug_level", "Noise augmentation level")}
+
+
+def input_error(message: str) -> gr.Error:
+    """An expected input error: the message for the user, one line in the server log, no traceback."""
+    log.warning("input error: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
+def api_message(error: ValueError) -> str:
+    """A resolver's message with the inputs named as the API and the UI call them: "num_inference_steps for
+    stage 2" -> "steps_stage_2 (Steps, stage 2)", "stop_at_stage" -> "last_stage (Last stage to run)"."""
+    def name(m):
+        api, label = SETTING_NAMES[m[1]]
+        return f"{api}_stage_{m[2]} ({label}, stage {m[2]})"
+
+    text = re.sub(r"\b(" + "|".join(SETTING_NAMES) + r") for stage (\d+)", name, str(error))
+    return text.replace("stop_at_stage", "last_stage (Last stage to run)")
+
+
+def text_input(value, name: str) -> str:
+    """A prompt-like input: None is empty; anything but a string, or over MAX_PROMPT_CHARS, is refused by name."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise input_error(f"The {name} must be text (a string), got {type(value).__name__} {value!r:.60}")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise input_error(f"The {name} is too long ({len(value)} characters); the limit is {MAX_PROMPT_CHARS}.")
+    return value
+
+
+def whole_input(value, name: str, low: int, high: int, default: int) -> int:
+    """A whole-number input (seed, number of images, last stage); None is `default`; 3.5 or "3" are refused."""
+    try:
+        return default if value is None else whole_number(name, value, low, high)
+    except ValueError as e:
+        raise input_error(str(e)) from None
 
 
 class PipelineHolder:
@@ -54,10 +102,11 @@ class PipelineHolder:
                 log.error(self.error)
         if self.pipe is not None:
             self.pipe.set_progress_bar_config(disable=True)
+        self.warnings: List[str] = list(getattr(self.pipe, "load_warnings", None) or [])  # e.g. no pipeline_defaults.json
 
     def get(self) -> ImagenPipeline:
         if self.pipe is None:
-            raise gr.Error(self.error or "no model is loaded")
+            raise input_error(self.error or "no model is loaded")
         return self.pipe
 
 
@@ -67,10 +116,30 @@ def png_with_metadata(image: Image.Image, settings: dict) -> str:
     info.add_text("prompt", str(settings.get("prompt", "")))
     info.add_text("parameters", json.dumps(settings))
     info.add_text("Software", "imagen-app")
-    fd, path = tempfile.mkstemp(prefix="imagen_", suffix=".png")
+    folder = downloads_folder()
+    fd, path = tempfile.mkstemp(prefix="imagen_", suffix=".png", dir=folder)
     os.close(fd)
     image.save(path, pnginfo=info)
+    prune_downloads(folder)
     return path
+
+
+def downloads_folder() -> str:
+    """The app's own folder for PNG downloads (Gradio copies each into its cache, which `delete_cache` purges)."""
+    folder = os.path.join(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir(), f"imagen_app_downloads_{os.getpid()}")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def prune_downloads(folder: str, keep: int = KEEP_DOWNLOADS) -> None:
+    """Deletes all but the newest `keep` PNGs in the downloads folder."""
+    paths = sorted((os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".png")),
+                   key=lambda f: os.path.getmtime(f) if os.path.exists(f) else 0)
+    for old in paths[:-keep] if keep > 0 else paths:
+        try:
+            os.remove(old)
+        except OSError:
+            pass
 
 
 def understanding_markdown(pipe: ImagenPipeline, prompt: str) -> str:
@@ -133,20 +202,22 @@ def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, se
     def stage_values(name: str, first: int = 1) -> list:  # None: that stage's default
         return [None] * (first - 1) + [per_stage.get(f"{name}_stage_{k}") for k in range(first, n_stages + 1)]
 
-    prompt = "" if prompt is None else prompt
-    if not isinstance(prompt, str) or not isinstance(negative_prompt or "", str):
-        raise gr.Error("prompt and negative prompt must be text")
-    if len(prompt) > MAX_PROMPT_CHARS or len(negative_prompt or "") > MAX_PROMPT_CHARS:
-        raise gr.Error(f"The prompt is too long ({max(len(prompt), len(negative_prompt or ''))} characters); "
-                       f"the limit is {MAX_PROMPT_CHARS}.")
+    # Every input is checked here, once, by the name the API and the UI give it (the event runs with
+    # preprocess=False: Gradio neither rounds, coerces nor range-checks a value before this sees it).
+    prompt = text_input(prompt, "prompt")
+    negative_prompt = text_input(negative_prompt, "negative prompt (negative_prompt)")
+    seed = whole_input(seed, "seed", 0, MAX_SEED, default=0)
+    if randomize_seed is not None and not isinstance(randomize_seed, bool):
+        raise input_error(f"randomize_seed (Randomize seed) must be true or false, got {randomize_seed!r:.60}")
+    num_images = whole_input(num_images, "num_images (Number of images)", 1, 4, default=1)
+    seed = random.randint(0, MAX_SEED) if randomize_seed else seed
     try:
-        seed = random.randint(0, MAX_SEED) if randomize_seed else whole_number("seed", seed, 0, MAX_SEED)
         stages = pipe.resolve_settings(num_inference_steps=stage_values("steps"), guidance_scale=stage_values("guidance_scale"),
                                        scheduler=stage_values("scheduler"),
                                        dynamic_thresholding_percentile=stage_values("dynamic_thresholding_percentile"),
                                        noise_aug_level=stage_values("noise_aug_level", first=2), stop_at_stage=last_stage)
     except ValueError as e:
-        raise gr.Error(str(e))
+        raise input_error(api_message(e)) from None
     if not prompt.strip():
         gr.Info("Empty prompt: drawing an unconditional sample.")
     understood = understanding_markdown(pipe, prompt)
@@ -160,7 +231,7 @@ def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, se
     t0 = time.time()
     last_yield = 0.0
     stream = pipe.stream(prompt, negative_prompt=negative_prompt or None, num_images_per_prompt=num_images,
-                         generator=torch.Generator().manual_seed(seed), **settings_kwargs(stages))
+                         generator=torch.Generator().manual_seed(seed), return_attention=True, **settings_kwargs(stages))
     try:
         for ev in stream:
             if ev.is_final:
@@ -168,7 +239,8 @@ def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, se
                 settings = dict(out.settings, seed=seed, negative_prompt=negative_prompt or "")
                 stages_shown = [image_grid(imgs) for imgs in out.stage_images] + [None] * (n_stages - len(out.stage_images))
                 status = f"Done: {len(out.stage_images)} stage(s) in {time.time() - t0:.1f} s (seed {seed})."
-                yield (*stages_shown, out.images, status, settings, png_with_metadata(out.images[0], settings), understood, seed)
+                yield (*stages_shown, out.images, status, settings, png_with_metadata(out.images[0], settings), understood, seed,
+                       word_map_gallery(out))
                 return
             done += 1
             progress((done, total_steps), desc=f"stage {ev.stage}/{last}")
@@ -180,21 +252,22 @@ def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, se
             outputs = list(stage_outputs)
             outputs[ev.stage - 1] = image_grid(ev.previews)
             status = f"Stage {ev.stage}/{last} · step {ev.step}/{ev.total_steps} · {now - t0:.1f} s"
-            yield (*outputs, gr.skip(), status, gr.skip(), gr.skip(), understood, seed)
+            yield (*outputs, gr.skip(), status, gr.skip(), gr.skip(), understood, seed, gr.skip())
     except ValueError as e:
-        raise gr.Error(str(e))
+        raise input_error(api_message(e)) from None
     except gr.Error:
         raise
     except Exception as e:  # never a traceback in the browser, never a dead worker
-        log.exception("generation failed")
-        raise gr.Error(f"Generation failed: {type(e).__name__}: {e}")
+        log.exception("generation failed")  # an unexpected error: its traceback, once, in the log
+        raise gr.Error(f"Generation failed: {type(e).__name__}: {e}", print_exception=False) from None
     finally:
         stream.close()  # Stop (or a lost client) ends the work at the current step
 
 
-def build_app(source, concurrency_limit: int = 1, max_queue: int = 16) -> gr.Blocks:
+def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_minutes: float = 60) -> gr.Blocks:
     """The playground for a pipeline (or a weights folder to load it from); its per-stage controls
-    follow the pipeline's stages (1-6) and resolutions."""
+    follow the pipeline's stages (1-6) and resolutions. Every file Gradio writes for a request (previews,
+    results, downloads) is deleted `cache_minutes` after it was written (Gradio's `delete_cache`)."""
     holder = PipelineHolder(source)
     pipe = holder.pipe
     defaults = stage_controls_defaults(pipe)
@@ -212,17 +285,22 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16) -> gr.Blo
     except ImportError:
         pass
 
-    with gr.Blocks(title="imagen-app: Imagen playground") as demo:
+    age_s = max(1, int(cache_minutes * 60))
+    with gr.Blocks(title="imagen-app: Imagen playground", delete_cache=(max(1, min(age_s // 2, 600)), age_s)) as demo:
         gr.Markdown("# Imagen playground\nA frozen T5 text encoder conditions a base diffusion U-Net; super-resolution "
                     "U-Nets enlarge its image 4x at a time. Watch every stage denoise live.")
-        if holder.error:
+        if holder.error:  # the fault at the top of the page; Generate is disabled and the API answers with it
             gr.Markdown(f"⚠️ **{holder.error}**\n\nStart the app with `--weights` pointing to a saved pipeline folder.")
+        for warning in holder.warnings:
+            gr.Markdown(f"⚠️ {warning}")
         with gr.Row():
             with gr.Column(scale=3):
-                prompt = gr.Textbox(label="Prompt", placeholder="an emoji name, e.g. 'red heart'", max_lines=2)
-                negative = gr.Textbox(value="", label="Negative prompt", placeholder="optional", max_lines=1)
+                prompt = gr.Textbox(label="Prompt", placeholder="an emoji name, e.g. 'red heart'", max_lines=2,
+                                    max_length=MAX_PROMPT_CHARS)
+                negative = gr.Textbox(value="", label="Negative prompt", placeholder="optional", max_lines=1,
+                                      max_length=MAX_PROMPT_CHARS)
             with gr.Column(scale=1):
-                run = gr.Button("Generate", variant="primary")
+                run = gr.Button("Generate", variant="primary", interactive=holder.error is None)
                 stop = gr.Button("Stop", variant="stop")
         with gr.Row():
             seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
@@ -253,8 +331,12 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16) -> gr.Blo
                                      type="pil", format="png", height=256, interactive=False,
                                      elem_classes="stage-image") for k in range(n_stages)]
         understood = gr.Markdown()
+        with gr.Accordion("Where each word went", open=False):
+            gr.Markdown("Each word's cross-attention over the first image, per stage that has cross-attention "
+                        "(averaged over heads, layers and steps; red = most).")
+            word_maps = gr.Gallery(label="Where each word went", columns=6, height=300, object_fit="contain")
         with gr.Row():
-            gallery = gr.Gallery(label="Final images", columns=4, height=280)
+            gallery = gr.Gallery(label="Final images", columns=4, height=420, object_fit="contain")  # never cropped
             with gr.Column():
                 settings = gr.JSON(label="Settings used (reproduce with the same seed)")
                 download = gr.File(label="PNG with prompt and settings in its metadata")
@@ -264,13 +346,36 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16) -> gr.Blo
 
         # The same order as generate_parameters().
         inputs = [prompt, negative, seed, randomize, *guidance, *steps, *schedulers, *percentiles, *augs, count, last_stage]
-        outputs = [*stage_images, gallery, status, settings, download, understood, seed]
+        outputs = [*stage_images, gallery, status, settings, download, understood, seed, word_maps]
+        # preprocess=False: generate() gets each value as sent and checks it by name (Gradio's own coercion
+        # would round seed 3.5, stringify a list prompt and refuse None without saying which input). Progress
+        # shows on the status line only: the stage panes and the seed box are never blanked by its overlay.
         event = gr.on([run.click, prompt.submit], generate, inputs, outputs, api_name="generate",
-                      concurrency_limit=concurrency_limit)
-        stop.click(lambda: "Stopped.", None, status, cancels=[event], queue=False, api_name=False)
+                      concurrency_limit=concurrency_limit, preprocess=False, show_progress="minimal",
+                      show_progress_on=[status])
+        event.failure(lambda: "Stopped by an error: see the message.", None, status, queue=False, api_name=False)
+        # "Stopped." now, and again once the cancelled run's last in-flight update has landed.
+        stop.click(lambda: "Stopped.", None, status, cancels=[event], queue=False, api_name=False).then(
+            settle_stopped, None, status, queue=False, api_name=False)
         build_edit_tabs(holder, concurrency_limit)  # the Edit and Upscale tabs (ui_edit.py)
+        with gr.Tab("Compare"):  # Imagen Fig. A.10: guidance x thresholding, same seed (ui_compare.py)
+            build_compare_tab(holder, n_stages, concurrency_limit)
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
     return demo
+
+def settle_stopped() -> str:
+    time.sleep(STOP_SETTLE_S)
+    return "Stopped."
+
+
+def word_map_gallery(out) -> List:
+    """(overlay, "stage k · word") for every word of every stage with cross-attention, first image only."""
+    items = []
+    for k, (maps, images) in enumerate(zip(out.attention_maps or [], out.stage_images), 1):
+        for word, heatmap in maps.items():
+            items.append((overlay(images[0], heatmap), f"stage {k} · {word}"))
+    return items
+
 
 def known_captions_markdown(pipe: Optional[ImagenPipeline]) -> str:
     if pipe is None:

@@ -68,7 +68,7 @@ def build_compare_tab(holder, n_stages: int, concurrency_limit: int = 1) -> None
     with gr.Row():
         guidance = gr.Textbox(label="Guidance weights (columns)", value="1, 4, 8, 16")
         row_kind = gr.Radio(["thresholding", "noise augmentation"], value="thresholding", label="Rows")
-        stage = gr.Slider(1, n_stages, value=1, step=1, label="Stage (noise augmentation: 2 or more)")
+        stage = gr.Dropdown(list(range(1, n_stages + 1)), value=1, label="Stage (noise augmentation: 2 or more)")
         seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
     status = gr.Markdown("")
     grid = gr.Image(label="Grid", type="pil", format="png", interactive=False)

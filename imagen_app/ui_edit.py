@@ -34,14 +34,44 @@ EDIT_EXAMPLES = [("firefighter", "woman firefighter: light skin tone", 1.0),
 UPSCALE_EXAMPLES = [("firefighter_32", "woman firefighter: dark skin tone"), ("red_heart_32", "red heart")]
 
 
+# Inputs whose values reach the function as sent: Gradio's own preprocessing would round a seed of 3.5,
+# stringify a list prompt, or refuse a value without naming the input; the functions below check each value
+# by name (ui.text_input, ui.whole_input, the pipeline's resolver). `is_template` keeps the browser's component.
+class RawNumber(gr.Number):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class RawSlider(gr.Slider):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class RawTextbox(gr.Textbox):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+def _checks():
+    from . import ui  # ui imports this module: import its input checks when a request runs
+
+    return ui
+
+
 def editor_inputs(editor) -> tuple:
     """(init image, mask or None) from a gr.ImageEditor value: the background is the image, the painted
     layers (their alpha, or their brightness where a layer is opaque) are the region to repaint."""
     if not isinstance(editor, dict):
-        raise gr.Error("Upload an image to edit.")
+        raise _checks().input_error("image: Upload an image to edit.")
     image = editor.get("background") or editor.get("composite")
     if image is None:
-        raise gr.Error("Upload an image to edit.")
+        raise _checks().input_error("image: Upload an image to edit.")
     mask: Optional[Image.Image] = None
     for layer in editor.get("layers") or []:
         if layer is None:
@@ -49,7 +79,7 @@ def editor_inputs(editor) -> tuple:
         try:
             gray = mask_gray(layer)
         except ValueError as e:
-            raise gr.Error(str(e)) from None
+            raise _checks().input_error(f"image (painted mask): {e}") from None
         gray = gray.resize(image.size, Image.NEAREST) if gray.size != image.size else gray
         mask = gray if mask is None else ImageChops.lighter(mask, gray)
     if mask is not None and mask.getextrema()[1] < 128:  # nothing painted: image-to-image
@@ -58,22 +88,19 @@ def editor_inputs(editor) -> tuple:
 
 
 def _seed(seed) -> int:
-    try:
-        value = int(seed)
-    except (TypeError, ValueError):
-        raise gr.Error(f"Seed must be a whole number from 0 to {MAX_SEED}") from None
-    if not 0 <= value <= MAX_SEED or value != seed:
-        raise gr.Error(f"Seed must be a whole number from 0 to {MAX_SEED}")
-    return value
+    return _checks().whole_input(seed, "seed", 0, MAX_SEED, default=0)
 
 
 def _prompt(prompt) -> str:
-    prompt = "" if prompt is None else prompt
-    if not isinstance(prompt, str):
-        raise gr.Error("The prompt must be text")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise gr.Error(f"The prompt is too long ({len(prompt)} characters); the limit is {MAX_PROMPT_CHARS}.")
-    return prompt
+    return _checks().text_input(prompt, "prompt")
+
+
+def _resolve(pipe, **settings):
+    """The pipeline's resolver on the given settings (its ValueError, with the inputs named, as a message)."""
+    try:
+        return pipe.resolve_settings(**settings)
+    except ValueError as e:
+        raise _checks().input_error(_checks().api_message(e)) from None
 
 
 def stream_panes(events, n_stages: int, first_pane: int, what: str):
@@ -101,12 +128,12 @@ def stream_panes(events, n_stages: int, first_pane: int, what: str):
             status = f"{what}: stage {ev.stage}/{n_stages} · step {ev.step}/{ev.total_steps} · {now - t0:.1f} s"
             yield (*panes, gr.skip(), status, gr.skip())
     except ValueError as e:
-        raise gr.Error(str(e)) from None
+        raise _checks().input_error(_checks().api_message(e)) from None
     except gr.Error:
         raise
     except Exception as e:  # never a traceback in the browser
-        log.exception("%s failed", what)
-        raise gr.Error(f"{what} failed: {type(e).__name__}: {e}") from None
+        log.exception("%s failed", what)  # an unexpected error: its traceback, once, in the log
+        raise gr.Error(f"{what} failed: {type(e).__name__}: {e}", print_exception=False) from None
     finally:
         events.close()  # Stop, or a lost client, ends the work at the current step
 
@@ -119,12 +146,11 @@ def make_edit(holder):
         pipe = holder.get()
         init, mask = editor_inputs(image)
         prompt, seed = _prompt(prompt), _seed(seed)
-        try:
-            strength = float(strength)
-            guidance = None if guidance_scale is None else [float(guidance_scale)] + [None] * (pipe.num_stages - 1)
-            stop = None if last_stage is None else int(last_stage)
-        except (TypeError, ValueError):
-            raise gr.Error("Strength, guidance scale and last stage must be numbers") from None
+        if strength is not None and (isinstance(strength, bool) or not isinstance(strength, (int, float))
+                                     or not 0 < strength <= 1):
+            raise _checks().input_error(f"strength must be a number in (0, 1], got {strength!r:.60}")
+        guidance = None if guidance_scale is None else [guidance_scale] + [None] * (pipe.num_stages - 1)
+        stop = len(_resolve(pipe, guidance_scale=guidance, stop_at_stage=last_stage))
         what = "Inpainting" if mask is not None else "Image-to-image"
         events = pipe.stream(prompt, image=init, mask_image=mask, strength=strength, guidance_scale=guidance,
                              stop_at_stage=stop, generator=torch.Generator().manual_seed(seed))
@@ -143,14 +169,15 @@ def make_upscale(holder):
             raise gr.Error("Upload an image to upscale.")
         prompt, seed = _prompt(prompt), _seed(seed)
         if pipe.num_stages < 2:
-            raise gr.Error("This model has no super-resolution stage.")
-        try:
-            start = 2 if start_at_stage is None else int(start_at_stage)
-            aug = None if noise_aug_level is None else float(noise_aug_level)
-        except (TypeError, ValueError):
-            raise gr.Error("Noise augmentation level and start stage must be numbers") from None
-        if not 2 <= start <= pipe.num_stages:
-            raise gr.Error(f"start_at_stage must be from 2 to {pipe.num_stages}")
+            raise _checks().input_error("This model has no super-resolution stage.")
+        start = _checks().whole_input(start_at_stage, "start_at_stage", 2, pipe.num_stages, default=2)
+        aug = noise_aug_level
+        if aug is not None:  # one level for every super-resolution stage, checked by the resolver
+            try:
+                pipe.resolve_settings(noise_aug_level=aug)
+            except ValueError:
+                raise _checks().input_error(f"noise_aug_level (Noise augmentation level) must be a number from 0 "
+                                            f"to 1, got {aug!r:.60}") from None
         events = pipe.stream(prompt, image=image, start_at_stage=start, noise_aug_level=aug,
                              generator=torch.Generator().manual_seed(seed))
         size = pipe.stage_resolutions[start - 2]
@@ -184,13 +211,14 @@ def build_edit_tabs(holder, concurrency_limit: int = 1) -> None:
                                     brush=gr.Brush(colors=[("#ff00ff", 0.8)], color_mode="fixed", default_size=48),
                                     transforms=())
             with gr.Column():
-                prompt = gr.Textbox(label="Prompt", placeholder="what the painted region should become", max_lines=2)
-                strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength (1: repaint from pure noise)")
+                prompt = RawTextbox(label="Prompt", placeholder="what the painted region should become", max_lines=2,
+                                    max_length=MAX_PROMPT_CHARS)
+                strength = RawSlider(0.05, 1.0, value=1.0, step=0.05, label="Strength (1: repaint from pure noise)")
                 with gr.Row():
-                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-                    guidance = gr.Slider(0, 30, value=(pipe.resolve_settings()[0].guidance_scale if pipe else 4.0),
+                    seed = RawNumber(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                    guidance = RawSlider(0, 30, value=(pipe.resolve_settings()[0].guidance_scale if pipe else 4.0),
                                          step=0.5, label="Guidance scale, stage 1")
-                last = gr.Slider(1, max(n_stages, 2), value=n_stages, step=1, label="Last stage to run",
+                last = RawSlider(1, max(n_stages, 2), value=n_stages, step=1, label="Last stage to run",
                                  visible=n_stages > 1)
                 with gr.Row():
                     run = gr.Button("Edit", variant="primary")
@@ -219,10 +247,10 @@ def build_edit_tabs(holder, concurrency_limit: int = 1) -> None:
             small = gr.Image(label="Small image", type="pil", image_mode="RGB", format="png", height=256,
                              sources=("upload", "clipboard"))
             with gr.Column():
-                up_prompt = gr.Textbox(label="Prompt (optional)", max_lines=2)
+                up_prompt = RawTextbox(label="Prompt (optional)", max_lines=2, max_length=MAX_PROMPT_CHARS)
                 with gr.Row():
-                    up_seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-                    aug = gr.Slider(0, 1, value=(pipe.resolve_settings()[1].noise_aug_level if pipe and n_stages > 1 else 0.1),
+                    up_seed = RawNumber(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                    aug = RawSlider(0, 1, value=(pipe.resolve_settings()[1].noise_aug_level if pipe and n_stages > 1 else 0.1),
                                     step=0.05, label="Noise augmentation level")
                 with gr.Row():
                     up_run = gr.Button("Upscale", variant="primary")

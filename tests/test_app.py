@@ -56,11 +56,11 @@ def test_same_seed_same_image(client):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(steps_stage_1=0), "minimum"),
+    (dict(steps_stage_1=0), "steps_stage_1"),  # named as the API calls it (issue 16)
     (dict(prompt="x" * 5000), "too long"),
     (dict(scheduler_stage_2="warp-drive"), "warp-drive"),
-    (dict(noise_aug_level_stage_2=3), "maximum"),
-    (dict(last_stage=1.5), "stop_at_stage"),
+    (dict(noise_aug_level_stage_2=3), "noise_aug_level_stage_2"),
+    (dict(last_stage=1.5), "last_stage"),
 ])
 def test_bad_input_gets_clear_error_then_next_request_works(client, kwargs, message):
     args = () if "prompt" in kwargs else ("red heart",)

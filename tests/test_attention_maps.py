@@ -66,3 +66,37 @@ def test_word_maps_join_subtokens_and_drop_special_tokens():
     from PIL import Image
 
     assert overlay(Image.new("RGB", (8, 8)), words["dark"]).size == (8, 8)
+
+
+def test_pipeline_returns_word_maps_per_stage_and_streams_them():
+    import numpy as np
+
+    from imagen_app.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    prompt = "woman firefighter: dark skin tone"
+    plain = pipe(prompt, generator=torch.Generator().manual_seed(0))
+    assert plain.attention_maps is None
+    out = pipe(prompt, generator=torch.Generator().manual_seed(0), return_attention=True)
+    assert len(out.attention_maps) == 3
+    for maps, size in zip(out.attention_maps, pipe.stage_resolutions):
+        assert list(maps) == ["woman", "firefighter:", "dark", "skin", "tone"]
+        assert all(m.shape == (size, size) and np.isfinite(m).all() and (m >= 0).all() for m in maps.values())
+    for a, b in zip(plain.stage_images, out.stage_images):  # recording leaves the images as they were (rounding)
+        assert np.abs(np.asarray(a[0], dtype=int) - np.asarray(b[0], dtype=int)).max() <= 1
+    events = [ev for ev in pipe.stream(prompt, generator=torch.Generator().manual_seed(0), return_attention=True)
+              if not ev.is_final]
+    assert all(ev.attention_maps and set(ev.attention_maps) == set(out.attention_maps[ev.stage - 1]) for ev in events)
+    last_of_stage_1 = [ev for ev in events if ev.stage == 1][-1]
+    assert np.allclose(last_of_stage_1.attention_maps["tone"], out.attention_maps[0]["tone"])
+    assert all(layer.recorder is None for unet in pipe.unets for layer in unet.modules() if isinstance(layer, TextAttention))
+
+
+def test_app_shows_where_each_word_went(app_url):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    result = client.predict("red heart", api_name="/generate")
+    captions = [item["caption"] for item in result[-1]]
+    assert "stage 1 · red" in captions and "stage 1 · heart" in captions
+    assert {c.split(" · ")[0] for c in captions} == {"stage 1", "stage 2", "stage 3"}

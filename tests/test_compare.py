@@ -44,3 +44,20 @@ def test_noise_aug_rows_need_a_super_resolution_stage():
     cells = list(run_cells(pipe, "panda", [1.0], [parse_row("aug=0"), parse_row("aug=0.5")], stage=2))
     assert cells[0].image.size == (32, 32)
     assert not np.array_equal(np.asarray(cells[0].image), np.asarray(cells[1].image))
+
+
+def test_compare_endpoint_fills_the_grid_cell_by_cell(app_url):
+    from gradio_client import Client
+    from PIL import Image
+
+    client = Client(app_url, verbose=False)
+    job = client.submit("red heart", "1, 8", "thresholding", 1, 2, api_name="/compare")
+    updates = list(job)
+    grid_path, table, status = job.result()
+    assert status.startswith("Done: 6 cells")
+    assert len(table["data"]) == 6 and {row[2] for row in table["data"]} == {2}
+    assert len(updates) >= 6  # one update per cell, then the final one
+    grid = Image.open(grid_path)
+    assert grid.size == (120 + 2 * 128, 22 + 3 * 128)
+    with pytest.raises(Exception, match="Guidance weights"):
+        client.predict("red heart", "one, two", "thresholding", 1, 0, api_name="/compare")

@@ -335,8 +335,8 @@ def test_upscale_endpoint(client, tmp_path):
 
 @pytest.mark.parametrize("api, args, kwargs, message", [
     ("/edit", ("no image",), {}, "Upload an image"),
-    ("/edit", ("init",), dict(strength=0), "minimum"),
-    ("/edit", ("init",), dict(seed=-1), "minimum"),
+    ("/edit", ("init",), dict(strength=0), "strength"),
+    ("/edit", ("init",), dict(seed=-1), "seed"),
     ("/edit", ("init",), dict(prompt="x" * 5000), "too long"),
     ("/upscale", (None, "red heart"), {}, "Upload an image"),
 ])
