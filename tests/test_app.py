@@ -177,3 +177,38 @@ def test_ui_controls_follow_the_pipeline(resolutions):
     settings = n + 2  # outputs: one image per stage, gallery, status, settings, ...
     assert used(from_controls[settings]) == used(omitted[settings]) == expected
     assert expected["guidance_scale"] == [3.5, 2.5, 1.5][:n] and expected["scheduler"] == ["ddim", "euler", "unipc"][:n]
+
+
+def test_eight_clients_served_in_order_and_the_17th_is_told_the_queue_is_full(app_url):
+    """Under load (loopback only, bounded): while one long generation runs, 8 clients queue 16 quick ones
+    (the queue's size); all 16 are served, in the order they joined, and one more is refused with a clear
+    "queue is full" message instead of waiting or failing silently."""
+    from gradio_client.utils import QueueError, Status
+
+    clients = [gradio_client.Client(app_url, verbose=False) for _ in range(8)]
+    blocker = clients[0].submit("panda", steps_stage_1=200, steps_stage_2=200, steps_stage_3=200, api_name="/generate")
+    deadline = time.time() + 60
+    while time.time() < deadline and not blocker.outputs():
+        time.sleep(0.1)
+    assert blocker.outputs(), "the long job never started"
+    quick = dict(steps_stage_1=1, steps_stage_2=1, steps_stage_3=1, api_name="/generate")
+    jobs, finished = [], []
+    try:
+        for i in range(16):  # one after another, each in the queue before the next joins
+            job = clients[i % 8].submit("red heart", seed=i, **quick)
+            job.add_done_callback(lambda _f, i=i: finished.append(i))
+            deadline = time.time() + 30
+            while time.time() < deadline and job.status().code < Status.IN_QUEUE:
+                time.sleep(0.05)
+            assert job.status().code == Status.IN_QUEUE, job.status()
+            jobs.append(job)
+        assert [j.status().rank for j in jobs] == list(range(16))
+        extra = clients[0].submit("red heart", seed=99, **quick)
+        with pytest.raises(QueueError, match="(?i)queue is full"):
+            extra.result(timeout=30)
+    finally:
+        blocker.cancel()
+    results = [j.result(timeout=120) for j in jobs]
+    assert finished == list(range(16))  # served first come, first served
+    assert [r[5]["seed"] for r in results] == list(range(16))
+    assert all(final_image(r).shape == (128, 128, 3) for r in results)
