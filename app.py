@@ -4,18 +4,40 @@
     python app.py --weights DeepFloyd/IF-I-XL-v1.0 --stage-2 DeepFloyd/IF-II-L-v1.0     # DeepFloyd IF (GPU)
 
 Environment variables: IMAGEN_WEIGHTS, IMAGEN_IF_STAGE_2, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, IMAGEN_SHARE=1,
-IMAGEN_CACHE_MINUTES (--cache-minutes: files written for a request are deleted after this long, default 60).
+IMAGEN_CACHE_MINUTES (--cache-minutes: files written for a request are deleted after this long, default 60),
+IMAGEN_MCP=1 (--mcp: also serve `generate` as an MCP tool; needs `pip install "gradio[mcp]"`).
 `--weights` also takes an IF stage I folder, or a JSON file naming {"stage_1": ..., "stage_2": ...}.
 On Hugging Face Spaces the same file is the app_file.
 """
 import argparse
+import importlib.util
 import os
+import sys
+from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the shipped model is on disk; no hub at run time
 
 from imagen_app.ui import CSS, build_app  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+MCP_MISSING = ('--mcp / IMAGEN_MCP=1: the "mcp" package is not installed, so the app starts without its MCP server. '
+               'To serve generate as an MCP tool: pip install "gradio[mcp]"')
+
+
+def mcp_available() -> bool:
+    return importlib.util.find_spec("mcp") is not None
+
+
+def mcp_server(requested: bool) -> Optional[bool]:
+    """launch()'s mcp_server: True when asked for and the `mcp` package is there; False when asked for without
+    it (a message says what to install, and the app starts without an MCP server); None otherwise (Gradio's
+    default, its GRADIO_MCP_SERVER variable)."""
+    if not requested:
+        return None
+    if not mcp_available():
+        print(MCP_MISSING, file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def main(argv=None):
@@ -31,12 +53,16 @@ def main(argv=None):
     parser.add_argument("--cache-minutes", type=float, default=float(os.environ.get("IMAGEN_CACHE_MINUTES", "60")),
                         help="delete every file written for a request (previews, results, PNG downloads) this many "
                              "minutes after it was written (default 60; env IMAGEN_CACHE_MINUTES)")
+    parser.add_argument("--mcp", action="store_true", default=os.environ.get("IMAGEN_MCP") == "1",
+                        help='also serve generate as an MCP tool at /gradio_api/mcp/sse (env IMAGEN_MCP=1; '
+                             'needs pip install "gradio[mcp]")')
     args = parser.parse_args(argv)
     source = {"stage_1": args.weights, "stage_2": args.stage_2} if args.stage_2 else args.weights
     if args.cache_minutes <= 0:
         parser.error("--cache-minutes must be more than 0")
     demo = build_app(source, concurrency_limit=args.concurrency, max_queue=args.max_queue, cache_minutes=args.cache_minutes)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS, show_error=False)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS, show_error=False,
+                mcp_server=mcp_server(args.mcp))
 
 
 if __name__ == "__main__":

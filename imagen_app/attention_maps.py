@@ -11,6 +11,7 @@ of that softmax. With no recorder the U-Net runs its usual kernels: recording co
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -32,6 +33,7 @@ class CrossAttentionRecorder:
         self.rows = rows  # the batch rows to keep (e.g. the conditional half of a guidance batch)
         self.total: Optional[torch.Tensor] = None
         self.count = 0
+        self.thread = threading.get_ident()  # records only the U-Net calls of the thread that made it
 
     @property
     def has_cross_attention(self) -> bool:
@@ -39,12 +41,12 @@ class CrossAttentionRecorder:
 
     def __enter__(self):
         for layer in self.layers:
-            layer.recorder = self
+            layer.recorders[self.thread] = self
         return self
 
     def __exit__(self, *exc):
         for layer in self.layers:
-            layer.recorder = None
+            layer.recorders.pop(self.thread, None)
         return False
 
     @torch.no_grad()

@@ -165,17 +165,53 @@ def stage_controls_defaults(pipe: Optional[ImagenPipeline]) -> List[StageSetting
 def generate_parameters(n_stages: int) -> List[inspect.Parameter]:
     """generate()'s parameters, in the order of the UI's inputs and of the API: the prompt first; every
     setting after it defaults to None, which is the loaded pipeline's default."""
-    def param(name, default=None):
-        return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+    def param(name, annotation, default=None):
+        return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
 
     stages = range(1, n_stages + 1)
-    return [inspect.Parameter("prompt", inspect.Parameter.POSITIONAL_OR_KEYWORD), param("negative_prompt", ""),
-            param("seed", 0), param("randomize_seed", False),
-            *[param(f"guidance_scale_stage_{k}") for k in stages], *[param(f"steps_stage_{k}") for k in stages],
-            *[param(f"scheduler_stage_{k}") for k in stages],
-            *[param(f"dynamic_thresholding_percentile_stage_{k}") for k in stages],
-            *[param(f"noise_aug_level_stage_{k}") for k in stages if k > 1],
-            param("num_images", 1), param("last_stage"), param("progress", gr.Progress())]
+    return [inspect.Parameter("prompt", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),
+            param("negative_prompt", Optional[str], ""), param("seed", Optional[int], 0),
+            param("randomize_seed", Optional[bool], False),
+            *[param(f"guidance_scale_stage_{k}", Optional[float]) for k in stages],
+            *[param(f"steps_stage_{k}", Optional[int]) for k in stages],
+            *[param(f"scheduler_stage_{k}", Optional[str]) for k in stages],
+            *[param(f"dynamic_thresholding_percentile_stage_{k}", Optional[float]) for k in stages],
+            *[param(f"noise_aug_level_stage_{k}", Optional[float]) for k in stages if k > 1],
+            param("num_images", Optional[int], 1), param("last_stage", Optional[int]),
+            param("progress", gr.Progress, gr.Progress())]
+
+
+def generate_docstring(n_stages: int) -> str:
+    """generate()'s docstring: what an API or MCP client sees of the tool (Gradio reads its "Args:" lines as the
+    description of each parameter)."""
+    lines = [
+        "Draws images for a text prompt with the loaded Imagen cascade (a base diffusion model, then super-resolution "
+        f"stages; {n_stages} stage(s)), streaming every stage's x0 preview as it denoises.",
+        "The shipped model knows emoji names only, e.g. 'red heart', 'panda', 'flag: japan'. Every setting left out "
+        "(or None) is the loaded pipeline's default (its pipeline_defaults.json), as the UI's controls are.",
+        "",
+        "Args:",
+        f"    prompt: the text to draw, at most {MAX_PROMPT_CHARS} characters; empty draws an unconditional sample.",
+        f"    negative_prompt: text to steer away from (classifier-free guidance), at most {MAX_PROMPT_CHARS} characters.",
+        f"    seed: the random seed, a whole number from 0 to {MAX_SEED}; the same seed and settings give the same image.",
+        "    randomize_seed: true to ignore seed and draw a random one (it is returned with the result).",
+    ]
+    for k in range(1, n_stages + 1):
+        lines += [f"    guidance_scale_stage_{k}: classifier-free guidance scale of stage {k}, 0 to 30 (1 = no guidance).",
+                  f"    steps_stage_{k}: denoising steps of stage {k}, a whole number from 1 to 200."]
+    for k in range(1, n_stages + 1):
+        lines += [f"    scheduler_stage_{k}: the sampler of stage {k}, one of {', '.join(SCHEDULER_CHOICES)}.",
+                  f"    dynamic_thresholding_percentile_stage_{k}: dynamic thresholding percentile of stage {k}, "
+                  "0 to 100 (0 = off)."]
+    lines += [f"    noise_aug_level_stage_{k}: noise augmentation of the low-resolution image given to stage {k}, 0 to 1."
+              for k in range(2, n_stages + 1)]
+    lines += ["    num_images: how many images to draw, 1 to 4.",
+              f"    last_stage: the last stage to run, 1 to {n_stages} (a smaller image, sooner).",
+              "",
+              "Returns:",
+              "    every stage's image, the final images, a status line, the settings used (JSON), a PNG with the prompt "
+              "and settings in its metadata, the tokens the model understood, the seed used, and per-word attention maps."]
+    return "\n".join(lines)
 
 
 def make_generate(holder: PipelineHolder):
@@ -192,6 +228,7 @@ def make_generate(holder: PipelineHolder):
         yield from _generate(holder, n_stages, **bound.arguments)
 
     generate.__signature__ = signature
+    generate.__doc__ = generate_docstring(n_stages)  # the tool description an API or MCP client sees
     return generate
 
 
@@ -336,7 +373,7 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
                         "(averaged over heads, layers and steps; red = most).")
             word_maps = gr.Gallery(label="Where each word went", columns=6, height=300, object_fit="contain")
         with gr.Row():
-            gallery = gr.Gallery(label="Final images", columns=4, height=420, object_fit="contain")  # never cropped
+            gallery = gr.Gallery(label="Final images", columns=4, height="auto", object_fit="contain")  # never cropped
             with gr.Column():
                 settings = gr.JSON(label="Settings used (reproduce with the same seed)")
                 download = gr.File(label="PNG with prompt and settings in its metadata")

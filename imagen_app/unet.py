@@ -23,6 +23,7 @@ over an empty set.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -98,7 +99,9 @@ class TextAttention(nn.Module):
         self.to_out = nn.Linear(channels, channels)
         nn.init.zeros_(self.to_out.weight)
         nn.init.zeros_(self.to_out.bias)
-        self.recorder = None  # set by attention_maps.CrossAttentionRecorder while it records; None costs nothing
+        # {thread id: attention_maps.CrossAttentionRecorder} while one records: per thread, so that a generation
+        # in another thread (a second app worker, a cancelled run finishing its step) is not recorded. Empty: no cost.
+        self.recorders = {}
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -114,10 +117,11 @@ class TextAttention(nn.Module):
         def split(t):  # (B, N, C) -> (B, heads, N, C/heads)
             return t.view(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)
 
-        if self.recorder is not None:  # the explicit softmax, to hand its text columns to the recorder
+        recorder = self.recorders.get(threading.get_ident()) if self.recorders else None
+        if recorder is not None:  # the explicit softmax, to hand its text columns to the recorder
             logits = split(q) @ split(k).transpose(-1, -2) / math.sqrt(c // self.heads)  # (B, heads, HW, keys)
             probs = logits.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(dim=-1)
-            self.recorder.record(probs[..., -context.shape[1]:], h, w)  # the text's columns (null tokens first)
+            recorder.record(probs[..., -context.shape[1]:], h, w)  # the text's columns (null tokens first)
             out = probs @ split(v)
         elif self.self_attention:
             out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask[:, None, None, :])

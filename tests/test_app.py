@@ -212,3 +212,54 @@ def test_eight_clients_served_in_order_and_the_17th_is_told_the_queue_is_full(ap
     assert finished == list(range(16))  # served first come, first served
     assert [r[5]["seed"] for r in results] == list(range(16))
     assert all(final_image(r).shape == (128, 128, 3) for r in results)
+
+
+@pytest.mark.parametrize("argv, env, has_mcp, expected", [
+    (["--mcp"], None, False, False), ([], "1", False, False), (["--mcp"], None, True, True), ([], None, False, None)])
+def test_mcp_flag(argv, env, has_mcp, expected, tiny_pipe, monkeypatch, capsys):
+    """`--mcp` (or IMAGEN_MCP=1) launches with Gradio's MCP server where the `mcp` package is there; without it, one
+    clear message says to install gradio[mcp] and the app still builds and launches, without the MCP server."""
+    import importlib.util
+    import os
+
+    import gradio as gr
+
+    spec = importlib.util.spec_from_file_location("imagen_app_main", os.path.join(os.path.dirname(__file__), "..", "app.py"))
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    built, launched = [], []
+    from imagen_app.ui import build_app
+
+    monkeypatch.setattr(app, "build_app", lambda source, **kw: built.append(build_app(tiny_pipe, **kw)) or built[-1])
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.append(kw))
+    monkeypatch.setattr(app, "mcp_available", lambda: has_mcp)
+    if env is None:
+        monkeypatch.delenv("IMAGEN_MCP", raising=False)
+    else:
+        monkeypatch.setenv("IMAGEN_MCP", env)
+    app.main(argv)
+    assert len(built) == 1 and isinstance(built[0], gr.Blocks)  # the app builds
+    assert launched[0]["mcp_server"] is expected
+    err = capsys.readouterr().err
+    if expected is False:
+        assert err.count('pip install "gradio[mcp]"') == 1
+    else:
+        assert "gradio[mcp]" not in err
+
+
+def test_generate_describes_itself_to_api_and_mcp_clients(tiny_pipe):
+    """The MCP tool description (Gradio reads it from generate's docstring and signature) names every argument."""
+    import inspect
+
+    import gradio as gr
+    from imagen_app.ui import PipelineHolder, make_generate
+
+    generate = make_generate(PipelineHolder(tiny_pipe))
+    description, params, returns = gr.utils.get_function_description(generate)
+    assert "prompt" in description and returns
+    sig = inspect.signature(generate)
+    for name, p in sig.parameters.items():
+        if name != "progress":
+            assert params[name], f"{name} has no description"
+            assert p.annotation is not inspect.Parameter.empty, f"{name} has no type hint"
+    assert sig.parameters["prompt"].annotation is str

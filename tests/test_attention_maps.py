@@ -25,7 +25,7 @@ def test_recorder_finds_the_token_the_layer_attends_to():
     rec = CrossAttentionRecorder(layer, size=6)
     with rec:
         layer(torch.randn(1, 8, 3, 3), context, mask)
-    assert layer.recorder is None  # removed on exit
+    assert layer.recorders == {}  # removed on exit
     maps = rec.maps()
     assert maps.shape == (1, 4, 6, 6)
     assert torch.allclose(maps[0, 2], torch.ones(6, 6), atol=1e-4)
@@ -89,7 +89,7 @@ def test_pipeline_returns_word_maps_per_stage_and_streams_them():
     assert all(ev.attention_maps and set(ev.attention_maps) == set(out.attention_maps[ev.stage - 1]) for ev in events)
     last_of_stage_1 = [ev for ev in events if ev.stage == 1][-1]
     assert np.allclose(last_of_stage_1.attention_maps["tone"], out.attention_maps[0]["tone"])
-    assert all(layer.recorder is None for unet in pipe.unets for layer in unet.modules() if isinstance(layer, TextAttention))
+    assert all(not layer.recorders for unet in pipe.unets for layer in unet.modules() if isinstance(layer, TextAttention))
 
 
 def test_app_shows_where_each_word_went(app_url):
@@ -100,3 +100,20 @@ def test_app_shows_where_each_word_went(app_url):
     captions = [item["caption"] for item in result[-1]]
     assert "stage 1 · red" in captions and "stage 1 · heart" in captions
     assert {c.split(" · ")[0] for c in captions} == {"stage 1", "stage 2", "stage 3"}
+
+
+def test_a_generation_in_another_thread_is_not_recorded():
+    """The app may run a second generation (another worker, or a cancelled run finishing its step) on the same U-Net."""
+    import threading
+
+    torch.manual_seed(0)
+    unet = tiny_unet(16, lowres=False, text_dim=16).eval()
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([500])
+    rec = CrossAttentionRecorder(unet, size=16)
+    with rec:
+        other = threading.Thread(target=lambda: unet(torch.randn(2, 3, 16, 16), torch.tensor([1, 2]), torch.randn(2, 9, 16)))
+        other.start()
+        other.join()
+        assert rec.count == 0  # the other thread's call (another batch and prompt length) was not recorded
+        unet(x, t, torch.randn(1, 5, 16))
+    assert rec.maps().shape == (1, 1 + 5, 16, 16)
