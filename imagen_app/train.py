@@ -544,6 +544,8 @@ def write_sample_grid(unet, scheduler, encoder, cfg: TrainConfig, path: str, ste
     from diffusers import DPMSolverMultistepScheduler
     from PIL import Image
 
+    from .images import image_grid
+
     from .pipeline import ImagenPipeline, to_pil
 
     sched = DPMSolverMultistepScheduler.from_config(scheduler.config, algorithm_type="dpmsolver++")
@@ -551,9 +553,7 @@ def write_sample_grid(unet, scheduler, encoder, cfg: TrainConfig, path: str, ste
     pipe.set_progress_bar_config(disable=True)
     images = pipe(cfg.sample_prompts, num_inference_steps=steps, guidance_scale=scale, scheduler="dpm++",
                   generator=torch.Generator().manual_seed(0)).images
-    grid = Image.new("RGB", (cfg.resolution * len(images), cfg.resolution), "white")
-    for i, im in enumerate(images):
-        grid.paste(im, (i * cfg.resolution, 0))
+    grid = image_grid(images, cols=len(images))  # one row
     grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST).save(path)
 
 

@@ -316,3 +316,19 @@ def test_two_processes_one_writer_and_one_stop_step(two_process_runs):
 def test_two_process_resume_matches_an_uninterrupted_run(two_process_runs):
     runs, _ = two_process_runs
     assert_same_training_state(runs["a"], runs["b"])  # also: accelerate launch and torchrun train alike
+
+
+def test_sample_grid_is_one_row_of_the_sample_prompts(tmp_path):
+    from PIL import Image
+
+    from imagen_app.text_encoder import PromptEncoder
+    from imagen_app.tiny import tiny_pipeline
+    from imagen_app.train import write_sample_grid
+
+    pipe = tiny_pipeline()
+    cfg = TrainConfig(run_dir=str(tmp_path), text_encoder="", resolution=8, sample_prompts=["red heart", "panda", "flag: japan"])
+    write_sample_grid(pipe.unet_1, pipe.scheduler_1, PromptEncoder(pipe.tokenizer, pipe.text_encoder), cfg,
+                      str(tmp_path / "grid.png"), steps=2)
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size == (3 * 8 * 2, 8 * 2)  # three cells side by side, shown at 2x
+    assert len(set(grid.getdata())) > 1
