@@ -73,6 +73,9 @@ class TrainConfig:
     threads: Optional[int] = None  # CPU threads per process
     mixed_precision: str = "no"  # accelerate's "no", "fp16" or "bf16" (bf16 on a recent GPU)
     curriculum: Optional[dict] = None  # CurriculumConfig fields: massed blocks of the weakest emoji (emoji corpus only)
+    # Emoji corpus: also train on caption templates and aliases ("an emoji of X", "X emoji", ...). False: the CLDR
+    # name only, which a 400-step block learned twice as fast (specificity 0.11 -> 0.37 vs 0.19; README).
+    caption_variants: bool = True
     record_ranks: bool = False  # for tests: ranks.jsonl gets every rank's batch indices and weight hash at every step
     seed: int = 0
 
@@ -88,7 +91,7 @@ def load_images(cfg: TrainConfig):
     from .data import emoji_dataset, image_folder_dataset
 
     if cfg.data == "emoji":
-        return emoji_dataset(cfg.resolution, "train")
+        return emoji_dataset(cfg.resolution, "train", templates=cfg.caption_variants)
     return image_folder_dataset(cfg.data, cfg.resolution)
 
 

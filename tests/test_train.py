@@ -332,3 +332,13 @@ def test_sample_grid_is_one_row_of_the_sample_prompts(tmp_path):
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size == (3 * 8 * 2, 8 * 2)  # three cells side by side, shown at 2x
     assert len(set(grid.getdata())) > 1
+
+
+def test_caption_variants_can_be_turned_off():
+    from imagen_app.train import load_images
+
+    bare = load_images(TrainConfig(run_dir="", text_encoder="", resolution=32, caption_variants=False))
+    full = load_images(TrainConfig(run_dir="", text_encoder="", resolution=32))
+    assert all(len(c) == 1 for c in bare.captions) and max(len(c) for c in full.captions) > 1
+    assert [c[0] for c in bare.captions] == [c[0] for c in full.captions]  # the CLDR name comes first in both
+    assert bare.families == full.families
