@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import random
-import re
 import tempfile
 import time
 from typing import List, Optional
@@ -24,14 +23,12 @@ from .attention_maps import overlay
 from .images import image_grid
 from .ui_compare import build_compare_tab
 from .ui_edit import build_edit_tabs
-from .pipeline import SCHEDULERS, ImagenPipeline, StageSettings, resolve_settings, settings_kwargs, whole_number
+from .ui_inputs import MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input, whole_input
+from .pipeline import SCHEDULERS, ImagenPipeline, StageSettings, resolve_settings, settings_kwargs
 
 log = logging.getLogger("imagen_app.ui")
 
-MAX_PROMPT_CHARS = 500
-MAX_SEED = 2**31 - 1
 STOP_SETTLE_S = 1.0  # after Stop, the status is set to "Stopped." again this late (a last preview may land first)
-PREVIEW_INTERVAL_S = 0.1  # at most ~10 preview frames a second reach the browser
 SCHEDULER_CHOICES = list(SCHEDULERS)
 EXAMPLES = [  # seen captions, and held-out compositions (see weights/held_out.txt)
     "red heart", "panda", "flag: japan", "woman firefighter: dark skin tone", "grinning face", "green apple",
@@ -42,49 +39,6 @@ CSS = ".stage-image img { width: 100%; height: 100%; object-fit: contain; image-
 
 
 KEEP_DOWNLOADS = 32  # the PNG downloads the app keeps in its own folder (older ones are deleted)
-# How the API and the UI call each per-stage setting: {pipeline name: (API prefix, control label)}.
-SETTING_NAMES = {"num_inference_steps": ("steps", "Steps"), "guidance_scale": ("guidance_scale", "Guidance scale"),
-                 "scheduler": ("scheduler", "Scheduler"),
-                 "dynamic_thresholding_percentile": ("dynamic_thresholding_percentile", "Dynamic thresholding percentile"),
-                 "noise_aug_level": ("noise_aug_level", "Noise augmentation level")}
-
-
-def input_error(message: str) -> gr.Error:
-    """An expected input error: the message for the user, one line in the server log, no traceback."""
-    log.warning("input error: %s", message)
-    return gr.Error(message, print_exception=False)
-
-
-def api_message(error: ValueError) -> str:
-    """A resolver's message with the inputs named as the API and the UI call them: "num_inference_steps for
-    stage 2" -> "steps_stage_2 (Steps, stage 2)", "stop_at_stage" -> "last_stage (Last stage to run)"."""
-    def name(m):
-        api, label = SETTING_NAMES[m[1]]
-        return f"{api}_stage_{m[2]} ({label}, stage {m[2]})"
-
-    text = re.sub(r"\b(" + "|".join(SETTING_NAMES) + r") for stage (\d+)", name, str(error))
-    return text.replace("stop_at_stage", "last_stage (Last stage to run)")
-
-
-def text_input(value, name: str) -> str:
-    """A prompt-like input: None is empty; anything but a string, or over MAX_PROMPT_CHARS, is refused by name."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise input_error(f"The {name} must be text (a string), got {type(value).__name__} {value!r:.60}")
-    if len(value) > MAX_PROMPT_CHARS:
-        raise input_error(f"The {name} is too long ({len(value)} characters); the limit is {MAX_PROMPT_CHARS}.")
-    return value
-
-
-def whole_input(value, name: str, low: int, high: int, default: int) -> int:
-    """A whole-number input (seed, number of images, last stage); None is `default`; 3.5 or "3" are refused."""
-    try:
-        return default if value is None else whole_number(name, value, low, high)
-    except ValueError as e:
-        raise input_error(str(e)) from None
-
-
 class PipelineHolder:
     """Loads the pipeline once; remembers why it could not be loaded instead of crashing the app."""
 

@@ -21,12 +21,10 @@ from PIL import Image, ImageChops
 
 from .editing import mask_gray
 from .images import image_grid
+from .ui_inputs import MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input, whole_input
 
 log = logging.getLogger("imagen_app.ui")
 
-MAX_SEED = 2**31 - 1
-MAX_PROMPT_CHARS = 500
-PREVIEW_INTERVAL_S = 0.1
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "examples")
 # (file stem, prompt, strength): the init image and the mask layer are docs/examples/<stem>.png, <stem>_mask.png
 EDIT_EXAMPLES = [("firefighter", "woman firefighter: light skin tone", 1.0),
@@ -36,7 +34,7 @@ UPSCALE_EXAMPLES = [("firefighter_32", "woman firefighter: dark skin tone"), ("r
 
 # Inputs whose values reach the function as sent: Gradio's own preprocessing would round a seed of 3.5,
 # stringify a list prompt, or refuse a value without naming the input; the functions below check each value
-# by name (ui.text_input, ui.whole_input, the pipeline's resolver). `is_template` keeps the browser's component.
+# by name (ui_inputs.text_input, ui_inputs.whole_input, the pipeline's resolver). `is_template` keeps the browser's component.
 class RawNumber(gr.Number):
     is_template = True
 
@@ -58,20 +56,16 @@ class RawTextbox(gr.Textbox):
         return payload
 
 
-def _checks():
-    from . import ui  # ui imports this module: import its input checks when a request runs
-
-    return ui
 
 
 def editor_inputs(editor) -> tuple:
     """(init image, mask or None) from a gr.ImageEditor value: the background is the image, the painted
     layers (their alpha, or their brightness where a layer is opaque) are the region to repaint."""
     if not isinstance(editor, dict):
-        raise _checks().input_error("image: Upload an image to edit.")
+        raise input_error("image: Upload an image to edit.")
     image = editor.get("background") or editor.get("composite")
     if image is None:
-        raise _checks().input_error("image: Upload an image to edit.")
+        raise input_error("image: Upload an image to edit.")
     mask: Optional[Image.Image] = None
     for layer in editor.get("layers") or []:
         if layer is None:
@@ -79,7 +73,7 @@ def editor_inputs(editor) -> tuple:
         try:
             gray = mask_gray(layer)
         except ValueError as e:
-            raise _checks().input_error(f"image (painted mask): {e}") from None
+            raise input_error(f"image (painted mask): {e}") from None
         gray = gray.resize(image.size, Image.NEAREST) if gray.size != image.size else gray
         mask = gray if mask is None else ImageChops.lighter(mask, gray)
     if mask is not None and mask.getextrema()[1] < 128:  # nothing painted: image-to-image
@@ -88,11 +82,11 @@ def editor_inputs(editor) -> tuple:
 
 
 def _seed(seed) -> int:
-    return _checks().whole_input(seed, "seed", 0, MAX_SEED, default=0)
+    return whole_input(seed, "seed", 0, MAX_SEED, default=0)
 
 
 def _prompt(prompt) -> str:
-    return _checks().text_input(prompt, "prompt")
+    return text_input(prompt, "prompt")
 
 
 def _resolve(pipe, **settings):
@@ -100,7 +94,7 @@ def _resolve(pipe, **settings):
     try:
         return pipe.resolve_settings(**settings)
     except ValueError as e:
-        raise _checks().input_error(_checks().api_message(e)) from None
+        raise input_error(api_message(e)) from None
 
 
 def stream_panes(events, n_stages: int, first_pane: int, what: str):
@@ -128,7 +122,7 @@ def stream_panes(events, n_stages: int, first_pane: int, what: str):
             status = f"{what}: stage {ev.stage}/{n_stages} · step {ev.step}/{ev.total_steps} · {now - t0:.1f} s"
             yield (*panes, gr.skip(), status, gr.skip())
     except ValueError as e:
-        raise _checks().input_error(_checks().api_message(e)) from None
+        raise input_error(api_message(e)) from None
     except gr.Error:
         raise
     except Exception as e:  # never a traceback in the browser
@@ -148,7 +142,7 @@ def make_edit(holder):
         prompt, seed = _prompt(prompt), _seed(seed)
         if strength is not None and (isinstance(strength, bool) or not isinstance(strength, (int, float))
                                      or not 0 < strength <= 1):
-            raise _checks().input_error(f"strength must be a number in (0, 1], got {strength!r:.60}")
+            raise input_error(f"strength must be a number in (0, 1], got {strength!r:.60}")
         guidance = None if guidance_scale is None else [guidance_scale] + [None] * (pipe.num_stages - 1)
         stop = len(_resolve(pipe, guidance_scale=guidance, stop_at_stage=last_stage))
         what = "Inpainting" if mask is not None else "Image-to-image"
@@ -169,14 +163,14 @@ def make_upscale(holder):
             raise gr.Error("Upload an image to upscale.")
         prompt, seed = _prompt(prompt), _seed(seed)
         if pipe.num_stages < 2:
-            raise _checks().input_error("This model has no super-resolution stage.")
-        start = _checks().whole_input(start_at_stage, "start_at_stage", 2, pipe.num_stages, default=2)
+            raise input_error("This model has no super-resolution stage.")
+        start = whole_input(start_at_stage, "start_at_stage", 2, pipe.num_stages, default=2)
         aug = noise_aug_level
         if aug is not None:  # one level for every super-resolution stage, checked by the resolver
             try:
                 pipe.resolve_settings(noise_aug_level=aug)
             except ValueError:
-                raise _checks().input_error(f"noise_aug_level (Noise augmentation level) must be a number from 0 "
+                raise input_error(f"noise_aug_level (Noise augmentation level) must be a number from 0 "
                                             f"to 1, got {aug!r:.60}") from None
         events = pipe.stream(prompt, image=image, start_at_stage=start, noise_aug_level=aug,
                              generator=torch.Generator().manual_seed(seed))
