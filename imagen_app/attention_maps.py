@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -34,10 +34,6 @@ class CrossAttentionRecorder:
         self.total: Optional[torch.Tensor] = None
         self.count = 0
         self.thread = threading.get_ident()  # records only the U-Net calls of the thread that made it
-
-    @property
-    def has_cross_attention(self) -> bool:
-        return bool(self.layers)
 
     def __enter__(self):
         for layer in self.layers:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import random
-import statistics
 import time
 from typing import Dict, List, Optional
 
@@ -215,7 +214,7 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
                    pipe: Optional[ImagenPipeline] = None, timing_repeats: int = 3, per_family: int = 100,
                    parts=PARTS) -> Dict:
     from .bench import time_end_to_end
-    from .data import emoji_dataset, held_out_split, load_emoji, rendered_corpus
+    from .data import held_out_split, load_emoji, rendered_corpus
 
     pipe = pipe or ImagenPipeline.from_pretrained(weights)
     pipe.set_progress_bar_config(disable=True)

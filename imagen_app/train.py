@@ -549,7 +549,7 @@ def write_sample_grid(unet, scheduler, encoder, cfg: TrainConfig, path: str, ste
 
     from .images import image_grid
 
-    from .pipeline import ImagenPipeline, to_pil
+    from .pipeline import ImagenPipeline
 
     sched = DPMSolverMultistepScheduler.from_config(scheduler.config, algorithm_type="dpmsolver++")
     pipe = ImagenPipeline(tokenizer=encoder.tokenizer, text_encoder=encoder.text_encoder, unet_1=unet, scheduler_1=sched)
