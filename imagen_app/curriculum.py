@@ -37,7 +37,7 @@ def text_use(unet, scheduler, encoder, images: torch.Tensor, captions: Sequence[
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(images.shape, generator=gen)
     errors = np.zeros((3, len(captions)))  # right, wrong, null
-    alphas = scheduler.alphas_cumprod.float()
+    alphas = scheduler.alphas_cumprod.float().cpu()  # training may have moved the schedule to the GPU
     for start in range(0, len(captions), batch_size):
         sl = slice(start, start + batch_size)
         x0 = images[sl].float()

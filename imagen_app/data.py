@@ -198,10 +198,13 @@ def emoji_dataset(size: int, split: str = "train", templates: bool = True) -> Ca
     return CaptionedImages(np.asarray(images[keep]) if split != "all" else images, caps, [emojis[i].family for i in keep])
 
 
-def image_folder_dataset(folder: str, size: int) -> CaptionedImages:
+def image_folder_dataset(folder: str, size: int, all_captions: bool = True) -> CaptionedImages:
     """A folder of images with captions in sidecar `.txt` files or a `metadata.jsonl`
-    (Hugging Face imagefolder style: {"file_name": ..., "text": ...} per line)."""
+    (Hugging Face imagefolder style: {"file_name": ..., "text": ...} per line; an optional "family"
+    column). all_captions=False keeps each image's first caption (for an exported emoji corpus, its
+    CLDR name)."""
     meta: Dict[str, List[str]] = {}
+    family_of: Dict[str, str] = {}  # an optional "family" column (written by `write_image_folder` for the emoji corpus)
     jsonl = os.path.join(folder, "metadata.jsonl")
     if os.path.exists(jsonl):
         with open(jsonl) as f:
@@ -210,7 +213,9 @@ def image_folder_dataset(folder: str, size: int) -> CaptionedImages:
                     row = json.loads(line)
                     text = row.get("text") or row.get("caption") or ""
                     meta.setdefault(row["file_name"], []).append(text)
-    images, captions = [], []
+                    if row.get("family"):
+                        family_of[row["file_name"]] = row["family"]
+    images, captions, families = [], [], []
     for name in sorted(os.listdir(folder)):
         stem, ext = os.path.splitext(name)
         if ext.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
@@ -226,23 +231,27 @@ def image_folder_dataset(folder: str, size: int) -> CaptionedImages:
         left, top = (img.width - side) // 2, (img.height - side) // 2
         img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
         images.append(np.asarray(img))
-        captions.append(caps)
+        captions.append(caps if all_captions else caps[:1])
+        families.append(family_of.get(name))
     if not images:
         raise ValueError(f"no captioned images in {folder}: add <name>.txt files or a metadata.jsonl")
-    return CaptionedImages(np.stack(images), captions)
+    # Families only when every image has one: the curriculum needs them all.
+    return CaptionedImages(np.stack(images), captions, families if all(families) else None)
 
 
 def write_image_folder(data: CaptionedImages, folder: str) -> int:
-    """Writes `data` as an image folder (PNGs + metadata.jsonl, one row per caption) that
-    `image_folder_dataset` reads back pixel for pixel: the emoji corpus can then train where the
-    SVG renderer and the emoji packages are not installed. Returns the number of images."""
+    """Writes `data` as an image folder (PNGs + metadata.jsonl, one row per caption, first the CLDR
+    name, and each image's family when `data` has them) that `image_folder_dataset` reads back pixel
+    for pixel: the emoji corpus, its curriculum included, can then train where the SVG renderer and
+    the emoji packages are not installed. Returns the number of images."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "metadata.jsonl"), "w") as f:
         for i, caps in enumerate(data.captions):
             name = f"{i:05d}.png"
             Image.fromarray(np.asarray(data.images[i])).save(os.path.join(folder, name))
+            extra = {"family": data.families[i]} if data.families else {}
             for c in caps:
-                f.write(json.dumps({"file_name": name, "text": c}) + "\n")
+                f.write(json.dumps({"file_name": name, "text": c, **extra}) + "\n")
     return len(data)
 
 

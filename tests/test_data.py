@@ -56,3 +56,18 @@ def test_image_folder_round_trip(tmp_path):
     n = data.write_image_folder(data.CaptionedImages(images, captions), str(tmp_path / "folder"))
     back = data.image_folder_dataset(str(tmp_path / "folder"), 8)
     assert n == 3 and np.array_equal(back.images, images) and back.captions == captions
+    assert back.families is None  # none were written
+
+
+def test_image_folder_keeps_families_and_first_caption(tmp_path):
+    """An exported emoji corpus keeps its families (the curriculum needs them) and, with
+    all_captions=False, trains on the CLDR name alone (caption_variants: false)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
+    captions = [["red heart", "an emoji of red heart"], ["panda", "panda emoji"], ["flag: japan", "japan flag"]]
+    families = ["single emoji", "single emoji", "flags"]
+    data.write_image_folder(data.CaptionedImages(images, captions, families), str(tmp_path / "folder"))
+    back = data.image_folder_dataset(str(tmp_path / "folder"), 8)
+    assert back.families == families and back.captions == captions
+    first = data.image_folder_dataset(str(tmp_path / "folder"), 8, all_captions=False)
+    assert first.captions == [["red heart"], ["panda"], ["flag: japan"]] and first.families == families
