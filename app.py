@@ -51,8 +51,10 @@ def main(argv=None):
     parser.add_argument("--concurrency", type=int, default=1, help="generations at once (1 fits a 2-core CPU)")
     parser.add_argument("--max-queue", type=int, default=16)
     parser.add_argument("--cache-minutes", type=float, default=float(os.environ.get("IMAGEN_CACHE_MINUTES", "60")),
-                        help="delete every file written for a request (previews, results, PNG downloads) this many "
-                             "minutes after it was written (default 60; env IMAGEN_CACHE_MINUTES)")
+                        help="while the app runs, delete every file written for a request (previews, results, PNG "
+                             "downloads) once it is this many minutes old (checked every N/2 minutes, at most 10 "
+                             "apart; files Gradio does not track, two checks later; default 60; env "
+                             "IMAGEN_CACHE_MINUTES)")
     parser.add_argument("--mcp", action="store_true", default=os.environ.get("IMAGEN_MCP") == "1",
                         help='also serve generate as an MCP tool at /gradio_api/mcp/sse (env IMAGEN_MCP=1; '
                              'needs pip install "gradio[mcp]")')

@@ -20,15 +20,18 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from .attention_maps import overlay
+from .cache_sweeper import start_sweeper
 from .images import image_grid
+from .memory import release_freed_memory
 from .ui_compare import build_compare_tab
-from .ui_edit import build_edit_tabs
+from .ui_edit import StagePane, build_edit_tabs
+from .ui_stop import ActiveRuns, session_of
 from .ui_inputs import MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input, whole_input
 from .pipeline import SCHEDULERS, ImagenPipeline, StageSettings, resolve_settings, settings_kwargs
 
 log = logging.getLogger("imagen_app.ui")
 
-STOP_SETTLE_S = 1.0  # after Stop, the status is set to "Stopped." again this late (a last preview may land first)
+STOP_WAIT_S = 10.0  # Stop's follow-up waits at most this long for the cancelled run to end (ui_stop.py)
 SCHEDULER_CHOICES = list(SCHEDULERS)
 EXAMPLES = [  # seen captions, and held-out compositions (see weights/held_out.txt)
     "red heart", "panda", "flag: japan", "woman firefighter: dark skin tone", "grinning face", "green apple",
@@ -132,7 +135,8 @@ def generate_parameters(n_stages: int) -> List[inspect.Parameter]:
             *[param(f"dynamic_thresholding_percentile_stage_{k}", Optional[float]) for k in stages],
             *[param(f"noise_aug_level_stage_{k}", Optional[float]) for k in stages if k > 1],
             param("num_images", Optional[int], 1), param("last_stage", Optional[int]),
-            param("progress", gr.Progress, gr.Progress())]
+            param("progress", gr.Progress, gr.Progress()),
+            param("request", gr.Request, None)]  # filled by Gradio (not an API input): which browser session asks
 
 
 def generate_docstring(n_stages: int) -> str:
@@ -168,7 +172,7 @@ def generate_docstring(n_stages: int) -> str:
     return "\n".join(lines)
 
 
-def make_generate(holder: PipelineHolder):
+def make_generate(holder: PipelineHolder, active_runs: Optional[ActiveRuns] = None):
     """The app's generate(prompt, negative_prompt, seed, randomize_seed, <per-stage settings>, num_images,
     last_stage), a generator of output updates; its per-stage parameters follow the loaded pipeline."""
     n_stages = holder.pipe.num_stages if holder.pipe is not None else 3
@@ -179,9 +183,14 @@ def make_generate(holder: PipelineHolder):
         A setting left as None takes the loaded pipeline's default (its pipeline_defaults.json), as the UI's controls do."""
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        yield from _generate(holder, n_stages, **bound.arguments)
+        arguments = dict(bound.arguments)
+        request = arguments.pop("request", None)
+        with active_runs.track(session_of(request)):  # ends when the generator is closed, Stop included
+            yield from _generate(holder, n_stages, **arguments)
 
+    active_runs = active_runs or ActiveRuns()
     generate.__signature__ = signature
+    generate.__annotations__ = {"request": gr.Request}  # how Gradio tells which parameter takes the request
     generate.__doc__ = generate_docstring(n_stages)  # the tool description an API or MCP client sees
     return generate
 
@@ -216,7 +225,12 @@ def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, se
         gr.Warning(w)
 
     last = len(stages)
-    stage_outputs: List = [gr.skip()] * n_stages
+    # Every update gives every output a value, never gr.skip(): Gradio 6.31 turns a skipped output into a new
+    # per-session copy of its component and keeps one more such copy (with its config and value) in the session
+    # for each skip followed by a value: 8 more components a generation, for the session's lifetime, and the
+    # files written for them never deleted (tests/test_soak.py). A stage pane shows this run's latest preview of
+    # its stage (None before the stage starts); the results are None until the end.
+    stage_outputs: List = [None] * n_stages
     total_steps = sum(s.num_inference_steps for s in stages)
     done = 0
     t0 = time.time()
@@ -228,7 +242,8 @@ def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, se
             if ev.is_final:
                 out = ev.output
                 settings = dict(out.settings, seed=seed, negative_prompt=negative_prompt or "")
-                stages_shown = [image_grid(imgs) for imgs in out.stage_images] + [None] * (n_stages - len(out.stage_images))
+                stages_shown = ([StagePane.final(preview, image_grid(imgs)) for preview, imgs in zip(stage_outputs, out.stage_images)]
+                                + [None] * (n_stages - len(out.stage_images)))
                 status = f"Done: {len(out.stage_images)} stage(s) in {time.time() - t0:.1f} s (seed {seed})."
                 yield (*stages_shown, out.images, status, settings, png_with_metadata(out.images[0], settings), understood, seed,
                        word_map_gallery(out))
@@ -240,10 +255,9 @@ def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, se
             if now - last_yield < PREVIEW_INTERVAL_S and not stage_end and ev.step != 1:
                 continue  # faster than the browser can show: skip this frame (and never make its preview)
             last_yield = now
-            outputs = list(stage_outputs)
-            outputs[ev.stage - 1] = image_grid(ev.previews)
+            stage_outputs[ev.stage - 1] = image_grid(ev.previews)
             status = f"Stage {ev.stage}/{last} · step {ev.step}/{ev.total_steps} · {now - t0:.1f} s"
-            yield (*outputs, gr.skip(), status, gr.skip(), gr.skip(), understood, seed, gr.skip())
+            yield (*stage_outputs, None, status, None, None, understood, seed, None)
     except ValueError as e:
         raise input_error(api_message(e)) from None
     except gr.Error:
@@ -253,12 +267,16 @@ def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, se
         raise gr.Error(f"Generation failed: {type(e).__name__}: {e}", print_exception=False) from None
     finally:
         stream.close()  # Stop (or a lost client) ends the work at the current step
+        release_freed_memory()  # else the server's RSS creeps up with every generation (memory.py)
 
 
 def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_minutes: float = 60) -> gr.Blocks:
     """The playground for a pipeline (or a weights folder to load it from); its per-stage controls
-    follow the pipeline's stages (1-6) and resolutions. Every file Gradio writes for a request (previews,
-    results, downloads) is deleted `cache_minutes` after it was written (Gradio's `delete_cache`)."""
+    follow the pipeline's stages (1-6) and resolutions. Every file Gradio or the app writes for a request
+    (preview frames, results, PNG downloads) is deleted about `cache_minutes` after it was written, while the app
+    runs: by Gradio's `delete_cache`, and whatever it does not track (the downloads folder's PNGs, a file recorded
+    on a per-session copy of a component) two sweeps later by a cache_sweeper.py thread on the components' cache
+    folder and the downloads folder (files there before the build are never touched)."""
     holder = PipelineHolder(source)
     pipe = holder.pipe
     defaults = stage_controls_defaults(pipe)
@@ -268,7 +286,8 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
     def stage_name(k: int) -> str:
         return f"stage {k + 1}" + (f" ({resolutions[k]} px)" if resolutions[k] else "")
 
-    generate = make_generate(holder)
+    active_runs = ActiveRuns()
+    generate = make_generate(holder, active_runs)
     try:  # ZeroGPU on Hugging Face Spaces: hold a GPU only while generating
         import spaces  # type: ignore
 
@@ -277,7 +296,8 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
         pass
 
     age_s = max(1, int(cache_minutes * 60))
-    with gr.Blocks(title="imagen-app: Imagen playground", delete_cache=(max(1, min(age_s // 2, 600)), age_s)) as demo:
+    every_s = max(1, min(age_s // 2, 600))
+    with gr.Blocks(title="imagen-app: Imagen playground", delete_cache=(every_s, age_s)) as demo:
         gr.Markdown("# Imagen playground\nA frozen T5 text encoder conditions a base diffusion U-Net; super-resolution "
                     "U-Nets enlarge its image 4x at a time. Watch every stage denoise live.")
         if holder.error:  # the fault at the top of the page; Generate is disabled and the API answers with it
@@ -318,9 +338,9 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
                               else gr.Number(value=1, precision=0, visible=False, label="Last stage to run"))
         status = gr.Markdown("Ready.")
         with gr.Row():
-            stage_images = [gr.Image(label=f"Stage {k + 1}" + (f": {resolutions[k]} px" if resolutions[k] else ""),
-                                     type="pil", format="png", height=256, interactive=False,
-                                     elem_classes="stage-image") for k in range(n_stages)]
+            stage_images = [StagePane(label=f"Stage {k + 1}" + (f": {resolutions[k]} px" if resolutions[k] else ""),
+                                      type="pil", format="png", height=256, interactive=False,
+                                      elem_classes="stage-image") for k in range(n_stages)]
         understood = gr.Markdown()
         with gr.Accordion("Where each word went", open=False):
             gr.Markdown("Each word's cross-attention over the first image, per stage that has cross-attention "
@@ -344,19 +364,44 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
         event = gr.on([run.click, prompt.submit], generate, inputs, outputs, api_name="generate",
                       concurrency_limit=concurrency_limit, preprocess=False, show_progress="minimal",
                       show_progress_on=[status])
-        event.failure(lambda: "Stopped by an error: see the message.", None, status, queue=False, api_name=False)
-        # "Stopped." now, and again once the cancelled run's last in-flight update has landed.
-        stop.click(lambda: "Stopped.", None, status, cancels=[event], queue=False, api_name=False).then(
-            settle_stopped, None, status, queue=False, api_name=False)
+        event.failure(failure_status(active_runs), None, status, queue=False, api_name=False)
+        # "Stopped." now, and again once the cancelled run has ended: that second answer is queued, so it comes
+        # over the session's stream after every update the run sent (ui_stop.py).
+        stop.click(stop_now(active_runs), None, status, cancels=[event], queue=False, api_name=False).then(
+            stopped_after(active_runs), None, status, api_name=False, concurrency_limit=None)
         build_edit_tabs(holder, concurrency_limit)  # the Edit and Upscale tabs (ui_edit.py)
         with gr.Tab("Compare"):  # Imagen Fig. A.10: guidance x thresholding, same seed (ui_compare.py)
             build_compare_tab(holder, n_stages, concurrency_limit)
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
+    # After the examples are cached. Two periods later than Gradio's own sweep, which by then has deleted the files
+    # it tracks: a file deleted under it would stay in its list of temp files for good (6.31 drops only its own).
+    start_sweeper(demo, [downloads_folder()], every_s=every_s, age_s=age_s + 2 * every_s)
     return demo
 
-def settle_stopped() -> str:
-    time.sleep(STOP_SETTLE_S)
-    return "Stopped."
+def stop_now(active_runs: ActiveRuns):
+    """Stop's first answer, at once; it notes the Stop so that the cancelled event's failure reads "Stopped."."""
+    def stop(request: gr.Request) -> str:
+        active_runs.mark_stopped(session_of(request))
+        return "Stopped."
+
+    return stop
+
+
+def failure_status(active_runs: ActiveRuns):
+    """The status after a failed generate event: Gradio reports a cancelled one as failed too."""
+    def failed(request: gr.Request) -> str:
+        return "Stopped." if active_runs.was_stopped(session_of(request)) else "Stopped by an error: see the message."
+
+    return failed
+
+
+def stopped_after(active_runs: ActiveRuns):
+    """Stop's follow-up: "Stopped." once this session's generation has ended (at most STOP_WAIT_S later)."""
+    def stopped(request: gr.Request) -> str:
+        active_runs.wait_until_idle(session_of(request), STOP_WAIT_S)
+        return "Stopped."
+
+    return stopped
 
 
 def word_map_gallery(out) -> List:

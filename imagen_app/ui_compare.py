@@ -2,47 +2,63 @@
 
 Columns are guidance weights, rows thresholding (none, static, dynamic) or, for a super-resolution
 stage, noise-augmentation levels (§2.5). Every cell has the same seed; the grid image and a table of
-each cell's settings update as each cell finishes. It calls only `imagen_app.compare`.
+each cell's settings update as each cell finishes. It calls only `imagen_app.compare`; every input of its
+`compare` API endpoint is checked by name with ui_inputs.py's checks, as /generate's are.
 """
 from __future__ import annotations
 
+import logging
 from typing import List
 
 import gradio as gr
 
 from .compare import labelled_grid, parse_row, run_cells
+from .memory import release_freed_memory
+from .ui_inputs import MAX_PROMPT_CHARS, MAX_SEED, choice_input, input_error, text_input, whole_input
+
+log = logging.getLogger("imagen_app.ui")
 
 THRESHOLDING_ROWS = ["0", "static", "99.5"]  # the paper's three rows
 NOISE_AUG_ROWS = ["aug=0", "aug=0.1", "aug=0.3", "aug=0.5"]
+ROW_KINDS = ["thresholding", "noise augmentation"]
+DEFAULT_GUIDANCE = "1, 4, 8, 16"
 MAX_CELLS = 24
+GUIDANCE_NAME = "guidance_text (Guidance weights)"  # each input as the API and the UI call it
 
 
-def parse_grid(guidance_text: str, row_kind: str):
-    """The columns and rows the user asked for, or a gr.Error that says what is wrong."""
+def parse_grid(guidance_text, row_kind: str):
+    """The columns and rows the user asked for, or an input error that names the input and says what is wrong."""
+    text = text_input(DEFAULT_GUIDANCE if guidance_text is None else guidance_text, GUIDANCE_NAME)
     try:
-        guidances = [float(g) for g in str(guidance_text).replace(" ", "").split(",") if g]
+        guidances = [float(g) for g in text.replace(" ", "").split(",") if g]
     except ValueError:
-        raise gr.Error("Guidance weights: give numbers separated by commas, e.g. 1, 4, 8, 16") from None
+        raise input_error(f"{GUIDANCE_NAME}: give numbers separated by commas, e.g. {DEFAULT_GUIDANCE}; "
+                          f"got {text!r:.60}") from None
     if not guidances or any(not 0 <= g <= 100 for g in guidances):
-        raise gr.Error("Guidance weights: give one to eight numbers between 0 and 100")
+        raise input_error(f"{GUIDANCE_NAME}: give one or more numbers from 0 to 100, got {text!r:.60}")
     rows = [parse_row(r) for r in (NOISE_AUG_ROWS if row_kind == "noise augmentation" else THRESHOLDING_ROWS)]
     if len(guidances) * len(rows) > MAX_CELLS:
-        raise gr.Error(f"At most {MAX_CELLS // len(rows)} guidance weights with these rows")
+        raise input_error(f"{GUIDANCE_NAME}: at most {MAX_CELLS // len(rows)} guidance weights with these rows "
+                          f"(row_kind {row_kind!r}), got {len(guidances)}")
     return guidances, rows
 
 
 def make_compare(holder):
-    def compare(prompt: str, guidance_text: str = "1, 4, 8, 16", row_kind: str = "thresholding", stage: float = 1,
-                seed: float = 0):
+    n_stages = holder.pipe.num_stages if holder.pipe is not None else 3
+
+    def compare(prompt: str, guidance_text: str = DEFAULT_GUIDANCE, row_kind: str = "thresholding", stage: int = 1,
+                seed: int = 0):
         """Streams (grid image, per-cell table, status) as each cell finishes."""
         pipe = holder.get()
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise gr.Error("Prompt: type what to draw")
+        # Every input is checked here by the name the API and the UI give it (the event runs with
+        # preprocess=False, as /generate does: Gradio neither coerces nor range-checks a value first).
+        prompt = text_input(prompt, "prompt")
+        if not prompt.strip():
+            raise input_error("The prompt is empty: type what to draw")
+        row_kind = choice_input(row_kind, "row_kind (Rows)", ROW_KINDS, default="thresholding")
         guidances, rows = parse_grid(guidance_text, row_kind)
-        try:
-            stage, seed = int(stage), int(seed)
-        except (TypeError, ValueError):
-            raise gr.Error("Stage and seed must be whole numbers") from None
+        stage = whole_input(stage, "stage (Stage)", 1, n_stages, default=1)
+        seed = whole_input(seed, "seed", 0, MAX_SEED, default=0)
         cells: List = []
         total = len(guidances) * len(rows)
         try:
@@ -50,8 +66,15 @@ def make_compare(holder):
                 cells.append(cell)
                 table = [[rows[c.row].label, c.guidance_scale, c.seed] for c in cells]
                 yield labelled_grid(cells, guidances, rows), table, f"Cell {len(cells)}/{total}"
-        except ValueError as e:  # bad settings (stage out of range, noise rows on the base stage)
-            raise gr.Error(str(e)) from None
+        except ValueError as e:  # bad settings (noise rows on the base stage): named by run_cells
+            raise input_error(f"{e} (row_kind {row_kind!r}, stage {stage})") from None
+        except gr.Error:
+            raise
+        except Exception as e:  # never a traceback in the browser, never a dead worker
+            log.exception("compare failed")  # an unexpected error: its traceback, once, in the log
+            raise gr.Error(f"Compare failed: {type(e).__name__}: {e}", print_exception=False) from None
+        finally:
+            release_freed_memory()  # memory.py
         yield labelled_grid(cells, guidances, rows), table, f"Done: {total} cells, seed {seed}."
 
     return compare
@@ -63,15 +86,15 @@ def build_compare_tab(holder, n_stages: int, concurrency_limit: int = 1) -> None
                 "augmentation (rows) change. High guidance saturates without thresholding; dynamic "
                 "thresholding (Imagen §2.3) keeps it usable.")
     with gr.Row():
-        prompt = gr.Textbox(label="Prompt", value="red heart", max_lines=1, max_length=500, scale=3)
+        prompt = gr.Textbox(label="Prompt", value="red heart", max_lines=1, max_length=MAX_PROMPT_CHARS, scale=3)
         run = gr.Button("Compare", variant="primary", scale=1)
     with gr.Row():
-        guidance = gr.Textbox(label="Guidance weights (columns)", value="1, 4, 8, 16")
-        row_kind = gr.Radio(["thresholding", "noise augmentation"], value="thresholding", label="Rows")
+        guidance = gr.Textbox(label="Guidance weights (columns)", value=DEFAULT_GUIDANCE)
+        row_kind = gr.Radio(ROW_KINDS, value="thresholding", label="Rows")
         stage = gr.Dropdown(list(range(1, n_stages + 1)), value=1, label="Stage (noise augmentation: 2 or more)")
-        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
+        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
     status = gr.Markdown("")
     grid = gr.Image(label="Grid", type="pil", format="png", interactive=False)
     table = gr.Dataframe(headers=["row", "guidance", "seed"], label="Cells", interactive=False)
     run.click(make_compare(holder), [prompt, guidance, row_kind, stage, seed], [grid, table, status],
-              api_name="compare", concurrency_limit=concurrency_limit, show_progress="minimal")
+              api_name="compare", concurrency_limit=concurrency_limit, show_progress="minimal", preprocess=False)

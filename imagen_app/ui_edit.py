@@ -21,6 +21,7 @@ from PIL import Image, ImageChops
 
 from .editing import mask_gray
 from .images import image_grid
+from .memory import release_freed_memory
 from .ui_inputs import MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input, whole_input
 
 log = logging.getLogger("imagen_app.ui")
@@ -54,6 +55,33 @@ class RawTextbox(gr.Textbox):
 
     def preprocess(self, payload):
         return payload
+
+
+class StagePane(gr.Image):
+    """A stage's output pane. The streams give every output a value in every update (never gr.skip(), which
+    makes Gradio keep a component copy per generation: see ui._generate), so an unchanged pane comes back as the
+    same PIL image; it is not encoded and written to Gradio's cache again (Gradio would rewrite the file in place,
+    under a client that may be downloading it: "Too little data for declared Content-Length")."""
+    is_template = True
+
+    def postprocess(self, value):
+        sent = self.__dict__.setdefault("_sent", {})  # id(image) -> (image, what it became): the last few only
+        hit = sent.get(id(value))
+        if value is not None and hit is not None and hit[0] is value:
+            return hit[1]
+        data = super().postprocess(value)
+        if value is not None:
+            sent[id(value)] = (value, data)
+            while len(sent) > 16:
+                sent.pop(next(iter(sent)))
+        return data
+
+    @staticmethod
+    def final(preview: Optional[Image.Image], image: Image.Image) -> Image.Image:
+        """A stage's final image, or its last preview where that is the same picture (so it is not written again)."""
+        same = (preview is not None and preview.size == image.size and preview.mode == image.mode
+                and preview.tobytes() == image.tobytes())
+        return preview if same else image
 
 
 
@@ -101,15 +129,17 @@ def stream_panes(events, n_stages: int, first_pane: int, what: str):
     """Turns the pipeline's events into UI updates: (the panes of stages first_pane..n, final image, status,
     settings). Previews are throttled; every stage's first and last step are shown."""
     n_panes = n_stages - first_pane + 1
+    panes: List = [None] * n_panes  # this run's latest preview per pane; never gr.skip() (see ui._generate)
     t0, last_yield, start = time.time(), 0.0, None
     try:
         for ev in events:
             start = ev.stage if start is None else start  # the first stage run
             if ev.is_final:
                 out = ev.output
-                panes = [None] * n_panes
+                previews, panes = panes, [None] * n_panes
                 for i, imgs in enumerate(out.stage_images):
-                    panes[start - first_pane + i] = image_grid(imgs)
+                    k = start - first_pane + i
+                    panes[k] = StagePane.final(previews[k], image_grid(imgs))
                 status = f"Done: {what}, {len(out.stage_images)} stage(s) in {time.time() - t0:.1f} s."
                 yield (*panes, out.images[0], status, out.settings)
                 return
@@ -117,10 +147,9 @@ def stream_panes(events, n_stages: int, first_pane: int, what: str):
             if now - last_yield < PREVIEW_INTERVAL_S and ev.step not in (1, ev.total_steps):
                 continue
             last_yield = now
-            panes: List = [gr.skip()] * n_panes
             panes[ev.stage - first_pane] = image_grid(ev.previews)
             status = f"{what}: stage {ev.stage}/{n_stages} · step {ev.step}/{ev.total_steps} · {now - t0:.1f} s"
-            yield (*panes, gr.skip(), status, gr.skip())
+            yield (*panes, None, status, None)
     except ValueError as e:
         raise input_error(api_message(e)) from None
     except gr.Error:
@@ -130,6 +159,7 @@ def stream_panes(events, n_stages: int, first_pane: int, what: str):
         raise gr.Error(f"{what} failed: {type(e).__name__}: {e}", print_exception=False) from None
     finally:
         events.close()  # Stop, or a lost client, ends the work at the current step
+        release_freed_memory()  # memory.py
 
 
 def make_edit(holder):
@@ -192,8 +222,8 @@ def build_edit_tabs(holder, concurrency_limit: int = 1) -> None:
     resolutions = pipe.stage_resolutions if pipe is not None else [None] * n_stages
 
     def pane(k: int) -> gr.Image:
-        return gr.Image(label=f"Stage {k + 1}" + (f": {resolutions[k]} px" if resolutions[k] else ""), type="pil",
-                        format="png", height=256, interactive=False, elem_classes="stage-image")
+        return StagePane(label=f"Stage {k + 1}" + (f": {resolutions[k]} px" if resolutions[k] else ""), type="pil",
+                         format="png", height=256, interactive=False, elem_classes="stage-image")
 
     with gr.Tab("Edit"):
         gr.Markdown("Upload an image and **paint the region to repaint** (the brush); the rest is kept at every "

@@ -56,3 +56,12 @@ def whole_input(value, name: str, low: int, high: int, default: int) -> int:
         return default if value is None else whole_number(name, value, low, high)
     except ValueError as e:
         raise input_error(str(e)) from None
+
+
+def choice_input(value, name: str, choices, default):
+    """One of `choices` (a radio or dropdown sent as its value); None is `default`; anything else is refused."""
+    if value is None:
+        return default
+    if isinstance(value, str) and value in choices:
+        return value
+    raise input_error(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r:.60}")

@@ -40,7 +40,8 @@ def app_url(tiny_pipe):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: checks on the shipped weights (minutes on a CPU); run with -m slow")
+    config.addinivalue_line("markers", "slow: checks on the shipped weights, timing-dependent checks, the memory soak "
+                                       "(minutes on a CPU); run with -m slow")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,6 +3,7 @@ given back (Gradio's cache and the app's PNG downloads); weights faults named (i
 import json
 import os
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -93,7 +94,7 @@ def test_messages_say_what_is_accepted(client):
 def test_none_for_every_optional_input_is_its_default(client, tiny_pipe):
     from imagen_app.ui import generate_parameters
 
-    names = [p.name for p in generate_parameters(tiny_pipe.num_stages)][1:-1]  # all but prompt and progress
+    names = [p.name for p in generate_parameters(tiny_pipe.num_stages)][1:-2]  # all but prompt, progress and request
     nones = {name: None for name in names}
     result = client.predict("red heart", **nones, api_name="/generate")
     default = client.predict("red heart", api_name="/generate")
@@ -118,6 +119,72 @@ def test_edit_and_upscale_inputs_are_named(client):
         assert name in str(err.value) and "upstream" not in str(err.value), (kwargs, str(err.value))
 
 
+# (keyword arguments of /compare, text the error message must contain: the input's name)
+BAD_COMPARE_INPUTS = [
+    (dict(prompt=["red", "heart"]), "prompt"),
+    (dict(prompt=3), "prompt"),
+    (dict(prompt=""), "prompt"),
+    (dict(prompt=None), "prompt"),
+    (dict(prompt="x" * 600), "prompt is too long"),
+    (dict(guidance_text="one, two"), "guidance_text"),
+    (dict(guidance_text=4), "guidance_text"),
+    (dict(guidance_text=[1, 4]), "guidance_text"),
+    (dict(guidance_text=""), "guidance_text"),
+    (dict(guidance_text="1, 400"), "guidance_text"),
+    (dict(guidance_text="nan"), "guidance_text"),
+    (dict(guidance_text=", ".join(["1"] * 9)), "guidance_text"),
+    (dict(guidance_text="1," * 300), "guidance_text"),
+    (dict(row_kind="diagonal"), "row_kind"),
+    (dict(row_kind=1), "row_kind"),
+    (dict(row_kind=["thresholding"]), "row_kind"),
+    (dict(stage=0), "stage"),
+    (dict(stage=4), "stage"),
+    (dict(stage=1.5), "stage"),
+    (dict(stage="2"), "stage"),
+    (dict(stage=True), "stage"),
+    (dict(row_kind="noise augmentation", stage=1), "stage"),
+    (dict(seed=3.5), "seed"),
+    (dict(seed=-1), "seed"),
+    (dict(seed="7"), "seed"),
+    (dict(seed=[1]), "seed"),
+    (dict(seed=2**40), "seed"),
+]
+
+
+def test_every_bad_compare_input_is_named_and_logs_no_traceback(client, capfd):
+    capfd.readouterr()
+    unnamed = []
+    for kwargs, name in BAD_COMPARE_INPUTS:
+        call = dict(prompt="red heart", guidance_text="1, 8")
+        call.update(kwargs)
+        with pytest.raises(Exception) as err:
+            client.predict(**call, api_name="/compare")
+        message = str(err.value)
+        if name not in message or "upstream Gradio app" in message or "Traceback" in message:
+            unnamed.append((kwargs if "x" * 100 not in str(kwargs) else list(kwargs), message))
+    assert not unnamed, unnamed
+    assert "Traceback" not in "".join(capfd.readouterr())
+    grid, table, status = client.predict("red heart", "1, 8", "thresholding", 1, 2, api_name="/compare")  # still works
+    assert status == "Done: 6 cells, seed 2." and Image.open(grid).size == (120 + 2 * 128, 22 + 3 * 128)
+
+
+def test_none_for_every_optional_compare_input_is_its_default(client):
+    nones = client.predict("red heart", guidance_text=None, row_kind=None, stage=None, seed=None, api_name="/compare")
+    default = client.predict("red heart", api_name="/compare")
+    assert nones[2] == default[2] == "Done: 12 cells, seed 0."
+    assert np.array_equal(np.asarray(Image.open(nones[0])), np.asarray(Image.open(default[0])))
+
+
+@pytest.mark.xfail(strict=True, reason="Gradio 6.31 drops values beyond an event's inputs before the function runs "
+                                       "(Blocks.preprocess_data loops over block_fn.inputs; validate_inputs checks only "
+                                       "too few), and gradio_client sends them: the app never sees an extra argument")
+@pytest.mark.parametrize("api_name, args", [("/generate", ["red heart", "", 0, False] + [None] * 16),
+                                            ("/compare", ["red heart", "1", "thresholding", 1, 0])])
+def test_an_extra_positional_argument_is_refused(client, api_name, args):
+    with pytest.raises(Exception):
+        client.predict(*args, "one too many", api_name=api_name)
+
+
 # ----- disk ------------------------------------------------------------------------------------------
 def test_png_downloads_do_not_pile_up():
     from imagen_app.ui import KEEP_DOWNLOADS, downloads_folder, png_with_metadata
@@ -131,29 +198,116 @@ def test_png_downloads_do_not_pile_up():
     assert json.loads(Image.open(paths[-1]).text["parameters"])["i"] == KEEP_DOWNLOADS + 7
 
 
-@pytest.mark.xfail(reason="gradio 6.31 records a request's output files on per-session copies of the components, "
-                          "which delete_cache does not see: the preview frames stay (issue 16, open)")
+def cached_files(folders) -> set:
+    return {os.path.join(d, f) for folder in folders for d, _, names in os.walk(folder) for f in names}
+
+
 def test_gradio_cache_is_purged_after_cache_minutes(tiny_pipe):
     from conftest import free_port
-    from imagen_app.ui import build_app
+    from imagen_app.cache_sweeper import component_cache_folders
+    from imagen_app.ui import build_app, downloads_folder
 
     demo = build_app(tiny_pipe, cache_minutes=2 / 60)  # files older than 2 s go, checked every second
     assert demo.delete_cache == (1, 2)
+    folders = [*component_cache_folders(demo), downloads_folder()]
+    before = cached_files(folders)  # examples, initial values, files of earlier tests: never touched by the app's sweeper
+    gradio_tracked = {f for s in demo.temp_file_sets for f in s}  # Gradio's own delete_cache (2 s here) may take these
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    written, done = set(), threading.Event()
+
+    def watch():  # every file written meanwhile (with a 2 s age the first ones go before the last generation ends)
+        while not done.wait(0.1):
+            written.update(cached_files(folders) - before)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     try:
         c = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
-        before = {f for s in demo.temp_file_sets for f in s}  # examples and the like, kept while the app runs
+        seed = time.time_ns() % 10**9  # new images: not copies of files an earlier run left in the cache
         for i in range(3):
-            c.predict("red heart", seed=i, steps_stage_1=2, steps_stage_2=2, steps_stage_3=2, api_name="/generate")
-        written = {f for s in demo.temp_file_sets for f in s} - before
-        assert written, "the generations wrote no files to Gradio's cache"
-        deadline = time.time() + 20
-        while time.time() < deadline and any(os.path.exists(f) for f in written):
+            c.predict("red heart", seed=seed + i, steps_stage_1=2, steps_stage_2=2, steps_stage_3=2, api_name="/generate")
+        done.set()
+        watcher.join()
+        written.update(cached_files(folders) - before)
+        assert len([f for f in written if f.endswith(".png")]) >= 3 * 4, "the generations wrote no preview frames"
+        assert len([f for f in written if os.path.dirname(f) == downloads_folder()]) == 3  # the PNG downloads
+        hash_folders = {os.path.dirname(f) for f in written} - {os.path.dirname(f) for f in before} - set(folders)
+        assert hash_folders
+        deadline = time.time() + 30  # Gradio's sweep: 2-3 s; the app's sweeper (its leftovers, empty folders): 6-7 s
+        while time.time() < deadline and any(os.path.exists(f) for f in written | hash_folders):
             time.sleep(0.5)
         assert not [f for f in written if os.path.exists(f)]
+        assert not [d for d in hash_folders if os.path.exists(d)]  # the emptied hash folders go too
+        assert all(os.path.exists(f) for f in before - gradio_tracked if "imagen_app_downloads" not in f)
+        # The app's sweeper left Gradio's own files to Gradio: none is still listed in its temp files once deleted.
+        assert not [f for s in demo.temp_file_sets for f in s if f in written]
     finally:
+        done.set()
         demo.close()
+
+
+def test_cache_sweeper_deletes_only_old_files_written_while_the_app_runs(tmp_path):
+    from imagen_app.cache_sweeper import CacheSweeper
+
+    class App:  # the one thing the sweeper reads of a Gradio app
+        is_running = False
+
+    def write(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        return path
+
+    def wait_until(condition, timeout=10.0):
+        deadline = time.time() + timeout
+        while not condition() and time.time() < deadline:
+            time.sleep(0.02)
+        return condition()
+
+    cache, downloads = tmp_path / "gradio", tmp_path / "downloads"
+    example = write(cache / "aaa" / "example.png")
+    old_download = write(downloads / "earlier.png")
+    (cache / "empty_before").mkdir()
+    app = App()
+    sweeper = CacheSweeper(app, [str(cache), str(downloads)], every_s=0.05, age_s=1.0).start()
+
+    frame = write(cache / "bbb" / "frame.png")
+    shared = write(cache / "aaa" / "new.png")  # a new file beside an example
+    png = write(downloads / "imagen_1.png")
+    write(cache / "ddd" / "tracked.png").unlink()  # deleted by Gradio's own delete_cache, which leaves the folder
+    time.sleep(1.3)
+    assert sweeper.thread.is_alive() and frame.exists() and sweeper.deleted == 0  # not launched yet: waits
+
+    app.is_running = True  # demo.launch()
+    assert wait_until(lambda: not frame.exists() and not shared.exists() and not png.exists())
+    assert wait_until(lambda: not (cache / "bbb").exists() and not (cache / "ddd").exists())  # hash folders left empty
+    assert example.exists() and old_download.exists()  # there before the start: never touched
+    assert (cache / "aaa").is_dir() and (cache / "empty_before").is_dir() and downloads.is_dir() and cache.is_dir()
+    young = write(cache / "ccc" / "young.png")
+    time.sleep(0.3)
+    assert young.exists()  # younger than age_s
+
+    app.is_running = False  # demo.close()
+    sweeper.thread.join(timeout=2)
+    assert not sweeper.thread.is_alive()
+    time.sleep(1.0)
+    assert young.exists()  # older than age_s now, but the app is closed: nothing more is deleted
+
+
+def test_cache_sweeper_thread_ends_with_a_never_launched_app(tmp_path):
+    import gc
+
+    from imagen_app.cache_sweeper import CacheSweeper
+
+    class App:
+        is_running = False
+
+    app = App()
+    sweeper = CacheSweeper(app, [str(tmp_path)], every_s=0.05, age_s=1.0).start()
+    del app
+    gc.collect()
+    sweeper.thread.join(timeout=2)
+    assert not sweeper.thread.is_alive()
 
 
 # ----- weights faults --------------------------------------------------------------------------------
