@@ -14,8 +14,9 @@ by Gradio's own sweep, which deletes files but not their folders).
 Only files that were not there when the sweeper started are ever deleted: examples and initial values
 (which Gradio writes while the app is built), and the files of other apps or earlier runs that existed
 before, are never touched. Files that other processes write into the same folders later (a
-`gradio_client` on the same machine downloads into the same temp folder) are temporary too and go the
-same way.
+`gradio_client` on the same machine downloads into the same temp folder, another app shares Gradio's
+cache folder) go the same way once they are older than `age_s`: give apps with different ages each
+their own GRADIO_TEMP_DIR (the tests do, per run).
 
 It sweeps only while the app runs (`demo.is_running`, which Gradio sets at launch and clears at close):
 it waits for the launch, and its thread ends at the first check after the app is closed (or when the app

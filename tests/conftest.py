@@ -1,12 +1,19 @@
+import atexit
 import os
-
+import shutil
 import socket
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
+# Each test run has its own Gradio cache (and gradio_client download) folder, removed at the end: the apps' cache
+# sweepers (imagen_app/cache_sweeper.py, 2 s in one test) never see another run's files, and no run leaves files.
+if "GRADIO_TEMP_DIR" not in os.environ:
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="imagen_app_tests_gradio_")
+    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,52 +3,72 @@
 The soak is slow (200 generations, about 15 minutes on a loaded 2-core CPU): `python -m pytest -m slow
 tests/test_soak.py -s`. It found two causes: every gr.skip() in a stream left a component copy in the session
 (checked fast here too), and glibc kept the memory each generation freed (imagen_app/memory.py)."""
-import gc
 import os
+import subprocess
+import sys
 import time
 
+import httpx
 import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
 
 GENERATIONS, BASELINE_AFTER, MAX_GROWTH = 200, 20, 0.10
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The server, as `python app.py` runs it, on the tiny random pipeline: its own process, so that the RSS measured is
+# the server's alone (not the client's, nor pytest's).
+SERVER = """
+import sys
+from imagen_app.tiny import tiny_pipeline
+from imagen_app.ui import build_app
+build_app(tiny_pipeline(), cache_minutes=0.5).launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), quiet=True)
+"""
 
 
-def rss_bytes() -> int:
-    """This process's resident set size (the app is served from this process)."""
-    gc.collect()
+def rss_bytes(pid: int) -> int:
+    """A process's resident set size."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
     except OSError:  # not Linux
         import psutil
 
-        return psutil.Process().memory_info().rss
+        return psutil.Process(pid).memory_info().rss
 
 
 @pytest.mark.slow
-def test_rss_does_not_grow_over_200_generations(tiny_pipe, tmp_path):
+def test_rss_does_not_grow_over_200_generations(tmp_path):
     from conftest import free_port
     from imagen_app.tiny import TINY_CAPTIONS
-    from imagen_app.ui import build_app
 
-    demo = build_app(tiny_pipe, cache_minutes=0.5)  # the cache sweeper runs as on a server (30 s here)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], cwd=ROOT, env=env, stdout=log, stderr=log)
     try:
-        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path))
+        deadline = time.time() + 180
+        while True:
+            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        client = gradio_client.Client(url, verbose=False, download_files=str(tmp_path))
         rss, t0 = {}, time.time()
         for i in range(1, GENERATIONS + 1):
             prompt = f"{TINY_CAPTIONS[i % len(TINY_CAPTIONS)]} {i}"  # new prompts: the embedding cache fills and evicts
             result = client.predict(prompt, seed=i, api_name="/generate")
             assert result[4].startswith("Done:"), result[4]
             if i in (BASELINE_AFTER, GENERATIONS):
-                rss[i] = rss_bytes()
+                rss[i] = rss_bytes(server.pid)
         elapsed = time.time() - t0
     finally:
-        demo.close()
+        server.terminate()
+        server.wait(timeout=60)
     growth = rss[GENERATIONS] / rss[BASELINE_AFTER] - 1
-    print(f"\nRSS after generation {BASELINE_AFTER}: {rss[BASELINE_AFTER] / 2**20:.1f} MiB, after {GENERATIONS}: "
+    print(f"\nServer RSS after generation {BASELINE_AFTER}: {rss[BASELINE_AFTER] / 2**20:.1f} MiB, after {GENERATIONS}: "
           f"{rss[GENERATIONS] / 2**20:.1f} MiB ({growth:+.1%}); {GENERATIONS} generations in {elapsed:.0f} s")
     assert growth < MAX_GROWTH
 
