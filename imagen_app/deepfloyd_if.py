@@ -236,6 +236,10 @@ class IFPromptEncoder:
     def embed_dim(self) -> int:
         return self.text_encoder.config.d_model
 
+    def canonical(self, prompt: str) -> str:
+        """The text IF's T5 is given for `prompt`."""
+        return preprocess_prompt(prompt)
+
     @torch.no_grad()
     def _encode_batch(self, texts: Sequence[str]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         tok = self.tokenizer(list(texts), padding="max_length", max_length=self.max_length, truncation=True,

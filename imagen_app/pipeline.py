@@ -30,7 +30,8 @@ from .attention_maps import CrossAttentionRecorder, StageWordMaps
 from .editing import EditInputs, StageEdit, lowres_tensor
 from .guidance import StageDenoiser, noise_augment
 from .images import pil_to_tensor, to_pil  # noqa: F401  (pil_to_tensor, to_pil: also imported from here)
-from .text_encoder import PromptEncoder, PromptReport, freeze, normalize_prompt
+from .caption_vocabulary import CaptionVocabulary
+from .text_encoder import PromptEncoder, PromptReport, freeze
 from .unet import ImagenUNet, upsample_lowres
 
 MAX_STAGES = 6
@@ -233,6 +234,9 @@ class ImagenPipeline(DiffusionPipeline):
         self.num_stages = n
         self.settings = {k: (list(v) if isinstance(v, list) else v) for k, v in self.default_settings.items()}
         self._encoder: Optional[PromptEncoder] = None
+        # The names the model was trained on (captions.txt / held_out.txt beside the weights): typed forms of them
+        # are encoded as the name itself ("japan" -> "flag: japan"; caption_vocabulary.py). None: normalisation only.
+        self.vocabulary: Optional[CaptionVocabulary] = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -252,11 +256,13 @@ class ImagenPipeline(DiffusionPipeline):
 
     @property
     def prompt_encoder(self) -> PromptEncoder:
-        if self._encoder is None or self._encoder.text_encoder is not self.text_encoder:
+        if (self._encoder is None or self._encoder.text_encoder is not self.text_encoder
+                or getattr(self._encoder, "vocabulary", None) is not self.vocabulary):
             if self.is_deepfloyd_if:  # IF's prompt rules: its preprocessing, 77 tokens
                 self._encoder = deepfloyd_if.IFPromptEncoder(self.tokenizer, self.text_encoder)
             else:
-                self._encoder = PromptEncoder(self.tokenizer, self.text_encoder, max_length=self.settings.get("max_prompt_length"))
+                self._encoder = PromptEncoder(self.tokenizer, self.text_encoder, max_length=self.settings.get("max_prompt_length"),
+                                              vocabulary=self.vocabulary)
         return self._encoder
 
     @property
@@ -409,7 +415,7 @@ class ImagenPipeline(DiffusionPipeline):
         guided = s.guidance_scale != 1.0 and not deepfloyd_if.is_if_unet(unet)  # [uncond; cond] in one U-Net call
         recorder = CrossAttentionRecorder(unet, unet.config.sample_size, rows=slice(batch, batch + 1) if guided else slice(0, 1))
         encoder = self.prompt_encoder
-        return StageWordMaps(recorder, encoder.tokenizer, normalize_prompt(prompt), getattr(unet.config, "num_null_tokens", 0),
+        return StageWordMaps(recorder, encoder.tokenizer, encoder.canonical(prompt), getattr(unet.config, "num_null_tokens", 0),
                              encoder.max_length)
 
     def _run_stage(self, s: StageSettings, lowres, uncond, cond, generator, batch, device,
@@ -586,6 +592,7 @@ class ImagenPipeline(DiffusionPipeline):
         if hasattr(components.get("text_encoder"), "requires_grad_"):
             components["text_encoder"] = freeze(components["text_encoder"])
         pipe = cls(**components)
+        pipe.vocabulary = CaptionVocabulary.from_folder(path)
         defaults = os.path.join(path, "pipeline_defaults.json")
         pipe.load_warnings = []
         if os.path.exists(defaults):
@@ -616,6 +623,8 @@ class ImagenPipeline(DiffusionPipeline):
         super().save_pretrained(save_directory, **kwargs)
         with open(os.path.join(save_directory, "pipeline_defaults.json"), "w") as f:
             json.dump(self.settings, f, indent=2)
+        if self.vocabulary is not None:
+            self.vocabulary.save(save_directory)
 
 
 @torch.no_grad()

@@ -97,9 +97,10 @@ class PromptEncoder:
     """Encodes prompts with a frozen tokenizer + T5 encoder, with an LRU cache of embeddings."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, text_encoder: T5EncoderModel, max_length: int | None = None,
-                 cache_size: int = 64):
+                 cache_size: int = 64, vocabulary=None):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        self.vocabulary = vocabulary  # a caption_vocabulary.CaptionVocabulary: typed names -> the names trained on
         model_max = getattr(tokenizer, "model_max_length", 512)
         self.max_length = int(max_length or (model_max if model_max and model_max < 10_000 else 128))
         self.cache_size = cache_size
@@ -108,6 +109,10 @@ class PromptEncoder:
     @property
     def embed_dim(self) -> int:
         return self.text_encoder.config.d_model
+
+    def canonical(self, prompt: str) -> str:
+        """The text the encoder is given for `prompt`: normalize_prompt, then the vocabulary's known name, if any."""
+        return self.vocabulary.canonical(prompt) if self.vocabulary is not None else normalize_prompt(prompt)
 
     def _tokenize(self, prompt: str, truncation: bool):
         return self.tokenizer(prompt, truncation=truncation, max_length=self.max_length if truncation else None,
@@ -130,7 +135,7 @@ class PromptEncoder:
         """Fills the cache for `prompts` in padded batches: one encoder call per batch instead of one per prompt
         (what a training run's first steps would otherwise spend on its new captions). T5's attention mask keeps
         each prompt's embeddings independent of the padding."""
-        todo = list(dict.fromkeys(p for p in map(normalize_prompt, prompts) if p and p not in self._cache))
+        todo = list(dict.fromkeys(p for p in map(self.canonical, prompts) if p and p not in self._cache))
         todo = todo[: max(0, self.cache_size - len(self._cache))]
         for i in range(0, len(todo), batch_size):
             chunk = todo[i:i + batch_size]
@@ -146,7 +151,7 @@ class PromptEncoder:
 
     def encode(self, prompts: Sequence[str], device=None, dtype=torch.float32):
         """prompts -> embeds (B, L, D), zero at padding, and mask (B, L) bool (True = a real token)."""
-        embs = [self._encode_one(normalize_prompt(p)) for p in prompts]
+        embs = [self._encode_one(self.canonical(p)) for p in prompts]
         length = max(1, max(e.shape[0] for e in embs))
         embeds = torch.zeros(len(embs), length, self.embed_dim)
         mask = torch.zeros(len(embs), length, dtype=torch.bool)
@@ -157,7 +162,7 @@ class PromptEncoder:
 
     def report(self, prompt: str) -> PromptReport:
         """Tokens of the prompt, the words the tokenizer does not know and the words truncation cuts."""
-        prompt = normalize_prompt(prompt)
+        prompt = self.canonical(prompt)
         rep = PromptReport(prompt=prompt)
         if not prompt:
             return rep

@@ -1,0 +1,81 @@
+"""The names a model was trained on, and the ways people type them.
+
+The base U-Net learned each emoji under its CLDR name ("flag: japan", "family: man, woman, boy",
+"woman firefighter: dark skin tone"); people type "japan", "Japan flag", "family man woman boy",
+"cote d'ivoire". `normalize_prompt` (text_encoder.py) already brings case, spacing, skin tones and
+"flag of X" / "X flag" to the CLDR form by rule; a `CaptionVocabulary` goes one step further, by
+lookup in the pipeline's own caption list (`captions.txt` and `held_out.txt` beside the weights):
+
+- a prompt whose *folded* form (no punctuation or accents, "&" read as "and") is the folded form of
+  exactly one known name becomes that name: "family man woman boy" -> "family: man, woman, boy";
+- a country typed alone becomes its flag ("japan" -> "flag: japan", "myanmar" -> "flag: myanmar (burma)"),
+  unless the word is itself the name of another emoji ("turkey" stays the bird).
+
+A known name always maps to itself, so training captions (all known names) are encoded exactly as
+before: the lookup is part of the one prompt normalisation, shared by training and inference. What
+it does is shown to the user (the "understood" box shows the prompt the model saw). Prompts that are
+not a known name in any form pass through unchanged: composition is left to the model.
+"""
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from typing import Dict, Iterable, List, Optional, Set
+
+from .text_encoder import normalize_prompt
+
+CAPTION_FILES = ("captions.txt", "held_out.txt")
+
+
+def fold(text: str) -> str:
+    """The form two spellings of one name share: accents, apostrophes and punctuation dropped, "&" as "and",
+    lower case, single spaces. "Côte d’Ivoire" and "cote divoire" fold alike; "flag: japan" -> "flag japan"."""
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
+    text = re.sub(r"['’`]", "", text.replace("&", " and "))
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text).split())
+
+
+class CaptionVocabulary:
+    """Folded form -> the one known name it stands for (see the module docstring)."""
+
+    def __init__(self, names: Iterable[str], files: Optional[Dict[str, List[str]]] = None):
+        self.names: List[str] = list(dict.fromkeys(n for n in map(normalize_prompt, names) if n))
+        self.files = files or {}  # file name -> its lines, as read by from_folder (save writes them back)
+        by_fold: Dict[str, Set[str]] = {}
+        for name in self.names:
+            by_fold.setdefault(fold(name), set()).add(name)
+        countries: Dict[str, Set[str]] = {}
+        for name in self.names:
+            if name.startswith("flag: "):
+                country = name[len("flag: "):]
+                for form in {fold(country), fold(re.sub(r"\s*\([^)]*\)", "", country))}:  # "myanmar (burma)": "myanmar" too
+                    if form and form not in by_fold:  # another emoji's own name wins ("turkey")
+                        countries.setdefault(form, set()).add(name)
+        # An ambiguous form ("keycap: #" and "keycap: *" both fold to "keycap") maps to nothing.
+        self._lookup = {form: next(iter(group)) for form, group in {**countries, **by_fold}.items() if len(group) == 1}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def canonical(self, prompt: str) -> str:
+        """The prompt as the model is given it: normalised, then the known name it stands for, if any."""
+        text = normalize_prompt(prompt)
+        return self._lookup.get(fold(text), text) if text else text
+
+    @classmethod
+    def from_folder(cls, folder: str) -> Optional["CaptionVocabulary"]:
+        """The vocabulary of a saved pipeline folder (its captions.txt and held_out.txt); None if it has neither."""
+        files: Dict[str, List[str]] = {}
+        for file in CAPTION_FILES:
+            path = os.path.join(folder, file)
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    files[file] = [line.strip() for line in f if line.strip()]
+        return cls([n for lines in files.values() for n in lines], files) if files else None
+
+    def save(self, folder: str) -> None:
+        """Writes the files it was read from (all names as captions.txt if it was built from a list)."""
+        for file, lines in (self.files or {"captions.txt": self.names}).items():
+            with open(os.path.join(folder, file), "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")

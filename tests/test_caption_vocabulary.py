@@ -1,0 +1,56 @@
+"""The caption vocabulary: the forms people type reach the model as the names it was trained on."""
+import os
+
+import pytest
+import torch
+
+from imagen_app.caption_vocabulary import CaptionVocabulary, fold
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+NAMES = ["flag: japan", "flag: côte d’ivoire", "flag: st. kitts & nevis", "flag: myanmar (burma)", "flag: turkey",
+         "turkey", "keycap: #", "keycap: *", "family: man, woman, boy", "woman firefighter: dark skin tone", "red heart"]
+
+
+def test_fold_drops_punctuation_accents_and_reads_ampersand_as_and():
+    assert fold("Côte d’Ivoire") == fold("cote divoire") == "cote divoire"
+    assert fold("flag: St. Kitts & Nevis") == "flag st kitts and nevis"
+    assert fold("family: man, woman, boy") == "family man woman boy"
+
+
+@pytest.mark.parametrize("typed, known", [
+    ("japan", "flag: japan"), ("Japan", "flag: japan"), ("japan flag", "flag: japan"), ("flag of Japan", "flag: japan"),
+    ("cote d'ivoire", "flag: côte d’ivoire"), ("Saint Kitts", "saint kitts"),  # not a known form: unchanged
+    ("st kitts and nevis", "flag: st. kitts & nevis"), ("myanmar", "flag: myanmar (burma)"),
+    ("turkey", "turkey"),  # another emoji's own name is not read as a country
+    ("family man woman boy", "family: man, woman, boy"), ("Woman firefighter dark skin tone", "woman firefighter: dark skin tone"),
+    ("keycap", "keycap"),  # two known names fold to it: left as typed
+    ("purple heart", "purple heart"),  # not a known name: composition is left to the model
+])
+def test_typed_forms_become_the_known_name(typed, known):
+    assert CaptionVocabulary(NAMES).canonical(typed) == known
+
+
+def test_every_shipped_name_maps_to_itself_so_training_captions_are_unchanged():
+    vocab = CaptionVocabulary.from_folder(SHIPPED)
+    assert vocab is not None and len(vocab) > 3900
+    assert all(vocab.canonical(name) == name for name in vocab.names)
+    assert vocab.canonical("japan") == "flag: japan" and vocab.canonical("germany") == "flag: germany"
+
+
+def test_the_pipeline_encodes_a_typed_name_as_the_known_name_and_saves_its_vocabulary(tmp_path):
+    from imagen_app import ImagenPipeline
+    from imagen_app.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    plain = pipe.prompt_encoder.encode(["japan"])[0]
+    pipe.vocabulary = CaptionVocabulary(["flag: japan", "red heart"])
+    encoder = pipe.prompt_encoder  # a new encoder for the new vocabulary
+    typed, canonical = encoder.encode(["japan"])[0], encoder.encode(["flag: japan"])[0]
+    assert torch.equal(typed, canonical) and not torch.equal(plain, canonical[:, : plain.shape[1]])
+    assert pipe.check_prompt("Japan flag").prompt == "flag: japan"  # what the "understood" box shows
+
+    pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "captions.txt").read_text().split("\n")[:2] == ["flag: japan", "red heart"]
+    loaded = ImagenPipeline.from_pretrained(tmp_path)
+    assert loaded.vocabulary.names == ["flag: japan", "red heart"]
+    assert loaded.check_prompt("japan").prompt == "flag: japan"
