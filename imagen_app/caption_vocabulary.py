@@ -9,7 +9,9 @@ lookup in the pipeline's own caption list (`captions.txt` and `held_out.txt` bes
 - a prompt whose *folded* form (no punctuation or accents, "&" read as "and") is the folded form of
   exactly one known name becomes that name: "family man woman boy" -> "family: man, woman, boy";
 - a country typed alone becomes its flag ("japan" -> "flag: japan", "myanmar" -> "flag: myanmar (burma)"),
-  unless the word is itself the name of another emoji ("turkey" stays the bird).
+  unless the word is itself the name of another emoji ("turkey" stays the bird);
+- an emoji's alias (the shortcodes of chat apps, `aliases.txt`: "cupid" -> "heart with arrow", ":knife:" ->
+  "kitchen knife"), unless it is a known name or a country ("sunglasses" stays the sunglasses emoji).
 
 A known name always maps to itself, so training captions (all known names) are encoded exactly as
 before: the lookup is part of the one prompt normalisation, shared by training and inference. What
@@ -26,6 +28,7 @@ from typing import Dict, Iterable, List, Optional, Set
 from .text_encoder import normalize_prompt
 
 CAPTION_FILES = ("captions.txt", "held_out.txt")
+ALIAS_FILE = "aliases.txt"  # one "alias<TAB>name" per line
 
 
 def fold(text: str) -> str:
@@ -39,9 +42,11 @@ def fold(text: str) -> str:
 class CaptionVocabulary:
     """Folded form -> the one known name it stands for (see the module docstring)."""
 
-    def __init__(self, names: Iterable[str], files: Optional[Dict[str, List[str]]] = None):
+    def __init__(self, names: Iterable[str], files: Optional[Dict[str, List[str]]] = None,
+                 aliases: Optional[Dict[str, str]] = None):
         self.names: List[str] = list(dict.fromkeys(n for n in map(normalize_prompt, names) if n))
         self.files = files or {}  # file name -> its lines, as read by from_folder (save writes them back)
+        self.aliases = dict(aliases or {})  # alias -> known name
         by_fold: Dict[str, Set[str]] = {}
         for name in self.names:
             by_fold.setdefault(fold(name), set()).add(name)
@@ -52,8 +57,15 @@ class CaptionVocabulary:
                 for form in {fold(country), fold(re.sub(r"\s*\([^)]*\)", "", country))}:  # "myanmar (burma)": "myanmar" too
                     if form and form not in by_fold:  # another emoji's own name wins ("turkey")
                         countries.setdefault(form, set()).add(name)
+        known = set(self.names)
+        by_alias: Dict[str, Set[str]] = {}
+        for alias, name in self.aliases.items():
+            form, name = fold(alias), normalize_prompt(name)
+            if form and name in known and form not in by_fold and form not in countries:
+                by_alias.setdefault(form, set()).add(name)
         # An ambiguous form ("keycap: #" and "keycap: *" both fold to "keycap") maps to nothing.
-        self._lookup = {form: next(iter(group)) for form, group in {**countries, **by_fold}.items() if len(group) == 1}
+        self._lookup = {form: next(iter(group)) for form, group in {**by_alias, **countries, **by_fold}.items()
+                        if len(group) == 1}
 
     def __len__(self) -> int:
         return len(self.names)
@@ -67,15 +79,19 @@ class CaptionVocabulary:
     def from_folder(cls, folder: str) -> Optional["CaptionVocabulary"]:
         """The vocabulary of a saved pipeline folder (its captions.txt and held_out.txt); None if it has neither."""
         files: Dict[str, List[str]] = {}
-        for file in CAPTION_FILES:
+        for file in CAPTION_FILES + (ALIAS_FILE,):
             path = os.path.join(folder, file)
             if os.path.exists(path):
                 with open(path, encoding="utf-8") as f:
                     files[file] = [line.strip() for line in f if line.strip()]
-        return cls([n for lines in files.values() for n in lines], files) if files else None
+        aliases = dict(line.split("\t", 1) for line in files.pop(ALIAS_FILE, []) if "\t" in line)
+        return cls([n for lines in files.values() for n in lines], files, aliases) if files else None
 
     def save(self, folder: str) -> None:
         """Writes the files it was read from (all names as captions.txt if it was built from a list)."""
-        for file, lines in (self.files or {"captions.txt": self.names}).items():
+        files = dict(self.files or {"captions.txt": self.names})
+        if self.aliases:
+            files[ALIAS_FILE] = [f"{alias}\t{name}" for alias, name in sorted(self.aliases.items())]
+        for file, lines in files.items():
             with open(os.path.join(folder, file), "w", encoding="utf-8") as f:
                 f.write("\n".join(lines) + "\n")

@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("stages", nargs="+", help="exported stage folders, base first")
     a.add_argument("--text-encoder", default=DEFAULT_WEIGHTS)
     a.add_argument("--settings", default=None, help='JSON of default settings, e.g. {"guidance_scale": [4, 2, 1]}')
-    a.add_argument("--emoji-lists", action="store_true", help="also write captions.txt and held_out.txt")
+    a.add_argument("--emoji-lists", action="store_true", help="also write captions.txt, held_out.txt and aliases.txt")
     a.set_defaults(func=cmd_assemble)
     return parser
 

@@ -256,7 +256,8 @@ def write_image_folder(data: CaptionedImages, folder: str) -> int:
 
 
 def write_caption_lists(out_dir: str) -> None:
-    """Writes captions.txt (the emoji names trained on) and held_out.txt (the held-out compositions)."""
+    """Writes captions.txt (the emoji names trained on), held_out.txt (the held-out compositions) and aliases.txt
+    (each emoji's other names: "alias<TAB>caption")."""
     emojis = load_emoji()
     held = held_out_split(emojis)
     held_set = set(held)
@@ -264,3 +265,5 @@ def write_caption_lists(out_dir: str) -> None:
         f.write("\n".join(sorted(e.caption for e in emojis if e.caption not in held_set)) + "\n")
     with open(os.path.join(out_dir, "held_out.txt"), "w") as f:
         f.write("\n".join(held) + "\n")
+    with open(os.path.join(out_dir, "aliases.txt"), "w") as f:  # caption_vocabulary.py reads them
+        f.write("".join(f"{a}\t{e.caption}\n" for e in emojis for a in e.aliases if a != e.caption))

@@ -54,3 +54,24 @@ def test_the_pipeline_encodes_a_typed_name_as_the_known_name_and_saves_its_vocab
     loaded = ImagenPipeline.from_pretrained(tmp_path)
     assert loaded.vocabulary.names == ["flag: japan", "red heart"]
     assert loaded.check_prompt("japan").prompt == "flag: japan"
+
+
+def test_an_alias_becomes_its_name_unless_it_is_a_known_name_or_a_country():
+    names = NAMES + ["sunglasses", "smiling face with sunglasses", "heart with arrow", "kitchen knife", "hocho x"]
+    aliases = {"cupid": "heart with arrow", "sunglasses": "smiling face with sunglasses", "japan": "red heart",
+               "knife": "kitchen knife", "hocho": "kitchen knife", "unknown": "not a known name"}
+    vocab = CaptionVocabulary(names, aliases=aliases)
+    assert vocab.canonical(":Cupid:") == "heart with arrow" and vocab.canonical("knife") == "kitchen knife"
+    assert vocab.canonical("sunglasses") == "sunglasses"  # the sunglasses emoji's own name wins
+    assert vocab.canonical("japan") == "flag: japan"  # a country wins over an alias
+    assert vocab.canonical("unknown") == "unknown"  # an alias of a name not in the list is ignored
+
+
+def test_the_shipped_aliases_load_and_round_trip(tmp_path):
+    vocab = CaptionVocabulary.from_folder(SHIPPED)
+    assert len(vocab.aliases) > 1000 and vocab.canonical("cupid") == "heart with arrow"
+    vocab.save(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"captions.txt", "held_out.txt", "aliases.txt"}
+    again = CaptionVocabulary.from_folder(tmp_path)
+    assert again.names == vocab.names and again.aliases == vocab.aliases
+    assert (tmp_path / "captions.txt").read_text() == open(os.path.join(SHIPPED, "captions.txt")).read()
