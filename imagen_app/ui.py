@@ -22,16 +22,15 @@ from PIL import Image, PngImagePlugin
 from .attention_maps import overlay
 from .cache_sweeper import start_sweeper
 from .images import image_grid
-from .memory import release_freed_memory
 from .ui_compare import build_compare_tab
 from .ui_edit import StagePane, build_edit_tabs
-from .ui_stop import ActiveRuns, session_of
-from .ui_inputs import MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input, whole_input
+from .ui_stop import ActiveRuns, session_of, wire_stop
+from .ui_inputs import (MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input,
+                        user_facing_errors, whole_input)
 from .pipeline import SCHEDULERS, ImagenPipeline, StageSettings, resolve_settings, settings_kwargs
 
 log = logging.getLogger("imagen_app.ui")
 
-STOP_WAIT_S = 10.0  # Stop's follow-up waits at most this long for the cancelled run to end (ui_stop.py)
 SCHEDULER_CHOICES = list(SCHEDULERS)
 EXAMPLES = [  # seen captions, and held-out compositions (see weights/held_out.txt)
     "red heart", "panda", "flag: japan", "woman firefighter: dark skin tone", "grinning face", "green apple",
@@ -237,37 +236,32 @@ def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, se
     last_yield = 0.0
     stream = pipe.stream(prompt, negative_prompt=negative_prompt or None, num_images_per_prompt=num_images,
                          generator=torch.Generator().manual_seed(seed), return_attention=True, **settings_kwargs(stages))
-    try:
-        for ev in stream:
-            if ev.is_final:
-                out = ev.output
-                settings = dict(out.settings, seed=seed, negative_prompt=negative_prompt or "")
-                stages_shown = ([StagePane.final(preview, image_grid(imgs)) for preview, imgs in zip(stage_outputs, out.stage_images)]
-                                + [None] * (n_stages - len(out.stage_images)))
-                status = f"Done: {len(out.stage_images)} stage(s) in {time.time() - t0:.1f} s (seed {seed})."
-                yield (*stages_shown, out.images, status, settings, png_with_metadata(out.images[0], settings), understood, seed,
-                       word_map_gallery(out))
-                return
-            done += 1
-            progress((done, total_steps), desc=f"stage {ev.stage}/{last}")
-            now = time.time()
-            stage_end = ev.step == ev.total_steps
-            if now - last_yield < PREVIEW_INTERVAL_S and not stage_end and ev.step != 1:
-                continue  # faster than the browser can show: skip this frame (and never make its preview)
-            last_yield = now
-            stage_outputs[ev.stage - 1] = image_grid(ev.previews)
-            status = f"Stage {ev.stage}/{last} · step {ev.step}/{ev.total_steps} · {now - t0:.1f} s"
-            yield (*stage_outputs, None, status, None, None, understood, seed, None)
-    except ValueError as e:
-        raise input_error(api_message(e)) from None
-    except gr.Error:
-        raise
-    except Exception as e:  # never a traceback in the browser, never a dead worker
-        log.exception("generation failed")  # an unexpected error: its traceback, once, in the log
-        raise gr.Error(f"Generation failed: {type(e).__name__}: {e}", print_exception=False) from None
-    finally:
-        stream.close()  # Stop (or a lost client) ends the work at the current step
-        release_freed_memory()  # else the server's RSS creeps up with every generation (memory.py)
+    # A ValueError is a message naming the input, any other error a short message (ui_inputs.user_facing_errors).
+    with user_facing_errors("Generation", api_message):
+        try:
+            for ev in stream:
+                if ev.is_final:
+                    out = ev.output
+                    settings = dict(out.settings, seed=seed, negative_prompt=negative_prompt or "")
+                    stages_shown = ([StagePane.final(preview, image_grid(imgs))
+                                     for preview, imgs in zip(stage_outputs, out.stage_images)]
+                                    + [None] * (n_stages - len(out.stage_images)))
+                    status = f"Done: {len(out.stage_images)} stage(s) in {time.time() - t0:.1f} s (seed {seed})."
+                    yield (*stages_shown, out.images, status, settings, png_with_metadata(out.images[0], settings), understood,
+                           seed, word_map_gallery(out))
+                    return
+                done += 1
+                progress((done, total_steps), desc=f"stage {ev.stage}/{last}")
+                now = time.time()
+                stage_end = ev.step == ev.total_steps
+                if now - last_yield < PREVIEW_INTERVAL_S and not stage_end and ev.step != 1:
+                    continue  # faster than the browser can show: skip this frame (and never make its preview)
+                last_yield = now
+                stage_outputs[ev.stage - 1] = image_grid(ev.previews)
+                status = f"Stage {ev.stage}/{last} · step {ev.step}/{ev.total_steps} · {now - t0:.1f} s"
+                yield (*stage_outputs, None, status, None, None, understood, seed, None)
+        finally:
+            stream.close()  # Stop (or a lost client) ends the work at the current step; then the memory is released
 
 
 def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_minutes: float = 60) -> gr.Blocks:
@@ -364,11 +358,9 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
         event = gr.on([run.click, prompt.submit], generate, inputs, outputs, api_name="generate",
                       concurrency_limit=concurrency_limit, preprocess=False, show_progress="minimal",
                       show_progress_on=[status])
-        event.failure(failure_status(active_runs), None, status, queue=False, api_name=False)
         # "Stopped." now, and again once the cancelled run has ended: that second answer is queued, so it comes
         # over the session's stream after every update the run sent (ui_stop.py).
-        stop.click(stop_now(active_runs), None, status, cancels=[event], queue=False, api_name=False).then(
-            stopped_after(active_runs), None, status, api_name=False, concurrency_limit=None)
+        wire_stop(stop, event, status, active_runs)
         build_edit_tabs(holder, concurrency_limit)  # the Edit and Upscale tabs (ui_edit.py)
         with gr.Tab("Compare"):  # Imagen Fig. A.10: guidance x thresholding, same seed (ui_compare.py)
             build_compare_tab(holder, n_stages, concurrency_limit)
@@ -377,31 +369,6 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
     # it tracks: a file deleted under it would stay in its list of temp files for good (6.31 drops only its own).
     start_sweeper(demo, [downloads_folder()], every_s=every_s, age_s=age_s + 2 * every_s)
     return demo
-
-def stop_now(active_runs: ActiveRuns):
-    """Stop's first answer, at once; it notes the Stop so that the cancelled event's failure reads "Stopped."."""
-    def stop(request: gr.Request) -> str:
-        active_runs.mark_stopped(session_of(request))
-        return "Stopped."
-
-    return stop
-
-
-def failure_status(active_runs: ActiveRuns):
-    """The status after a failed generate event: Gradio reports a cancelled one as failed too."""
-    def failed(request: gr.Request) -> str:
-        return "Stopped." if active_runs.was_stopped(session_of(request)) else "Stopped by an error: see the message."
-
-    return failed
-
-
-def stopped_after(active_runs: ActiveRuns):
-    """Stop's follow-up: "Stopped." once this session's generation has ended (at most STOP_WAIT_S later)."""
-    def stopped(request: gr.Request) -> str:
-        active_runs.wait_until_idle(session_of(request), STOP_WAIT_S)
-        return "Stopped."
-
-    return stopped
 
 
 def word_map_gallery(out) -> List:

@@ -7,16 +7,12 @@ each cell's settings update as each cell finishes. It calls only `imagen_app.com
 """
 from __future__ import annotations
 
-import logging
 from typing import List
 
 import gradio as gr
 
 from .compare import labelled_grid, parse_row, run_cells
-from .memory import release_freed_memory
-from .ui_inputs import MAX_PROMPT_CHARS, MAX_SEED, choice_input, input_error, text_input, whole_input
-
-log = logging.getLogger("imagen_app.ui")
+from .ui_inputs import MAX_PROMPT_CHARS, MAX_SEED, choice_input, input_error, text_input, user_facing_errors, whole_input
 
 THRESHOLDING_ROWS = ["0", "static", "99.5"]  # the paper's three rows
 NOISE_AUG_ROWS = ["aug=0", "aug=0.1", "aug=0.3", "aug=0.5"]
@@ -61,20 +57,12 @@ def make_compare(holder):
         seed = whole_input(seed, "seed", 0, MAX_SEED, default=0)
         cells: List = []
         total = len(guidances) * len(rows)
-        try:
+        # A ValueError is bad settings (noise rows on the base stage), named by run_cells (ui_inputs.user_facing_errors).
+        with user_facing_errors("Compare", lambda e: f"{e} (row_kind {row_kind!r}, stage {stage})"):
             for cell in run_cells(pipe, prompt, guidances, rows, seed=seed, stage=stage):
                 cells.append(cell)
                 table = [[rows[c.row].label, c.guidance_scale, c.seed] for c in cells]
                 yield labelled_grid(cells, guidances, rows), table, f"Cell {len(cells)}/{total}"
-        except ValueError as e:  # bad settings (noise rows on the base stage): named by run_cells
-            raise input_error(f"{e} (row_kind {row_kind!r}, stage {stage})") from None
-        except gr.Error:
-            raise
-        except Exception as e:  # never a traceback in the browser, never a dead worker
-            log.exception("compare failed")  # an unexpected error: its traceback, once, in the log
-            raise gr.Error(f"Compare failed: {type(e).__name__}: {e}", print_exception=False) from None
-        finally:
-            release_freed_memory()  # memory.py
         yield labelled_grid(cells, guidances, rows), table, f"Done: {total} cells, seed {seed}."
 
     return compare

@@ -10,7 +10,6 @@ and editing.py's input helpers; a ValueError from them becomes a gr.Error messag
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 from typing import List, Optional
@@ -21,10 +20,9 @@ from PIL import Image, ImageChops
 
 from .editing import mask_gray
 from .images import image_grid
-from .memory import release_freed_memory
-from .ui_inputs import MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input, whole_input
-
-log = logging.getLogger("imagen_app.ui")
+from .ui_inputs import (MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input,
+                        user_facing_errors, whole_input)
+from .ui_stop import ActiveRuns, session_of, wire_stop
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "examples")
 # (file stem, prompt, strength): the init image and the mask layer are docs/examples/<stem>.png, <stem>_mask.png
@@ -137,81 +135,80 @@ def stream_panes(events, n_stages: int, first_pane: int, what: str):
     n_panes = n_stages - first_pane + 1
     panes: List = [None] * n_panes  # this run's latest preview per pane; never gr.skip() (see ui._generate)
     t0, last_yield, start = time.time(), 0.0, None
-    try:
-        for ev in events:
-            start = ev.stage if start is None else start  # the first stage run
-            if ev.is_final:
-                out = ev.output
-                previews, panes = panes, [None] * n_panes
-                for i, imgs in enumerate(out.stage_images):
-                    k = start - first_pane + i
-                    panes[k] = StagePane.final(previews[k], image_grid(imgs))
-                status = f"Done: {what}, {len(out.stage_images)} stage(s) in {time.time() - t0:.1f} s."
-                yield (*panes, out.images[0], status, out.settings)
-                return
-            now = time.time()
-            if now - last_yield < PREVIEW_INTERVAL_S and ev.step not in (1, ev.total_steps):
-                continue
-            last_yield = now
-            panes[ev.stage - first_pane] = image_grid(ev.previews)
-            status = f"{what}: stage {ev.stage}/{n_stages} · step {ev.step}/{ev.total_steps} · {now - t0:.1f} s"
-            yield (*panes, None, status, None)
-    except ValueError as e:
-        raise input_error(api_message(e)) from None
-    except gr.Error:
-        raise
-    except Exception as e:  # never a traceback in the browser
-        log.exception("%s failed", what)  # an unexpected error: its traceback, once, in the log
-        raise gr.Error(f"{what} failed: {type(e).__name__}: {e}", print_exception=False) from None
-    finally:
-        events.close()  # Stop, or a lost client, ends the work at the current step
-        release_freed_memory()  # memory.py
+    with user_facing_errors(what, api_message):  # messages for the user (ui_inputs.py), the memory released
+        try:
+            for ev in events:
+                start = ev.stage if start is None else start  # the first stage run
+                if ev.is_final:
+                    out = ev.output
+                    previews, panes = panes, [None] * n_panes
+                    for i, imgs in enumerate(out.stage_images):
+                        k = start - first_pane + i
+                        panes[k] = StagePane.final(previews[k], image_grid(imgs))
+                    status = f"Done: {what}, {len(out.stage_images)} stage(s) in {time.time() - t0:.1f} s."
+                    yield (*panes, out.images[0], status, out.settings)
+                    return
+                now = time.time()
+                if now - last_yield < PREVIEW_INTERVAL_S and ev.step not in (1, ev.total_steps):
+                    continue
+                last_yield = now
+                panes[ev.stage - first_pane] = image_grid(ev.previews)
+                status = f"{what}: stage {ev.stage}/{n_stages} · step {ev.step}/{ev.total_steps} · {now - t0:.1f} s"
+                yield (*panes, None, status, None)
+        finally:
+            events.close()  # Stop, or a lost client, ends the work at the current step
 
 
-def make_edit(holder):
+def make_edit(holder, active_runs: Optional[ActiveRuns] = None):
+    active_runs = active_runs or ActiveRuns()
+
     def edit(image: dict, prompt: str, strength: float = 0.8, seed: int = 0, guidance_scale: Optional[float] = None,
-             last_stage: Optional[int] = None):
+             last_stage: Optional[int] = None, request: gr.Request = None):
         """Edits `image` (an ImageEditor value: background = the image, painted layers = the region to
         repaint) towards `prompt`, streaming every stage. Nothing painted: image-to-image at `strength`."""
-        pipe = holder.get()
-        init, mask = editor_inputs(image)
-        prompt, seed = _prompt(prompt), _seed(seed)
-        if strength is not None and (isinstance(strength, bool) or not isinstance(strength, (int, float))
-                                     or not 0 < strength <= 1):
-            raise input_error(f"strength must be a number in (0, 1], got {strength!r:.60}")
-        guidance = None if guidance_scale is None else [guidance_scale] + [None] * (pipe.num_stages - 1)
-        stop = len(_resolve(pipe, guidance_scale=guidance, stop_at_stage=last_stage))
-        what = "Inpainting" if mask is not None else "Image-to-image"
-        events = pipe.stream(prompt, image=init, mask_image=mask, strength=strength, guidance_scale=guidance,
-                             stop_at_stage=stop, generator=torch.Generator().manual_seed(seed))
-        yield from stream_panes(events, pipe.num_stages, 1, what)
+        with active_runs.track(session_of(request)):  # ends when the generator is closed, Stop included (ui_stop.py)
+            pipe = holder.get()
+            init, mask = editor_inputs(image)
+            prompt, seed = _prompt(prompt), _seed(seed)
+            if strength is not None and (isinstance(strength, bool) or not isinstance(strength, (int, float))
+                                         or not 0 < strength <= 1):
+                raise input_error(f"strength must be a number in (0, 1], got {strength!r:.60}")
+            guidance = None if guidance_scale is None else [guidance_scale] + [None] * (pipe.num_stages - 1)
+            stop = len(_resolve(pipe, guidance_scale=guidance, stop_at_stage=last_stage))
+            what = "Inpainting" if mask is not None else "Image-to-image"
+            events = pipe.stream(prompt, image=init, mask_image=mask, strength=strength, guidance_scale=guidance,
+                                 stop_at_stage=stop, generator=torch.Generator().manual_seed(seed))
+            yield from stream_panes(events, pipe.num_stages, 1, what)
 
     return edit
 
 
-def make_upscale(holder):
+def make_upscale(holder, active_runs: Optional[ActiveRuns] = None):
+    active_runs = active_runs or ActiveRuns()
+
     def upscale(image, prompt: str = "", seed: int = 0, noise_aug_level: Optional[float] = None,
-                start_at_stage: Optional[int] = None):
+                start_at_stage: Optional[int] = None, request: gr.Request = None):
         """Super-resolves `image` with the stages after the base one, streaming each. The image is resized
         to the input size of `start_at_stage` (default 2: the base stage's resolution)."""
-        pipe = holder.get()
-        if image is None:
-            raise gr.Error("Upload an image to upscale.")
-        prompt, seed = _prompt(prompt), _seed(seed)
-        if pipe.num_stages < 2:
-            raise input_error("This model has no super-resolution stage.")
-        start = whole_input(start_at_stage, "start_at_stage", 2, pipe.num_stages, default=2)
-        aug = noise_aug_level
-        if aug is not None:  # one level for every super-resolution stage, checked by the resolver
-            try:
-                pipe.resolve_settings(noise_aug_level=aug)
-            except ValueError:
-                raise input_error(f"noise_aug_level (Noise augmentation level) must be a number from 0 "
-                                            f"to 1, got {aug!r:.60}") from None
-        events = pipe.stream(prompt, image=image, start_at_stage=start, noise_aug_level=aug,
-                             generator=torch.Generator().manual_seed(seed))
-        size = pipe.stage_resolutions[start - 2]
-        yield from stream_panes(events, pipe.num_stages, 2, f"Upscaling from {size} px")
+        with active_runs.track(session_of(request)):  # ends when the generator is closed, Stop included (ui_stop.py)
+            pipe = holder.get()
+            if image is None:
+                raise gr.Error("Upload an image to upscale.")
+            prompt, seed = _prompt(prompt), _seed(seed)
+            if pipe.num_stages < 2:
+                raise input_error("This model has no super-resolution stage.")
+            start = whole_input(start_at_stage, "start_at_stage", 2, pipe.num_stages, default=2)
+            aug = noise_aug_level
+            if aug is not None:  # one level for every super-resolution stage, checked by the resolver
+                try:
+                    pipe.resolve_settings(noise_aug_level=aug)
+                except ValueError:
+                    raise input_error(f"noise_aug_level (Noise augmentation level) must be a number from 0 "
+                                      f"to 1, got {aug!r:.60}") from None
+            events = pipe.stream(prompt, image=image, start_at_stage=start, noise_aug_level=aug,
+                                 generator=torch.Generator().manual_seed(seed))
+            size = pipe.stage_resolutions[start - 2]
+            yield from stream_panes(events, pipe.num_stages, 2, f"Upscaling from {size} px")
 
     return upscale
 
@@ -222,8 +219,10 @@ def _example(stem: str) -> dict:
 
 
 def build_edit_tabs(holder, concurrency_limit: int = 1) -> None:
-    """Adds the "Edit" and "Upscale" tabs and their `edit` / `upscale` API endpoints (call inside gr.Blocks)."""
+    """Adds the "Edit" and "Upscale" tabs and their `edit` / `upscale` API endpoints (call inside gr.Blocks). Each
+    tab's Stop ends on "Stopped." as Generate's does: each tab tracks its own runs (ui_stop.py)."""
     pipe = holder.pipe
+    edit_runs, upscale_runs = ActiveRuns(), ActiveRuns()
     n_stages = pipe.num_stages if pipe is not None else 3
     resolutions = pipe.stage_resolutions if pipe is not None else [None] * n_stages
 
@@ -262,9 +261,10 @@ def build_edit_tabs(holder, concurrency_limit: int = 1) -> None:
                     if os.path.exists(os.path.join(EXAMPLES_DIR, f"{stem}.png"))]
         if examples:
             gr.Examples(examples, inputs=[editor, prompt, strength], label="Examples (the mask is painted)")
-        event = gr.on([run.click, prompt.submit], make_edit(holder), [editor, prompt, strength, seed, guidance, last],
-                      [*panes, result, status, settings], api_name="edit", concurrency_limit=concurrency_limit)
-        stop.click(lambda: "Stopped.", None, status, cancels=[event], queue=False, api_name=False)
+        event = gr.on([run.click, prompt.submit], make_edit(holder, edit_runs),
+                      [editor, prompt, strength, seed, guidance, last], [*panes, result, status, settings],
+                      api_name="edit", concurrency_limit=concurrency_limit)
+        wire_stop(stop, event, status, edit_runs)
 
     if n_stages < 2:  # a model without super-resolution stages has nothing to upscale with
         return
@@ -294,7 +294,7 @@ def build_edit_tabs(holder, concurrency_limit: int = 1) -> None:
                     if os.path.exists(os.path.join(EXAMPLES_DIR, f"{stem}.png"))]
         if examples:
             gr.Examples(examples, inputs=[small, up_prompt], label="Examples (32 px stage-1 images)")
-        up_event = up_run.click(make_upscale(holder), [small, up_prompt, up_seed, aug],
+        up_event = up_run.click(make_upscale(holder, upscale_runs), [small, up_prompt, up_seed, aug],
                                 [*up_panes, up_result, up_status, up_settings], api_name="upscale",
                                 concurrency_limit=concurrency_limit)
-        up_stop.click(lambda: "Stopped.", None, up_status, cancels=[up_event], queue=False, api_name=False)
+        wire_stop(up_stop, up_event, up_status, upscale_runs)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import gradio as gr
 
+from .memory import release_freed_memory
 from .pipeline import whole_number
 
 log = logging.getLogger("imagen_app.ui")
@@ -37,6 +40,30 @@ def api_message(error: ValueError) -> str:
 
     text = re.sub(r"\b(" + "|".join(SETTING_NAMES) + r") for stage (\d+)", name, str(error))
     return text.replace("stop_at_stage", "last_stage (Last stage to run)")
+
+
+@contextmanager
+def user_facing_errors(what: str, value_error: Callable[[ValueError], str] = api_message) -> Iterator[None]:
+    """A run's errors as the user sees them, the same on every tab. Around the part of a run that calls the
+    pipeline (a generator's `yield`s included):
+    - a gr.Error passes as it is (it is a ValueError too: it is let through first);
+    - a ValueError is a bad input: an input error with `value_error(e)` as its message (that names the input);
+    - any other error is unexpected: its traceback once in the log, and a short "<what> failed: Type: message"
+      for the user (never a traceback in the browser, never a dead worker);
+    - GeneratorExit (Stop, or a lost client, closing the run's generator) is a BaseException, not an Exception:
+      it passes untouched;
+    and in every case the memory the run freed is given back to the operating system (memory.py)."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except ValueError as e:
+        raise input_error(value_error(e)) from None
+    except Exception as e:
+        log.exception("%s failed", what)
+        raise gr.Error(f"{what} failed: {type(e).__name__}: {e}", print_exception=False) from None
+    finally:
+        release_freed_memory()  # else the server's RSS creeps up with every run
 
 
 def text_input(value, name: str) -> str:

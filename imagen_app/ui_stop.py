@@ -8,6 +8,8 @@ generator closed) and only then answers "Stopped.". Gradio sends a session's que
 one stream in the order they were put on it, and a cancelled event sends nothing more, so every
 update of the cancelled run is already ahead of that answer: the last word is "Stopped.".
 Gradio also reports a cancelled event as failed; `was_stopped` tells that apart from a real error.
+`wire_stop` gives a tab's Stop button all of this (Generate, Edit and Upscale each have their own ActiveRuns,
+so that one tab's Stop waits for that tab's run only); the tab's function tracks its run with `track`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ import threading
 import time
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional, Set
+
+import gradio as gr
+
+STOP_WAIT_S = 10.0  # Stop's follow-up waits at most this long for the cancelled run to end
 
 
 def session_of(request) -> Optional[str]:
@@ -72,3 +78,39 @@ class ActiveRuns:
                     return False
                 self._changed.wait(left)
         return True
+
+
+def stop_now(active_runs: ActiveRuns):
+    """Stop's first answer, at once; it notes the Stop so that the cancelled event's failure reads "Stopped."."""
+    def stop(request: gr.Request) -> str:
+        active_runs.mark_stopped(session_of(request))
+        return "Stopped."
+
+    return stop
+
+
+def failure_status(active_runs: ActiveRuns):
+    """The status after a failed run event: Gradio reports a cancelled one as failed too."""
+    def failed(request: gr.Request) -> str:
+        return "Stopped." if active_runs.was_stopped(session_of(request)) else "Stopped by an error: see the message."
+
+    return failed
+
+
+def stopped_after(active_runs: ActiveRuns, wait_s: float = STOP_WAIT_S):
+    """Stop's follow-up: "Stopped." once this session's run has ended (at most `wait_s` later)."""
+    def stopped(request: gr.Request) -> str:
+        active_runs.wait_until_idle(session_of(request), wait_s)
+        return "Stopped."
+
+    return stopped
+
+
+def wire_stop(stop: gr.Button, event, status: gr.Markdown, active_runs: ActiveRuns) -> None:
+    """A Stop button for a streaming run `event` (its function tracks its runs in `active_runs`) whose status line is
+    `status`: "Stopped." now, and again once the cancelled run has ended: that second answer is queued, so it comes
+    over the session's stream after every update the run sent. The run's failure (Gradio reports a cancelled event
+    as failed) reads "Stopped." after a Stop, else that an error stopped it. Call inside gr.Blocks."""
+    event.failure(failure_status(active_runs), None, status, queue=False, api_name=False)
+    stop.click(stop_now(active_runs), None, status, cancels=[event], queue=False, api_name=False).then(
+        stopped_after(active_runs), None, status, api_name=False, concurrency_limit=None)
