@@ -25,8 +25,8 @@ from .images import image_grid
 from .ui_compare import build_compare_tab
 from .ui_edit import StagePane, build_edit_tabs
 from .ui_stop import ActiveRuns, session_of, wire_stop
-from .ui_inputs import (MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input,
-                        user_facing_errors, whole_input)
+from .ui_inputs import (MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, refuse_extra_inputs,
+                        text_input, user_facing_errors, whole_input)
 from .pipeline import SCHEDULERS, ImagenPipeline, StageSettings, resolve_settings, settings_kwargs
 
 log = logging.getLogger("imagen_app.ui")
@@ -365,6 +365,7 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
         with gr.Tab("Compare"):  # Imagen Fig. A.10: guidance x thresholding, same seed (ui_compare.py)
             build_compare_tab(holder, n_stages, concurrency_limit)
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
+    refuse_extra_inputs(demo)  # Gradio would drop them silently
     # After the examples are cached. Two periods later than Gradio's own sweep, which by then has deleted the files
     # it tracks: a file deleted under it would stay in its list of temp files for good (6.31 drops only its own).
     start_sweeper(demo, [downloads_folder()], every_s=every_s, age_s=age_s + 2 * every_s)

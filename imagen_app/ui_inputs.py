@@ -66,6 +66,22 @@ def user_facing_errors(what: str, value_error: Callable[[ValueError], str] = api
         release_freed_memory()  # else the server's RSS creeps up with every run
 
 
+def refuse_extra_inputs(demo: gr.Blocks) -> None:
+    """Makes each API endpoint of `demo` refuse more values than it has inputs, by name. Gradio 6.31 checks only
+    too few (Blocks.validate_inputs) and drops the rest before the function runs, so a script that passes an
+    argument too many would get a result computed without it and never know."""
+    check_too_few = demo.validate_inputs
+
+    def validate_inputs(block_fn, inputs):
+        check_too_few(block_fn, inputs)
+        if block_fn.api_name and len(inputs) > len(block_fn.inputs):
+            extra = ", ".join(repr(v) for v in inputs[len(block_fn.inputs):])
+            raise input_error(f"/{block_fn.api_name} takes {len(block_fn.inputs)} inputs but got {len(inputs)}: "
+                              f"remove the extra value(s) at the end ({extra[:200]})")
+
+    demo.validate_inputs = validate_inputs
+
+
 def text_input(value, name: str) -> str:
     """A prompt-like input: None is empty; anything but a string, or over MAX_PROMPT_CHARS, is refused by name."""
     if value is None:
