@@ -226,11 +226,14 @@ def test_gradio_cache_is_purged_after_cache_minutes(tiny_pipe):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        c = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        # The client does not download the results: with a 2 s age, on a loaded CPU the download after the last
+        # update can come later than the purge (a 403; with the default 60 minutes no client is that slow).
+        c = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
         seed = time.time_ns() % 10**9  # new images: not copies of files an earlier run left in the cache
         for i in range(3):  # the first run outlasts the 2 s age (its stage 1 pane is shown until its end)
-            c.predict("red heart", seed=seed + i, steps_stage_1=40 if i == 0 else 2, steps_stage_2=2, steps_stage_3=2,
-                      api_name="/generate")
+            result = c.predict("red heart", seed=seed + i, steps_stage_1=40 if i == 0 else 2, steps_stage_2=2,
+                               steps_stage_3=2, api_name="/generate")
+            assert result[4].startswith("Done:"), result[4]
         done.set()
         watcher.join()
         written.update(cached_files(folders) - before)
