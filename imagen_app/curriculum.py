@@ -101,6 +101,10 @@ class CurriculumConfig:
     block_steps: Dict[str, int] = field(default_factory=lambda: {"single emoji": 500, "flags": 1000})
     focus: float = 0.6  # share of each batch from the current block
     review: float = 0.2  # share from the blocks done before it in this pass; the rest is the whole corpus
+    # Share of every batch drawn from a whole family, e.g. {"flags": 0.3}: a family learned in an earlier run
+    # (flags, at 35% of each batch on a GPU) is forgotten within a few hundred steps of drilling the others
+    # (flags 56% -> 35% top-10 in the CPU A/B, docs/ab_cpu.txt), so its share stays in every batch.
+    keep: Dict[str, float] = field(default_factory=dict)
     hold_specificity: float = 0.8  # after a pass, emoji whose specificity reached this leave the blocks
     measure_per_family: int = 60  # the quick by-family measure logged every `measure_every` steps
     measure_every: int = 500
@@ -170,14 +174,26 @@ class BlockCurriculum:
                 return None, None
         return None, None
 
+    def _kept(self, batch_size: int, rng: random.Random) -> List[int]:
+        """The `keep` shares: draws from whole families, in every batch."""
+        if not hasattr(self, "_members"):
+            self._members = {f: [i for i, g in enumerate(self.families) if g == f] for f in self.cfg.keep}
+        out = []
+        for fam, share in self.cfg.keep.items():
+            members = self._members[fam]
+            if members:
+                out += [rng.choice(members) for _ in range(round(batch_size * share))]
+        return out
+
     def indices(self, step: int, batch_size: int, rng: random.Random) -> List[int]:
+        out = self._kept(batch_size, rng)
         p, k = self.block_at(step)
-        if p is None:
-            return [rng.randrange(len(self.families)) for _ in range(batch_size)]
-        block = p["blocks"][k][1]
-        earlier = [i for _, b in p["blocks"][:k] for i in b]
-        n_focus = round(batch_size * self.cfg.focus)
-        n_review = round(batch_size * self.cfg.review) if earlier else 0
-        out = [rng.choice(block) for _ in range(n_focus)] + [rng.choice(earlier) for _ in range(n_review)]
+        if p is not None:
+            block = p["blocks"][k][1]
+            earlier = [i for _, b in p["blocks"][:k] for i in b]
+            n_focus = round(batch_size * self.cfg.focus)
+            n_review = round(batch_size * self.cfg.review) if earlier else 0
+            out += [rng.choice(block) for _ in range(n_focus)] + [rng.choice(earlier) for _ in range(n_review)]
+        out = out[:batch_size]
         out += [rng.randrange(len(self.families)) for _ in range(batch_size - len(out))]
         return out

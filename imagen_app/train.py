@@ -402,7 +402,8 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
     loss_avg = None
     try:
         while step < cfg.max_steps:
-            if curriculum is not None and step >= curriculum.end_step:  # plan the next pass from what the model uses now
+            if curriculum is not None and curriculum.cfg.families and step >= curriculum.end_step:
+                # plan the next pass from what the model uses now (no families drilled: only `keep` shares)
                 if main:
                     plan_next_pass(curriculum, ema_model(), scheduler, encoder, data, step, log)
                 share_curriculum(accelerator, curriculum)

@@ -135,3 +135,20 @@ def test_batches_mix_block_review_and_whole_corpus(tmp_path):
     assert set(batch[:4]) <= set(second) and set(batch[4:6]) <= first_block
     past = [cur.indices(cur.end_step + s, 8, rng) for s in range(50)]  # past the plan: uniform over the corpus
     assert sum(i >= 9 for b in past for i in b) > 0.8 * 400
+
+
+def test_kept_family_share_is_in_every_batch(tmp_path):
+    """`keep` draws a share of every batch from a whole family, during the blocks and past the plan alike."""
+    families = ["s"] * 6 + ["f"] * 3 + ["other"] * 91
+    cur = _curriculum(tmp_path, families)
+    cur.cfg.keep = {"f": 0.25}
+    cur.plan_pass(0, np.r_[np.zeros(9), np.full(91, np.inf)])
+    rng = random.Random(0)
+    flags = {6, 7, 8}
+    for step in (0, cur.end_step - 1, cur.end_step + 5):
+        batches = [cur.indices(step, 16, rng) for _ in range(40)]
+        assert all(len(b) == 16 and set(b[:4]) <= flags for b in batches)  # 25% of 16 from the kept family
+    # past the plan, the rest is uniform: the kept family's share is about 25% + 3% of the rest, not 3%
+    past = [i for _ in range(200) for i in cur.indices(cur.end_step + 1, 16, rng)]
+    share = sum(i in flags for i in past) / len(past)
+    assert 0.24 < share < 0.33
