@@ -1,0 +1,31 @@
+#!/bin/bash
+# Base-stage fine-tunes side by side on one GPU, one per config given (prepared by scripts/device_prepare.sh),
+# each for M minutes (or its max_steps), then each EMA exported in float16 and sent back under $OUT in pieces
+# of 15 MiB (the device tool returns files of at most 16 MiB). Unpack here with:
+#   cat FILES_AT/res.tar.* | tar xf - -C runs/device
+PY=${PY:-python3}; M=${M:-7.5}; OUT=${OUT:-/tmp/out}; R=/tmp/device_results
+rm -rf $R; mkdir -p $OUT $R
+if ! $PY -c "import diffusers" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site runs/wheels/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PYTHONPATH:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null
+$PY -c "import diffusers, torch; print('diffusers', diffusers.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+for cfg in "$@"; do
+  name=$(basename $cfg .json)
+  $PY -m imagen_app train $cfg --max-minutes $M > $R/$name.log 2>&1 &
+done
+wait
+for cfg in "$@"; do
+  name=$(basename $cfg .json); run=$($PY -c "import json; print(json.load(open('$cfg'))['run_dir'])")
+  tail -2 $R/$name.log
+  $PY -c "
+from imagen_app.train import export_stage
+from imagen_app import ImagenUNet
+export_stage('$run', '/tmp/export_$name')
+ImagenUNet.from_pretrained('/tmp/export_$name').half().save_pretrained('$R/$name')
+print('exported $name')" && cp $run/curriculum.json $run/text_use.jsonl $R/$name/ 2>/dev/null
+done
+tar cf /tmp/device_results.tar -C $R . && split -b 15m -d /tmp/device_results.tar $OUT/res.tar.
+tar tvf /tmp/device_results.tar
