@@ -23,7 +23,8 @@ from .attention_maps import overlay
 from .cache_sweeper import start_sweeper
 from .images import image_grid
 from .ui_compare import build_compare_tab
-from .ui_edit import StagePane, build_edit_tabs
+from .ui_edit import build_edit_tabs
+from .ui_stage_pane import StagePane, stage_pane
 from .ui_stop import ActiveRuns, session_of, wire_stop
 from .ui_inputs import (MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, refuse_extra_inputs,
                         text_input, user_facing_errors, whole_input)
@@ -332,9 +333,7 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
                               else gr.Number(value=1, precision=0, visible=False, label="Last stage to run"))
         status = gr.Markdown("Ready.")
         with gr.Row():
-            stage_images = [StagePane(label=f"Stage {k + 1}" + (f": {resolutions[k]} px" if resolutions[k] else ""),
-                                      type="pil", format="png", height=256, interactive=False,
-                                      elem_classes="stage-image") for k in range(n_stages)]
+            stage_images = [stage_pane(k, resolutions[k]) for k in range(n_stages)]
         understood = gr.Markdown()
         with gr.Accordion("Where each word went", open=False):
             gr.Markdown("Each word's cross-attention over the first image, per stage that has cross-attention "

@@ -260,7 +260,7 @@ def test_a_stage_pane_shown_again_is_touched_not_written_again(monkeypatch):
     and written again if it was taken."""
     import gradio as gr
 
-    from imagen_app.ui_edit import StagePane
+    from imagen_app.ui_stage_pane import StagePane
 
     saved = []
     image_postprocess = gr.Image.postprocess
