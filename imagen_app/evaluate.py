@@ -286,7 +286,12 @@ def print_report(r: Dict) -> None:
               f"; end to end {t['end_to_end_s']:.2f} s ({t['threads']} threads)")
 
 
-SEEN_GRID_PROMPTS = ["red heart", "panda", "flag: japan", "grinning face", "woman firefighter: dark skin tone", "green apple"]
+# Every family, with ones the shipped model still gets wrong (docs/evaluation_families.json lists its misses:
+# "penguin", "brain", two-person emoji with two tones), then held-out compositions.
+SEEN_GRID_PROMPTS = ["panda", "pizza", "rocket", "grinning face", "penguin", "brain",
+                     "flag: japan", "flag: germany", "woman firefighter: dark skin tone", "man astronaut",
+                     "people holding hands", "woman and man holding hands: dark skin tone, light skin tone"]
+HELD_OUT_GRID_PROMPTS = ["red heart", "purple heart", "blue square"]
 
 
 def sample_grid(pipe: ImagenPipeline, out: str, prompts: Optional[List[str]] = None, seed: int = 0, cell: int = 160):
@@ -297,7 +302,7 @@ def sample_grid(pipe: ImagenPipeline, out: str, prompts: Optional[List[str]] = N
 
     held = held_out_split(load_emoji())
     if prompts is None:
-        prompts = SEEN_GRID_PROMPTS + held[::42][:6]
+        prompts = SEEN_GRID_PROMPTS + HELD_OUT_GRID_PROMPTS + [h for h in held[::42] if h not in HELD_OUT_GRID_PROMPTS][:3]
     images = [pipe(p, generator=torch.Generator().manual_seed(seed)).images[0] for p in prompts]
     cols = 6
     rows = (len(prompts) + cols - 1) // cols

@@ -35,7 +35,7 @@ log = logging.getLogger("imagen_app.ui")
 SCHEDULER_CHOICES = list(SCHEDULERS)
 EXAMPLES = [  # seen captions, and held-out compositions (see weights/held_out.txt)
     "red heart", "panda", "flag: japan", "woman firefighter: dark skin tone", "grinning face", "green apple",
-    "purple heart", "man technologist: medium skin tone",
+    "purple heart", "man technologist: medium skin tone", "people holding hands",
 ]
 # Small stages (32 px) are scaled up to the output's size, pixelated rather than blurred.
 CSS = ".stage-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
