@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -105,6 +106,9 @@ class CurriculumConfig:
     # (flags, at 35% of each batch on a GPU) is forgotten within a few hundred steps of drilling the others
     # (flags 56% -> 35% top-10 in the CPU A/B, docs/ab_cpu.txt), so its share stays in every batch.
     keep: Dict[str, float] = field(default_factory=dict)
+    # Share of every batch drawn from the emoji whose (first) caption matches a regular expression, e.g.
+    # {"skin tone, .*skin tone": 0.5}: the two-person emoji with two tones, whose order the model confuses.
+    caption_shares: Dict[str, float] = field(default_factory=dict)
     hold_specificity: float = 0.8  # after a pass, emoji whose specificity reached this leave the blocks
     measure_per_family: int = 60  # the quick by-family measure logged every `measure_every` steps
     measure_every: int = 500
@@ -117,9 +121,11 @@ class BlockCurriculum:
     start), cuts them into blocks of `block_size` of one family each, and interleaves the families'
     blocks. The passes are saved in `path` (JSON), so a resumed run keeps the same order."""
 
-    def __init__(self, cfg: CurriculumConfig, families: Sequence[str], path: Optional[str] = None):
+    def __init__(self, cfg: CurriculumConfig, families: Sequence[str], path: Optional[str] = None,
+                 captions: Optional[Sequence[str]] = None):
         self.cfg = cfg
         self.families = list(families)
+        self.captions = list(captions) if captions is not None else None
         self.path = path
         self.passes: List[dict] = []  # {"start_step": int, "blocks": [[family, [indices]], ...]}
         if path and os.path.exists(path):
@@ -175,12 +181,16 @@ class BlockCurriculum:
         return None, None
 
     def _kept(self, batch_size: int, rng: random.Random) -> List[int]:
-        """The `keep` shares: draws from whole families, in every batch."""
+        """The `keep` and `caption_shares` shares: draws from whole families and caption patterns, in every batch."""
         if not hasattr(self, "_members"):
-            self._members = {f: [i for i, g in enumerate(self.families) if g == f] for f in self.cfg.keep}
+            self._members = [([i for i, g in enumerate(self.families) if g == f], share) for f, share in self.cfg.keep.items()]
+            for pattern, share in self.cfg.caption_shares.items():
+                if self.captions is None:
+                    raise ValueError("caption_shares needs the captions of the corpus")
+                rx = re.compile(pattern)
+                self._members.append(([i for i, c in enumerate(self.captions) if rx.search(c)], share))
         out = []
-        for fam, share in self.cfg.keep.items():
-            members = self._members[fam]
+        for members, share in self._members:
             if members:
                 out += [rng.choice(members) for _ in range(round(batch_size * share))]
         return out

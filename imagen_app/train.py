@@ -500,7 +500,8 @@ def make_curriculum(cfg: TrainConfig, data, log, main: bool = True):
         log("curriculum ignored: it needs the emoji corpus (families of emoji)")
         return None
     path = os.path.join(cfg.run_dir, "curriculum.json")
-    return BlockCurriculum(CurriculumConfig(**cfg.curriculum), data.families, path if main else None)
+    return BlockCurriculum(CurriculumConfig(**cfg.curriculum), data.families, path if main else None,
+                           captions=[caps[0] for caps in data.captions])
 
 
 def share_curriculum(accelerator, curriculum) -> None:

@@ -152,3 +152,19 @@ def test_kept_family_share_is_in_every_batch(tmp_path):
     past = [i for _ in range(200) for i in cur.indices(cur.end_step + 1, 16, rng)]
     share = sum(i in flags for i in past) / len(past)
     assert 0.24 < share < 0.33
+
+
+def test_caption_share_draws_from_matching_captions(tmp_path):
+    """`caption_shares` draws a share of every batch from the emoji whose caption matches a pattern."""
+    families = ["s"] * 6 + ["f"] * 3 + ["other"] * 91
+    captions = [f"emoji {i}" for i in range(100)]
+    captions[50] = "kiss: dark skin tone, light skin tone"
+    captions[60] = "kiss: light skin tone, dark skin tone"
+    cfg = CurriculumConfig(families=[], caption_shares={"skin tone, .*skin tone": 0.5})
+    cur = BlockCurriculum(cfg, families, captions=captions)
+    rng = random.Random(0)
+    batches = [cur.indices(s, 8, rng) for s in range(30)]
+    assert all(set(b[:4]) <= {50, 60} for b in batches)
+    assert sum(i in (50, 60) for b in batches for i in b[4:]) < 10  # the rest is uniform over the corpus
+    with pytest.raises(ValueError, match="captions"):
+        BlockCurriculum(cfg, families).indices(0, 8, rng)
