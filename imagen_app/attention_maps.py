@@ -33,16 +33,22 @@ class CrossAttentionRecorder:
         self.rows = rows  # the batch rows to keep (e.g. the conditional half of a guidance batch)
         self.total: Optional[torch.Tensor] = None
         self.count = 0
-        self.thread = threading.get_ident()  # records only the U-Net calls of the thread that made it
+        self.thread: Optional[int] = None  # the thread inside the `with` block: its U-Net calls are recorded
 
     def __enter__(self):
+        # The thread that enters, not the one that made the recorder: a streamed generation is a generator that
+        # Gradio advances from whichever worker thread is free, so its steps run on different threads; keyed by
+        # its maker, a recorder got the U-Net calls of another run on that thread (another batch: an error in
+        # that run) and missed its own.
+        self.thread = threading.get_ident()
         for layer in self.layers:
             layer.recorders[self.thread] = self
         return self
 
     def __exit__(self, *exc):
         for layer in self.layers:
-            layer.recorders.pop(self.thread, None)
+            if layer.recorders.get(self.thread) is self:
+                del layer.recorders[self.thread]
         return False
 
     @torch.no_grad()

@@ -117,3 +117,22 @@ def test_a_generation_in_another_thread_is_not_recorded():
         assert rec.count == 0  # the other thread's call (another batch and prompt length) was not recorded
         unet(x, t, torch.randn(1, 5, 16))
     assert rec.maps().shape == (1, 1 + 5, 16, 16)
+
+
+def test_the_thread_that_runs_the_step_is_recorded_not_the_one_that_made_the_recorder():
+    """Gradio advances a streamed generation from whichever worker thread is free, so a recorder made on one
+    thread records its steps on another, while a second run may be using the first thread (a cancelled run
+    finishing its step, then the next job): its calls, with another batch, must not reach this recorder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    unet = tiny_unet(16, lowres=False, text_dim=16).eval()
+    with ThreadPoolExecutor(1) as maker_thread:
+        rec = maker_thread.submit(CrossAttentionRecorder, unet, 16).result()
+        with rec:  # this run's step, on this thread
+            unet(torch.randn(1, 3, 16, 16), torch.tensor([500]), torch.randn(1, 5, 16))
+            # another run's step on the recorder's maker thread, with another batch and prompt length
+            maker_thread.submit(unet, torch.randn(2, 3, 16, 16), torch.tensor([1, 2]), torch.randn(2, 9, 16)).result()
+            unet(torch.randn(1, 3, 16, 16), torch.tensor([400]), torch.randn(1, 5, 16))
+    assert rec.count > 0 and rec.maps().shape == (1, 1 + 5, 16, 16)
+    assert all(not layer.recorders for layer in rec.layers)  # nothing left registered
