@@ -125,7 +125,13 @@ class BlockCurriculum:
                  captions: Optional[Sequence[str]] = None):
         self.cfg = cfg
         self.families = list(families)
-        self.captions = list(captions) if captions is not None else None
+        if cfg.caption_shares and captions is None:
+            raise ValueError("caption_shares needs the captions of the corpus")
+        # (members, share) of the `keep` families and the `caption_shares` patterns: drawn in every batch
+        self.shares = [([i for i, g in enumerate(self.families) if g == f], share) for f, share in cfg.keep.items()]
+        for pattern, share in cfg.caption_shares.items():
+            rx = re.compile(pattern)
+            self.shares.append(([i for i, c in enumerate(captions) if rx.search(c)], share))
         self.path = path
         self.passes: List[dict] = []  # {"start_step": int, "blocks": [[family, [indices]], ...]}
         if path and os.path.exists(path):
@@ -180,23 +186,8 @@ class BlockCurriculum:
                 return None, None
         return None, None
 
-    def _kept(self, batch_size: int, rng: random.Random) -> List[int]:
-        """The `keep` and `caption_shares` shares: draws from whole families and caption patterns, in every batch."""
-        if not hasattr(self, "_members"):
-            self._members = [([i for i, g in enumerate(self.families) if g == f], share) for f, share in self.cfg.keep.items()]
-            for pattern, share in self.cfg.caption_shares.items():
-                if self.captions is None:
-                    raise ValueError("caption_shares needs the captions of the corpus")
-                rx = re.compile(pattern)
-                self._members.append(([i for i, c in enumerate(self.captions) if rx.search(c)], share))
-        out = []
-        for members, share in self._members:
-            if members:
-                out += [rng.choice(members) for _ in range(round(batch_size * share))]
-        return out
-
     def indices(self, step: int, batch_size: int, rng: random.Random) -> List[int]:
-        out = self._kept(batch_size, rng)
+        out = [rng.choice(members) for members, share in self.shares if members for _ in range(round(batch_size * share))]
         p, k = self.block_at(step)
         if p is not None:
             block = p["blocks"][k][1]

@@ -140,8 +140,7 @@ def test_batches_mix_block_review_and_whole_corpus(tmp_path):
 def test_kept_family_share_is_in_every_batch(tmp_path):
     """`keep` draws a share of every batch from a whole family, during the blocks and past the plan alike."""
     families = ["s"] * 6 + ["f"] * 3 + ["other"] * 91
-    cur = _curriculum(tmp_path, families)
-    cur.cfg.keep = {"f": 0.25}
+    cur = _curriculum(tmp_path, families, keep={"f": 0.25})
     cur.plan_pass(0, np.r_[np.zeros(9), np.full(91, np.inf)])
     rng = random.Random(0)
     flags = {6, 7, 8}
@@ -167,4 +166,4 @@ def test_caption_share_draws_from_matching_captions(tmp_path):
     assert all(set(b[:4]) <= {50, 60} for b in batches)
     assert sum(i in (50, 60) for b in batches for i in b[4:]) < 10  # the rest is uniform over the corpus
     with pytest.raises(ValueError, match="captions"):
-        BlockCurriculum(cfg, families).indices(0, 8, rng)
+        BlockCurriculum(cfg, families)
