@@ -109,7 +109,7 @@ def _log_line(message: str) -> None:
 def cmd_export_stage(args) -> int:
     from .train import export_stage
 
-    export_stage(args.run_dir, args.out)
+    export_stage(args.run_dir, args.out, fp16=args.fp16)
     print(args.out)
     return 0
 
@@ -254,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export-stage", help="write a run's EMA weights as an ImagenUNet folder")
     e.add_argument("run_dir")
     e.add_argument("out")
+    e.add_argument("--fp16", action="store_true", help="store the weights in float16 (as the shipped stages)")
     e.set_defaults(func=cmd_export_stage)
 
     ds = sub.add_parser("export-dataset", help="write the emoji corpus as an image folder (PNGs + metadata.jsonl)")

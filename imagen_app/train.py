@@ -563,8 +563,9 @@ def write_sample_grid(unet, scheduler, encoder, cfg: TrainConfig, path: str, ste
     grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST).save(path)
 
 
-def export_stage(run_dir: str, out_dir: str) -> None:
-    """Writes the EMA weights of a run's checkpoint (either format) as an ImagenUNet folder (safetensors)."""
+def export_stage(run_dir: str, out_dir: str, fp16: bool = False) -> None:
+    """Writes the EMA weights of a run's checkpoint (either format) as an ImagenUNet folder (safetensors;
+    `fp16`: stored in float16, as the shipped stages are, half the size)."""
     with open(os.path.join(run_dir, "config.json")) as f:
         cfg = TrainConfig(**json.load(f))
     path = checkpoint_path(run_dir)
@@ -577,7 +578,7 @@ def export_stage(run_dir: str, out_dir: str) -> None:
     unet = ImagenUNet(**dict(cfg.unet, sample_size=cfg.resolution, text_embed_dim=d_model,
                              lowres_cond=cfg.lowres_resolution is not None))
     unet.load_state_dict(ckpt["ema"])
-    unet.save_pretrained(out_dir, safe_serialization=True)
+    (unet.half() if fp16 else unet).save_pretrained(out_dir, safe_serialization=True)
     with open(os.path.join(out_dir, "training.json"), "w") as f:
         json.dump(dict(steps=ckpt["step"], config=asdict(cfg), schedule=cfg.beta_schedule), f, indent=2)
 

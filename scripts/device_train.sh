@@ -20,12 +20,7 @@ wait
 for cfg in "$@"; do
   name=$(basename $cfg .json); run=$($PY -c "import json; print(json.load(open('$cfg'))['run_dir'])")
   tail -2 $R/$name.log
-  $PY -c "
-from imagen_app.train import export_stage
-from imagen_app import ImagenUNet
-export_stage('$run', '/tmp/export_$name')
-ImagenUNet.from_pretrained('/tmp/export_$name').half().save_pretrained('$R/$name')
-print('exported $name')" && cp $run/curriculum.json $run/text_use.jsonl $R/$name/ 2>/dev/null
+  $PY -m imagen_app export-stage --fp16 $run $R/$name && cp $run/curriculum.json $run/text_use.jsonl $R/$name/ 2>/dev/null
 done
 tar cf /tmp/device_results.tar -C $R . && split -b 15m -d /tmp/device_results.tar $OUT/res.tar.
 tar tvf /tmp/device_results.tar

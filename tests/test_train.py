@@ -124,6 +124,12 @@ def test_super_resolution_stage_on_crops_and_export(tmp_path, text_encoder_dir, 
     assert unet.config.lowres_cond and unet.config.sample_size == 32
     ema = read_checkpoint(checkpoint_path(cfg.run_dir))["ema"]
     torch.testing.assert_close(unet.state_dict()["conv_in.weight"], ema["conv_in.weight"])
+    export_stage(cfg.run_dir, str(tmp_path / "exported16"), fp16=True)
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "exported16" / "diffusion_pytorch_model.safetensors"))
+    assert all(t.dtype == torch.float16 for t in stored.values())  # stored in float16: half the size
+    torch.testing.assert_close(stored["conv_in.weight"], ema["conv_in.weight"].half())
 
 
 def test_sr_batch_crops_are_aligned(text_encoder_dir, image_folder, tmp_path):
