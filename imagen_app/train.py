@@ -456,11 +456,14 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
 def initial_unet(cfg: TrainConfig, text_dim: int, use_init_from: bool, log) -> ImagenUNet:
     """A fresh U-Net (from the seeded RNG), or the exported stage `init_from` when there is no checkpoint yet.
 
-    The config may switch the prediction type (epsilon -> v) or make the stage residual: the features carry over
-    and the output layer re-learns its target."""
+    The config may switch the prediction type (epsilon -> v), make the stage residual, or add text position
+    embeddings (which start at zero): the features carry over and the new parts are learned."""
     if cfg.init_from and use_init_from:
-        overrides = {k: cfg.unet[k] for k in ("prediction_type", "residual") if k in cfg.unet}
-        unet = ImagenUNet.from_pretrained(cfg.init_from, **overrides).float()  # shipped weights are fp16
+        overrides = {k: cfg.unet[k] for k in ("prediction_type", "residual", "text_position_embeddings")
+                     if k in cfg.unet}
+        # low_cpu_mem_usage=False: parameters the stage did not have (positions) get their own initial
+        # values instead of staying on the meta device.
+        unet = ImagenUNet.from_pretrained(cfg.init_from, low_cpu_mem_usage=False, **overrides).float()  # fp16 on disk
         log(f"starting from the exported stage {cfg.init_from} ({unet.config.prediction_type})")
         return unet
     return ImagenUNet(**dict(cfg.unet, sample_size=cfg.resolution, text_embed_dim=text_dim,

@@ -15,6 +15,14 @@ Layout, as in the paper:
   as bicubic upsampling and only has to learn the detail, which small CPU training budgets reach
   much sooner. `forward` is the same either way; the flag tells the pipeline and the trainer.
 
+Text token positions (`text_position_embeddings`, not in the paper): Imagen's T5-XXL gives contextual
+embeddings, so the order of words is in them. The shipped small T5 gives almost context-free ones (the
+same word has cosine similarity > 0.9999 at any place in the caption), and cross-attention and the
+attention pool treat the tokens as a set: "holding hands: dark skin tone, light skin tone" and its
+swapped form were the same condition, so the U-Net could not know which person is which. A learned
+embedding per token position, added to the text tokens (not the null tokens), gives the order back.
+It starts at zero, so a trained stage loads with it and draws exactly as before until it learns.
+
 The null condition for classifier-free guidance is an all-masked text: every sample attends
 to `num_null_tokens` learned null tokens in addition to its text tokens, so an empty prompt
 (or a text dropped in training) sees only the learned null embedding, and attention is never
@@ -198,6 +206,7 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         prediction_type: str = "epsilon",
         skip_scale: float = 1 / math.sqrt(2),
         residual: bool = False,
+        text_position_embeddings: int = 0,
     ):
         super().__init__()
         n = len(block_out_channels)
@@ -220,6 +229,9 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         )
         self.null_tokens = nn.Parameter(torch.randn(num_null_tokens, text_embed_dim) * 0.02)
         self.context_norm = nn.LayerNorm(text_embed_dim)
+        # One learned vector per text token position (0: none); zero so that adding it changes nothing yet.
+        self.text_positions = (nn.Parameter(torch.zeros(text_position_embeddings, text_embed_dim))
+                               if text_position_embeddings else None)
         self.text_pool = AttentionPool(text_embed_dim, emb_dim)
 
         self.conv_in = nn.Conv2d(in_channels * (2 if lowres_cond else 1), ch[0], 3, padding=1)
@@ -245,10 +257,15 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.conv_out.bias)
 
     def _context(self, text_embeds: torch.Tensor, text_mask: torch.Tensor):
-        """Prepends the learned null tokens: (B, L, D), (B, L) -> (B, N + L, D), (B, N + L)."""
+        """Prepends the learned null tokens: (B, L, D), (B, L) -> (B, N + L, D), (B, N + L). With position
+        embeddings, the i-th text token gets the i-th one (tokens past the last position get none)."""
         b = text_embeds.shape[0]
         null = self.null_tokens.to(text_embeds.dtype)[None].expand(b, -1, -1)
         context = self.context_norm(torch.cat([null, text_embeds], dim=1))
+        if self.text_positions is not None:
+            n = min(text_embeds.shape[1], self.text_positions.shape[0])
+            positions = F.pad(self.text_positions[:n].to(context.dtype), (0, 0, null.shape[1], context.shape[1] - null.shape[1] - n))
+            context = context + positions[None]
         mask = torch.cat([text_mask.new_ones(b, null.shape[1]), text_mask], dim=1).bool()
         return context, mask
 
