@@ -72,6 +72,32 @@ def wrong_captions_within_family(captions: Sequence[str], families: Sequence[str
     return wrong
 
 
+# Two-person emoji with a skin tone each: "kiss: woman, man, ..." forms end in "<tone> skin tone, <tone> skin tone".
+TWO_TONES = re.compile(r"^(.*: )([a-z-]+ skin tone), ([a-z-]+ skin tone)$")
+
+
+def swapped_tones(caption: str) -> Optional[str]:
+    """The caption with its two skin tones exchanged (the other person gets each), or None if it has not two
+    different ones: "holding hands: dark skin tone, light skin tone" -> "...: light skin tone, dark skin tone"."""
+    m = TWO_TONES.match(caption)
+    if not m or m.group(2) == m.group(3):
+        return None
+    return f"{m.group(1)}{m.group(3)}, {m.group(2)}"
+
+
+def two_tone_sample(captions: Sequence[str], count: int, seed: int = 0) -> List[int]:
+    """A fixed sample of up to `count` indices of the captions with two different skin tones (sorted)."""
+    two_tones = [i for i, c in enumerate(captions) if swapped_tones(c)]
+    return sorted(random.Random(seed).sample(two_tones, min(count, len(two_tones))))
+
+
+def word_order_use(unet, scheduler, encoder, images: torch.Tensor, captions: Sequence[str]) -> Dict[str, float]:
+    """How much the right order of the two skin tones helps: `text_use` with the swapped caption as the wrong
+    one (captions must all have two different tones). Specificity 0: the U-Net cannot tell who is who."""
+    measure = text_use(unet, scheduler, encoder, images, captions, [swapped_tones(c) for c in captions])
+    return summarize_by_family(measure, ["two-tone order"] * len(captions))["two-tone order"]
+
+
 def family_sample(families: Sequence[str], per_family: int, seed: int = 0) -> List[int]:
     """A fixed sample of up to `per_family` indices of each family (sorted), for the quick training-time measure."""
     rng = random.Random(seed)

@@ -192,7 +192,8 @@ def ui_examples(pipe, emojis, corpus, examples: List[str], seeds=(0, 1, 2, 3)) -
 
 def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: int = 60, seed: int = 0) -> Dict:
     """The quick measure of how much the right caption helps the base U-Net, per family (as training logs it)."""
-    from .curriculum import family_sample, summarize_by_family, text_use, wrong_captions_within_family
+    from .curriculum import (family_sample, summarize_by_family, text_use, two_tone_sample, word_order_use,
+                             wrong_captions_within_family)
     from .text_encoder import PromptEncoder
 
     index = {e.caption: i for i, e in enumerate(emojis)}
@@ -204,7 +205,13 @@ def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: 
     encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder, cache_size=4 * len(captions) + 8)
     unet = pipe.unet_1.float() if pipe.unet_1.dtype == torch.float16 else pipe.unet_1
     measure = text_use(unet, pipe.scheduler_1, encoder, images, captions, wrong_captions_within_family(captions, fams))
-    return summarize_by_family(measure, fams)
+    summary = summarize_by_family(measure, fams)
+    # Word order: the same measure with each two-tone caption against its swapped form.
+    two_tones = [seen[i] for i in two_tone_sample(seen, per_family, seed)]
+    if two_tones:
+        summary["two-tone order"] = word_order_use(unet, pipe.scheduler_1, encoder,
+                                                   to_tensor(corpus_uint8[[index[c] for c in two_tones]]), two_tones)
+    return summary
 
 
 PARTS = ("families", "examples", "text_use", "held_out", "super_resolution", "timing")
@@ -267,9 +274,10 @@ def print_report(r: Dict) -> None:
             print(f"UI example {ex['prompt']!r}: no emoji of that name")
         else:
             print(f"UI example {ex['prompt']!r}: right at seeds {ex['seeds']}: {ex['right']} (ranks {ex['ranks']})")
-    for fam, v in r.get("text_use", {}).items():
+    for fam, v in r.get("text_use", {}).items():  # "two-tone order": the right caption against its swapped tones
         print(f"text use {fam:<20} gain {v['gain']:.2f} specificity {v['specificity']:.2f} (n {v['count']})")
-    print(f"{'set':<10} {'n':>4} {'top-1':>7} {'chance':>7} {'top-10':>7} {'chance':>7} {'median rank':>12} {'chance':>7}")
+    if "seen" in r or "held_out" in r:
+        print(f"{'set':<10} {'n':>4} {'top-1':>7} {'chance':>7} {'top-10':>7} {'chance':>7} {'median rank':>12} {'chance':>7}")
     for name in [n for n in ("seen", "held_out") if n in r]:
         a = r[name]
         print(f"{name:<10} {a['count']:>4} {a['top1']:>7.1%} {a['chance_top1']:>7.2%} {a['top10']:>7.1%} "

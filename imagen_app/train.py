@@ -515,13 +515,16 @@ def share_curriculum(accelerator, curriculum) -> None:
         curriculum.passes = broadcast_object_list([curriculum.passes], from_process=0)[0]
 
 
+def _images(data, idx) -> torch.Tensor:
+    return torch.from_numpy(np.stack([data.images[i] for i in idx])).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def _measure(unet, scheduler, encoder, data, idx):
     from .curriculum import text_use, wrong_captions_within_family
 
     captions = [data.captions[i][0] for i in idx]  # the plain CLDR name
     wrong = wrong_captions_within_family(captions, [data.families[i] for i in idx])
-    images = torch.from_numpy(np.stack([data.images[i] for i in idx])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return text_use(unet, scheduler, encoder, images, captions, wrong)
+    return text_use(unet, scheduler, encoder, _images(data, idx), captions, wrong)
 
 
 def plan_next_pass(curriculum, unet, scheduler, encoder, data, step: int, log) -> None:
@@ -537,10 +540,14 @@ def plan_next_pass(curriculum, unet, scheduler, encoder, data, step: int, log) -
 
 def log_text_use(curriculum, unet, scheduler, encoder, data, step: int, run_dir: str, log) -> None:
     """The quick by-family measure of how much the right caption helps, logged and appended to text_use.jsonl."""
-    from .curriculum import family_sample, summarize_by_family
+    from .curriculum import family_sample, summarize_by_family, two_tone_sample, word_order_use
 
     idx = family_sample(data.families, curriculum.cfg.measure_per_family)
     summary = summarize_by_family(_measure(unet, scheduler, encoder, data, idx), [data.families[i] for i in idx])
+    two_tones = two_tone_sample([c[0] for c in data.captions], curriculum.cfg.measure_per_family)
+    if two_tones:
+        summary["two-tone order"] = word_order_use(unet, scheduler, encoder, _images(data, two_tones),
+                                                   [data.captions[i][0] for i in two_tones])
     log(f"text use at step {step}: " + "; ".join(f"{f} gain {v['gain']:.2f} specificity {v['specificity']:.2f}"
                                                   for f, v in summary.items()))
     with open(os.path.join(run_dir, "text_use.jsonl"), "a") as f:

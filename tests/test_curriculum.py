@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from imagen_app.curriculum import (BlockCurriculum, CurriculumConfig, family_sample, summarize_by_family, text_use,
+from imagen_app.curriculum import (BlockCurriculum, CurriculumConfig, family_sample, summarize_by_family,
+                                   swapped_tones, text_use, two_tone_sample, word_order_use,
                                    wrong_captions_within_family)
 from imagen_app.pipeline import noise_schedule
 from imagen_app.text_encoder import normalize_prompt
@@ -97,6 +98,49 @@ def test_text_use_compares_right_wrong_and_null_errors():
     assert np.allclose(m["gain"], 1 - 0.01, atol=1e-4)
     summary = summarize_by_family(m, ["f"] * 3 + ["g"] * 2)
     assert summary["f"]["count"] == 3 and abs(summary["g"]["specificity"] - 0.96) < 1e-4
+
+
+def test_swapped_tones_exchange_the_two_people_and_stay_in_the_corpus():
+    from imagen_app.data import load_emoji
+
+    assert swapped_tones("kiss woman man: light skin tone, medium-dark skin tone") == \
+        "kiss woman man: medium-dark skin tone, light skin tone"
+    for caption in ["kiss woman man: light skin tone", "handshake: dark skin tone, dark skin tone", "flag: japan",
+                    "dark skin tone", "panda"]:
+        assert swapped_tones(caption) is None
+    captions = [e.caption for e in load_emoji()]
+    two_tones = [c for c in captions if swapped_tones(c)]
+    assert len(two_tones) >= 300 and set(map(swapped_tones, two_tones)) == set(two_tones)  # each swap is an emoji
+    sample = two_tone_sample(captions, 40, seed=1)
+    assert len(sample) == 40 and sample == sorted(sample) and all(swapped_tones(captions[i]) for i in sample)
+
+
+class BagOfWordsEncoder:
+    """Each word a fixed random vector, with no trace of where it stands: the shipped small T5 in effect."""
+
+    def encode(self, prompts, device=None, dtype=torch.float32):
+        words = [p.replace(",", " ,").split() for p in prompts]
+        length = max(map(len, words))
+        out = torch.zeros(len(prompts), length, 16)
+        for i, ws in enumerate(words):
+            for j, w in enumerate(ws):
+                out[i, j] = torch.randn(16, generator=torch.Generator().manual_seed(sum(map(ord, w)) * 7919 + len(w)))
+        mask = torch.tensor([[j < len(ws) for j in range(length)] for ws in words])
+        return out.to(dtype), mask
+
+
+def test_word_order_use_is_zero_without_positions_and_not_with_them():
+    from test_unet_positions import small_unet
+
+    scheduler = noise_schedule("squaredcos_cap_v2", "v_prediction")
+    x0 = torch.rand(3, 3, 8, 8) * 2 - 1
+    captions = ["kiss woman man: light skin tone, dark skin tone", "handshake: medium skin tone, dark skin tone",
+                "men wrestling: dark skin tone, medium-light skin tone"]
+    blind = word_order_use(small_unet(), scheduler, BagOfWordsEncoder(), x0, captions)
+    assert blind["count"] == 3 and abs(blind["specificity"]) < 1e-6 and blind["gain"] != 0
+    positions = small_unet(text_position_embeddings=16)
+    torch.nn.init.normal_(positions.text_positions)
+    assert abs(word_order_use(positions, scheduler, BagOfWordsEncoder(), x0, captions)["specificity"]) > 1e-3
 
 
 def _curriculum(tmp_path, families, **kw):

@@ -198,20 +198,21 @@ def test_min_snr_weighting(tmp_path, text_encoder_dir, image_folder):
     assert weighted == pytest.approx(float((per_sample * snr.clamp(max=1.0) / snr).mean()), rel=1e-4)
 
 
-def test_init_from_can_switch_prediction_type_and_residual(tmp_path, text_encoder_dir, image_folder):
+def test_init_from_can_switch_prediction_type_and_residual_and_add_positions(tmp_path, text_encoder_dir, image_folder):
     sr = dict(lowres_resolution=8, resolution=16, crop_size=8)
     first = config(tmp_path, text_encoder_dir, image_folder, max_steps=2, **sr)
     train(first, log=lambda *_: None)
     export_stage(first.run_dir, str(tmp_path / "exported"))
-    unet = dict(TINY_UNET, prediction_type="v_prediction", residual=True)
+    unet = dict(TINY_UNET, prediction_type="v_prediction", residual=True, text_position_embeddings=6)
     second = config(tmp_path, text_encoder_dir, image_folder, run_dir=str(tmp_path / "run2"), unet=unet, max_steps=2,
                     init_from=str(tmp_path / "exported"), **sr)
     train(second, log=lambda *_: None)
     export_stage(second.run_dir, str(tmp_path / "exported2"))
     loaded = ImagenUNet.from_pretrained(str(tmp_path / "exported2"))
     assert loaded.config.prediction_type == "v_prediction" and loaded.config.residual
+    assert loaded.text_positions.shape == (6, loaded.config.text_embed_dim)
     before = ImagenUNet.from_pretrained(str(tmp_path / "exported"))
-    assert before.config.prediction_type == "epsilon" and not before.config.residual
+    assert before.config.prediction_type == "epsilon" and not before.config.residual and before.text_positions is None
 
 
 def test_checkpoint_is_safetensors_with_a_json_header(tmp_path, text_encoder_dir, image_folder):

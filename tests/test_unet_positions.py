@@ -1,0 +1,64 @@
+"""Text position embeddings of the U-Net: without them the text is a set of tokens (the swapped two-tone
+caption was the same condition); with them order counts; at zero they change nothing, so a trained stage
+can take them on."""
+import torch
+import pytest
+
+from imagen_app.unet import ImagenUNet
+
+SMALL = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=(1, 1), cross_attention_levels=(False, True),
+             self_attention_levels=(False, False), text_embed_dim=16, attention_head_dim=8, norm_num_groups=4)
+
+
+def small_unet(**kwargs) -> ImagenUNet:
+    torch.manual_seed(0)
+    unet = ImagenUNet(**SMALL, **kwargs).eval()
+    for param in unet.parameters():  # the output layers start at zero: the output would depend on nothing
+        if not param.any():
+            torch.nn.init.normal_(param, std=0.5)
+    return unet
+
+
+def inputs():
+    g = torch.Generator().manual_seed(1)
+    sample = torch.randn(1, 3, 8, 8, generator=g)
+    tokens = torch.randn(1, 5, 16, generator=g)
+    swapped = tokens[:, [0, 3, 2, 1, 4]]  # the words at places 1 and 3 exchanged, as in the two-tone captions
+    return sample, torch.tensor([400]), tokens, swapped
+
+
+@torch.no_grad()
+def test_without_positions_the_text_is_a_set_of_tokens():
+    unet = small_unet()
+    sample, t, tokens, swapped = inputs()
+    out = unet(sample, t, tokens).sample
+    torch.testing.assert_close(out, unet(sample, t, swapped).sample, rtol=0, atol=1e-5)
+    assert (out - unet(sample, t, tokens[:, [0, 1, 2, 4]]).sample).abs().max() > 1e-2  # the text does matter
+
+
+@torch.no_grad()
+def test_learned_positions_make_word_order_count():
+    unet = small_unet(text_position_embeddings=8)
+    torch.nn.init.normal_(unet.text_positions, std=1.0)
+    sample, t, tokens, swapped = inputs()
+    assert (unet(sample, t, tokens).sample - unet(sample, t, swapped).sample).abs().max() > 1e-2
+    # a text longer than the embedding table runs: its tokens past the table get no position
+    long = torch.randn(1, 12, 16)
+    assert unet(sample, t, long).sample.shape == sample.shape
+
+
+@torch.no_grad()
+def test_a_trained_stage_takes_on_zero_positions_and_keeps_them_when_saved(tmp_path):
+    plain = small_unet()
+    assert plain.text_positions is None
+    plain.save_pretrained(tmp_path / "plain")
+    with_positions = ImagenUNet.from_pretrained(tmp_path / "plain", text_position_embeddings=8, low_cpu_mem_usage=False)
+    assert with_positions.text_positions.shape == (8, 16) and not with_positions.text_positions.any()
+    sample, t, tokens, _ = inputs()
+    mask = torch.tensor([[True, True, True, False, False]])
+    torch.testing.assert_close(with_positions(sample, t, tokens, mask).sample, plain(sample, t, tokens, mask).sample)
+    torch.nn.init.normal_(with_positions.text_positions)
+    with_positions.save_pretrained(tmp_path / "positions")
+    loaded = ImagenUNet.from_pretrained(tmp_path / "positions")
+    assert loaded.config.text_position_embeddings == 8
+    torch.testing.assert_close(loaded.text_positions, with_positions.text_positions, rtol=0, atol=0)
