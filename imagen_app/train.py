@@ -60,6 +60,9 @@ class TrainConfig:
     lr_schedule: str = "constant_with_warmup"  # a diffusers get_scheduler name: "constant_with_warmup", "cosine", ...
     warmup_steps: int = 200
     weight_decay: float = 0.0
+    # lr of the U-Net's text position embeddings (None: `lr`). Added to a trained stage they start at zero, and at
+    # the fine-tuning lr (1e-4) they grew to 0.01 in 400 steps while the text tokens they add to are ~1.
+    text_positions_lr: Optional[float] = None
     ema_decay: float = 0.999
     cond_drop_prob: float = 0.1
     min_snr_gamma: Optional[float] = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None = plain MSE
@@ -350,7 +353,7 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
     unet = initial_unet(cfg, text_encoder.config.d_model, use_init_from=resume_from is None, log=log)
     rng = process_rng(cfg.seed, rank)
     scheduler = noise_schedule(cfg.beta_schedule, unet.config.prediction_type)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(parameter_groups(unet, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Stepped here once per optimizer step (accelerate's wrapper would step it once per process).
     lr_scheduler = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
     ema_unet = copy.deepcopy(unet).eval().requires_grad_(False)  # holds the EMA weights when they are used
@@ -468,6 +471,15 @@ def initial_unet(cfg: TrainConfig, text_dim: int, use_init_from: bool, log) -> I
         return unet
     return ImagenUNet(**dict(cfg.unet, sample_size=cfg.resolution, text_embed_dim=text_dim,
                              lowres_cond=cfg.lowres_resolution is not None))
+
+
+def parameter_groups(unet, cfg: TrainConfig) -> List[dict]:
+    """The optimizer's groups: everything at `lr`, and with `text_positions_lr` the text position embeddings in a
+    group of their own at that lr, without weight decay (the schedule scales both alike)."""
+    if cfg.text_positions_lr is None or unet.text_positions is None:
+        return [dict(params=list(unet.parameters()))]
+    rest = [p for name, p in unet.named_parameters() if name != "text_positions"]
+    return [dict(params=rest), dict(params=[unet.text_positions], lr=cfg.text_positions_lr, weight_decay=0.0)]
 
 
 def restore(ckpt: dict, unet, ema_unet, opt, lr_scheduler, rng: random.Random, rank: int) -> tuple:

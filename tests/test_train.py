@@ -349,3 +349,17 @@ def test_caption_variants_can_be_turned_off():
     assert all(len(c) == 1 for c in bare.captions) and max(len(c) for c in full.captions) > 1
     assert [c[0] for c in bare.captions] == [c[0] for c in full.captions]  # the CLDR name comes first in both
     assert bare.families == full.families
+
+
+def test_text_positions_get_their_own_lr_without_weight_decay(tmp_path, text_encoder_dir, image_folder):
+    from imagen_app.train import parameter_groups
+
+    unet = ImagenUNet(**dict(TINY_UNET, text_embed_dim=16, text_position_embeddings=4))
+    plain = config(tmp_path, text_encoder_dir, image_folder, weight_decay=0.01)
+    assert len(parameter_groups(unet, plain)) == 1
+    cfg = config(tmp_path, text_encoder_dir, image_folder, weight_decay=0.01, text_positions_lr=0.05)
+    rest, positions = parameter_groups(unet, cfg)
+    assert positions["params"] == [unet.text_positions] and positions["lr"] == 0.05 and positions["weight_decay"] == 0
+    assert len(rest["params"]) == len(list(unet.parameters())) - 1
+    opt = torch.optim.AdamW(parameter_groups(unet, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    assert [g["lr"] for g in opt.param_groups] == [cfg.lr, 0.05] and opt.param_groups[0]["weight_decay"] == 0.01
