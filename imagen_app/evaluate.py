@@ -161,6 +161,20 @@ def by_family(pipe, emojis, corpus, seen: List[str], per_family: int, seed: int)
     return out
 
 
+def two_tone_order(pipe, emojis, corpus, seen: List[str], count: int, seed: int) -> Dict:
+    """Two-person emoji with two skin tones (a seeded sample of seen ones): top-1/top-10 as for a family, and how
+    often the image is nearer the swapped emoji (each person with the other's tone) than the asked one."""
+    from .curriculum import swapped_tones, two_tone_sample
+
+    index = {e.caption: i for i, e in enumerate(emojis)}
+    chosen = [seen[i] for i in two_tone_sample(seen, count, seed)]
+    generated = generate_base(pipe, chosen, seed)
+    ranks, _ = rank_of_truth(generated, corpus, [index[c] for c in chosen])
+    swapped_ranks, _ = rank_of_truth(generated, corpus, [index[swapped_tones(c)] for c in chosen])
+    return dict(count=len(chosen), top1=float((ranks <= 1).float().mean()), top10=float((ranks <= 10).float().mean()),
+                swapped_nearer=float((swapped_ranks < ranks).float().mean()))
+
+
 def _ranked(pipe, emojis, corpus, prompts: List[str], truth: List[int], seed: int) -> Dict:
     generated = generate_base(pipe, prompts, seed)
     ranks, nearest = rank_of_truth(generated, corpus, truth)
@@ -237,6 +251,7 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
     all_seen = sorted(e.caption for e in emojis if e.caption not in held_set)
     if "families" in parts:
         report["families"] = by_family(pipe, emojis, corpus, all_seen, per_family, seed)
+        report["two_tones"] = two_tone_order(pipe, emojis, corpus, all_seen, per_family, seed)
     if "examples" in parts:
         from .ui import EXAMPLES
 
@@ -269,6 +284,10 @@ def print_report(r: Dict) -> None:
         for fam, rows in sorted(r["families"].items(), key=lambda kv: kv[1]["cldr"]["top10"]):  # weakest first
             for phrasing, a in rows.items():
                 print(f"{fam:<20} {phrasing:<8} {a['count']:>4} {a['top1']:>7.1%} {a['top10']:>7.1%} {a['median_rank']:>12.0f}")
+    if "two_tones" in r:
+        t = r["two_tones"]
+        print(f"two-person emoji with two skin tones: n {t['count']}, top-1 {t['top1']:.1%}, top-10 {t['top10']:.1%}; "
+              f"nearer the swapped emoji than the asked one {t['swapped_nearer']:.1%}")
     for ex in r.get("ui_examples", []):
         if ex["ranks"] is None:
             print(f"UI example {ex['prompt']!r}: no emoji of that name")

@@ -25,3 +25,27 @@ def test_attribute_accuracy():
     nearest = ["man firefighter: dark skin tone", "red heart", "man farmer"]
     acc = attribute_accuracy(None, held, nearest)
     assert acc["skin tone"]["accuracy"] == 1.0 and acc["colour"]["accuracy"] == 0.0 and acc["gender"]["accuracy"] == 1.0
+
+
+def test_two_tone_order_counts_images_nearer_the_swapped_emoji(monkeypatch):
+    from types import SimpleNamespace
+
+    import imagen_app.evaluate as evaluate
+    from imagen_app.curriculum import swapped_tones
+
+    captions = ["kiss woman man: dark skin tone, light skin tone", "kiss woman man: light skin tone, dark skin tone",
+                "handshake: medium skin tone, dark skin tone", "handshake: dark skin tone, medium skin tone",
+                "panda", "woman firefighter: dark skin tone"]
+    emojis = [SimpleNamespace(caption=c) for c in captions]
+    corpus = torch.rand(len(captions), 3, 4, 4) * 2 - 1
+    index = {c: i for i, c in enumerate(captions)}
+
+    def drawing(swap):  # a model that draws every asked emoji, or its swapped-tone twin
+        return lambda pipe, prompts, seed: corpus[[index[swapped_tones(p) if swap else p] for p in prompts]]
+
+    monkeypatch.setattr(evaluate, "generate_base", drawing(swap=False))
+    right = evaluate.two_tone_order(None, emojis, corpus, captions, count=10, seed=0)
+    assert right == dict(count=4, top1=1.0, top10=1.0, swapped_nearer=0.0)
+    monkeypatch.setattr(evaluate, "generate_base", drawing(swap=True))
+    swapped = evaluate.two_tone_order(None, emojis, corpus, captions, count=10, seed=0)
+    assert swapped["count"] == 4 and swapped["top1"] == 0.0 and swapped["swapped_nearer"] == 1.0
