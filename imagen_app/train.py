@@ -462,8 +462,8 @@ def initial_unet(cfg: TrainConfig, text_dim: int, use_init_from: bool, log) -> I
     The config may switch the prediction type (epsilon -> v), make the stage residual, or add text position
     embeddings (which start at zero): the features carry over and the new parts are learned."""
     if cfg.init_from and use_init_from:
-        overrides = {k: cfg.unet[k] for k in ("prediction_type", "residual", "text_position_embeddings")
-                     if k in cfg.unet}
+        overrides = {k: cfg.unet[k] for k in ("prediction_type", "residual", "text_position_embeddings",
+                                              "text_position_init_scale") if k in cfg.unet}
         # low_cpu_mem_usage=False: parameters the stage did not have (positions) get their own initial
         # values instead of staying on the meta device.
         unet = ImagenUNet.from_pretrained(cfg.init_from, low_cpu_mem_usage=False, **overrides).float()  # fp16 on disk

@@ -21,7 +21,8 @@ same word has cosine similarity > 0.9999 at any place in the caption), and cross
 attention pool treat the tokens as a set: "holding hands: dark skin tone, light skin tone" and its
 swapped form were the same condition, so the U-Net could not know which person is which. A learned
 embedding per token position, added to the text tokens (not the null tokens), gives the order back.
-It starts at zero, so a trained stage loads with it and draws exactly as before until it learns.
+At zero a trained stage loads with it and draws exactly as before until it learns; from zero, learning to use
+positions is slow (a product of two small factors), so they may start as scaled sinusoids instead.
 
 The null condition for classifier-free guidance is an all-masked text: every sample attends
 to `num_null_tokens` learned null tokens in addition to its text tokens, so an empty prompt
@@ -207,6 +208,7 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         skip_scale: float = 1 / math.sqrt(2),
         residual: bool = False,
         text_position_embeddings: int = 0,
+        text_position_init_scale: float = 0.0,
     ):
         super().__init__()
         n = len(block_out_channels)
@@ -229,9 +231,13 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         )
         self.null_tokens = nn.Parameter(torch.randn(num_null_tokens, text_embed_dim) * 0.02)
         self.context_norm = nn.LayerNorm(text_embed_dim)
-        # One learned vector per text token position (0: none); zero so that adding it changes nothing yet.
-        self.text_positions = (nn.Parameter(torch.zeros(text_position_embeddings, text_embed_dim))
-                               if text_position_embeddings else None)
+        # One learned vector per text token position (0: none). Zero, so that adding it changes nothing yet, or the
+        # transformer's sinusoids times `text_position_init_scale` (the text tokens, layer-normed, have a norm of
+        # about sqrt(text_embed_dim) x the norm's gain): from zero the cross-attention only slowly learns to use them.
+        self.text_positions = None
+        if text_position_embeddings:
+            init = sinusoidal_embedding(torch.arange(text_position_embeddings), text_embed_dim) * text_position_init_scale
+            self.text_positions = nn.Parameter(init)
         self.text_pool = AttentionPool(text_embed_dim, emb_dim)
 
         self.conv_in = nn.Conv2d(in_channels * (2 if lowres_cond else 1), ch[0], 3, padding=1)
