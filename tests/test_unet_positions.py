@@ -62,3 +62,12 @@ def test_a_trained_stage_takes_on_zero_positions_and_keeps_them_when_saved(tmp_p
     loaded = ImagenUNet.from_pretrained(tmp_path / "positions")
     assert loaded.config.text_position_embeddings == 8
     torch.testing.assert_close(loaded.text_positions, with_positions.text_positions, rtol=0, atol=0)
+
+
+def test_positions_may_start_as_scaled_sinusoids():
+    from imagen_app.unet import sinusoidal_embedding
+
+    unet = ImagenUNet(**SMALL, text_position_embeddings=6, text_position_init_scale=0.5)
+    expected = sinusoidal_embedding(torch.arange(6), 16) * 0.5
+    torch.testing.assert_close(unet.text_positions.detach(), expected)
+    assert unet.text_positions.norm(dim=1).allclose(torch.full((6,), 0.5 * 8 ** 0.5))  # sqrt(dim / 2) x scale
