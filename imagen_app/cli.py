@@ -274,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sr-count", type=int, default=24, help="held-out emoji for the super-resolution figures")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--per-family", type=int, default=100, help="seen captions per family for the family table")
-    ev.add_argument("--parts", default=None, help="comma-separated subset of: families, examples, text_use, held_out, "
-                                                  "super_resolution, timing (default: all)")
+    ev.add_argument("--parts", default=None, help="comma-separated subset of: families, two_tones (two-person emoji "
+                                                  "with two skin tones: how often they come out swapped), examples, "
+                                                  "text_use, held_out, super_resolution, timing (default: all)")
     ev.set_defaults(func=cmd_evaluate)
 
     cmp = sub.add_parser("compare", help="guidance x thresholding grid (Imagen Fig. A.10) for one prompt, same seed in every cell")

@@ -228,7 +228,7 @@ def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: 
     return summary
 
 
-PARTS = ("families", "examples", "text_use", "held_out", "super_resolution", "timing")
+PARTS = ("families", "two_tones", "examples", "text_use", "held_out", "super_resolution", "timing")
 
 
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
@@ -251,6 +251,7 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
     all_seen = sorted(e.caption for e in emojis if e.caption not in held_set)
     if "families" in parts:
         report["families"] = by_family(pipe, emojis, corpus, all_seen, per_family, seed)
+    if "two_tones" in parts:
         report["two_tones"] = two_tone_order(pipe, emojis, corpus, all_seen, per_family, seed)
     if "examples" in parts:
         from .ui import EXAMPLES
