@@ -72,7 +72,7 @@ def wrong_captions_within_family(captions: Sequence[str], families: Sequence[str
     return wrong
 
 
-# Two-person emoji with a skin tone each: "kiss: woman, man, ..." forms end in "<tone> skin tone, <tone> skin tone".
+# Two-person emoji with a skin tone each: "kiss woman man: light skin tone, dark skin tone" (first person, second).
 TWO_TONES = re.compile(r"^(.*: )([a-z-]+ skin tone), ([a-z-]+ skin tone)$")
 
 

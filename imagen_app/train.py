@@ -60,8 +60,8 @@ class TrainConfig:
     lr_schedule: str = "constant_with_warmup"  # a diffusers get_scheduler name: "constant_with_warmup", "cosine", ...
     warmup_steps: int = 200
     weight_decay: float = 0.0
-    # lr of the U-Net's text position embeddings (None: `lr`). Added to a trained stage they start at zero, and at
-    # the fine-tuning lr (1e-4) they grew to 0.01 in 400 steps while the text tokens they add to are ~1.
+    # lr of the U-Net's text position embeddings (None: `lr`). Added to a trained stage at zero, at the fine-tuning
+    # lr (1e-4) they grew to a norm of 0.01 in 400 steps, while the layer-normed text tokens they add to have ~8.
     text_positions_lr: Optional[float] = None
     ema_decay: float = 0.999
     cond_drop_prob: float = 0.1
@@ -460,7 +460,7 @@ def initial_unet(cfg: TrainConfig, text_dim: int, use_init_from: bool, log) -> I
     """A fresh U-Net (from the seeded RNG), or the exported stage `init_from` when there is no checkpoint yet.
 
     The config may switch the prediction type (epsilon -> v), make the stage residual, or add text position
-    embeddings (which start at zero): the features carry over and the new parts are learned."""
+    embeddings (zero or scaled sinusoids at the start): the features carry over and the new parts are learned."""
     if cfg.init_from and use_init_from:
         overrides = {k: cfg.unet[k] for k in ("prediction_type", "residual", "text_position_embeddings",
                                               "text_position_init_scale") if k in cfg.unet}
