@@ -46,6 +46,22 @@ def app_url(tiny_pipe):
 
 
 
+SMALL_UNET = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=(1, 1), cross_attention_levels=(False, True),
+             self_attention_levels=(False, False), text_embed_dim=16, attention_head_dim=8, norm_num_groups=4)
+
+
+def small_unet(**kwargs):
+    """A U-Net of a few thousand parameters whose output depends on its text (no zero output layers)."""
+    from imagen_app.unet import ImagenUNet
+
+    torch.manual_seed(0)
+    unet = ImagenUNet(**SMALL_UNET, **kwargs).eval()
+    for param in unet.parameters():  # the output layers start at zero: the output would depend on nothing
+        if not param.any():
+            torch.nn.init.normal_(param, std=0.5)
+    return unet
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: checks on the shipped weights, timing-dependent checks, the memory soak "
                                        "(minutes on a CPU); run with -m slow")

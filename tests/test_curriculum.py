@@ -130,7 +130,7 @@ class BagOfWordsEncoder:
 
 
 def test_word_order_use_is_zero_without_positions_and_not_with_them():
-    from test_unet_positions import small_unet
+    from conftest import small_unet
 
     scheduler = noise_schedule("squaredcos_cap_v2", "v_prediction")
     x0 = torch.rand(3, 3, 8, 8) * 2 - 1

@@ -2,21 +2,10 @@
 caption was the same condition); with them order counts; at zero they change nothing, so a trained stage
 can take them on."""
 import torch
-import pytest
 
 from imagen_app.unet import ImagenUNet
 
-SMALL = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=(1, 1), cross_attention_levels=(False, True),
-             self_attention_levels=(False, False), text_embed_dim=16, attention_head_dim=8, norm_num_groups=4)
-
-
-def small_unet(**kwargs) -> ImagenUNet:
-    torch.manual_seed(0)
-    unet = ImagenUNet(**SMALL, **kwargs).eval()
-    for param in unet.parameters():  # the output layers start at zero: the output would depend on nothing
-        if not param.any():
-            torch.nn.init.normal_(param, std=0.5)
-    return unet
+from conftest import SMALL_UNET as SMALL, small_unet
 
 
 def inputs():
