@@ -463,8 +463,8 @@ def initial_unet(cfg: TrainConfig, text_dim: int, use_init_from: bool, log) -> I
     embeddings (zero or scaled sinusoids at the start): the features carry over and the new parts are learned."""
     if cfg.init_from and use_init_from:
         overrides = {k: cfg.unet[k] for k in ("prediction_type", "residual", "text_position_embeddings",
-                                              "text_position_init_scale") if k in cfg.unet}
-        # low_cpu_mem_usage=False: parameters the stage did not have (positions) get their own initial
+                                              "text_position_init_scale", "pixel_coordinates") if k in cfg.unet}
+        # low_cpu_mem_usage=False: parameters the stage did not have (positions, coordinates) get their own initial
         # values instead of staying on the meta device.
         unet = ImagenUNet.from_pretrained(cfg.init_from, low_cpu_mem_usage=False, **overrides).float()  # fp16 on disk
         log(f"starting from the exported stage {cfg.init_from} ({unet.config.prediction_type})")
@@ -473,13 +473,22 @@ def initial_unet(cfg: TrainConfig, text_dim: int, use_init_from: bool, log) -> I
                              lowres_cond=cfg.lowres_resolution is not None))
 
 
+def is_word_order_parameter(name: str) -> bool:
+    """The parameters that let the U-Net see word order and bind it to places: the text position embeddings and
+    the attention layers' pixel-coordinate weights."""
+    return name == "text_positions" or name.endswith(".coordinates.weight")
+
+
 def parameter_groups(unet, cfg: TrainConfig) -> List[dict]:
-    """The optimizer's groups: everything at `lr`, and with `text_positions_lr` the text position embeddings in a
-    group of their own at that lr, without weight decay (the schedule scales both alike)."""
-    if cfg.text_positions_lr is None or unet.text_positions is None:
-        return [dict(params=list(unet.parameters()))]
-    rest = [p for name, p in unet.named_parameters() if name != "text_positions"]
-    return [dict(params=rest), dict(params=[unet.text_positions], lr=cfg.text_positions_lr, weight_decay=0.0)]
+    """The optimizer's groups: everything at `lr`, and with `text_positions_lr` the word-order parameters (text
+    position embeddings, pixel coordinates) in a group of their own at that lr, without weight decay (the schedule
+    scales both alike)."""
+    named = list(unet.named_parameters())
+    order = [p for name, p in named if is_word_order_parameter(name)]
+    if cfg.text_positions_lr is None or not order:
+        return [dict(params=[p for _, p in named])]
+    rest = [p for name, p in named if not is_word_order_parameter(name)]
+    return [dict(params=rest), dict(params=order, lr=cfg.text_positions_lr, weight_decay=0.0)]
 
 
 def restore(ckpt: dict, unet, ema_unet, opt, lr_scheduler, rng: random.Random, rank: int) -> tuple:

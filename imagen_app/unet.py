@@ -24,6 +24,12 @@ embedding per token position, added to the text tokens (not the null tokens), gi
 At zero a trained stage loads with it and draws exactly as before until it learns; from zero, learning to use
 positions is slow (a product of two small factors), so they may start as scaled sinusoids instead.
 
+Pixel coordinates (`pixel_coordinates`, not in the paper): to draw "dark, light" as dark-left, light-right, a
+pixel's query must know where the pixel is, and the convolutions tell it only through the zero padding (weakly,
+far from the borders), while self-attention is blind to place. With this flag every attention layer adds a
+learned linear function of the pixel's (x, y) in [-1, 1] to its queries (zero at the start, so a trained stage
+draws as before): one slope per channel is all a query needs to prefer the first tone's key on the left.
+
 The null condition for classifier-free guidance is an all-masked text: every sample attends
 to `num_null_tokens` learned null tokens in addition to its text tokens, so an empty prompt
 (or a text dropped in training) sees only the learned null embedding, and attention is never
@@ -59,6 +65,13 @@ def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = 100
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
+
+
+def pixel_grid(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(h * w, 2): each pixel's centre as (x, y) in [-1, 1], row by row (the order of a flattened feature map)."""
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 - 1
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(h * w, 2).to(dtype)
 
 
 def upsample_lowres(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -97,9 +110,14 @@ class TextAttention(nn.Module):
     """Attention of the pixels to the text tokens (and, with `self_attention`, to each other too:
     one softmax over [pixels; text], as Imagen's low-resolution attention layers do)."""
 
-    def __init__(self, channels: int, context_dim: int, head_dim: int, groups: int, self_attention: bool):
+    def __init__(self, channels: int, context_dim: int, head_dim: int, groups: int, self_attention: bool,
+                 pixel_coordinates: bool = False):
         super().__init__()
         self.heads = max(1, channels // head_dim)
+        # (x, y) of the pixel -> a query offset; zero at the start (see the module's docstring)
+        self.coordinates = nn.Linear(2, channels, bias=False) if pixel_coordinates else None
+        if self.coordinates is not None:
+            nn.init.zeros_(self.coordinates.weight)
         self.self_attention = self_attention
         self.norm = group_norm(channels, groups)
         self.to_q = nn.Linear(channels, channels, bias=False)
@@ -116,6 +134,8 @@ class TextAttention(nn.Module):
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         q = self.to_q(tokens)
+        if self.coordinates is not None:
+            q = q + self.coordinates(pixel_grid(h, w, x.device, x.dtype))[None]
         k, v = self.context_kv(context).chunk(2, dim=-1)  # (B, L, C)
         mask = context_mask  # (B, L) bool, True = attend
         if self.self_attention:
@@ -170,14 +190,16 @@ def upsampler(in_ch: int, out_ch: int, kind: str) -> nn.Module:
 class Level(nn.Module):
     """The residual blocks of one resolution, each optionally followed by attention."""
 
-    def __init__(self, in_ch, out_ch, n_blocks, emb_dim, groups, context_dim, head_dim, cross, self_attn, skip_ch=0):
+    def __init__(self, in_ch, out_ch, n_blocks, emb_dim, groups, context_dim, head_dim, cross, self_attn, skip_ch=0,
+                 pixel_coordinates=False):
         super().__init__()
         self.blocks = nn.ModuleList()
         self.attns = nn.ModuleList()
         for i in range(n_blocks):
             self.blocks.append(ResBlock((in_ch if i == 0 else out_ch) + skip_ch, out_ch, emb_dim, groups))
             self.attns.append(
-                TextAttention(out_ch, context_dim, head_dim, groups, self_attn) if cross or self_attn else nn.Identity()
+                TextAttention(out_ch, context_dim, head_dim, groups, self_attn, pixel_coordinates)
+                if cross or self_attn else nn.Identity()
             )
 
 
@@ -209,6 +231,7 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         residual: bool = False,
         text_position_embeddings: int = 0,
         text_position_init_scale: float = 0.0,
+        pixel_coordinates: bool = False,
     ):
         super().__init__()
         n = len(block_out_channels)
@@ -241,7 +264,8 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         self.text_pool = AttentionPool(text_embed_dim, emb_dim)
 
         self.conv_in = nn.Conv2d(in_channels * (2 if lowres_cond else 1), ch[0], 3, padding=1)
-        level_args = dict(emb_dim=emb_dim, groups=norm_num_groups, context_dim=text_embed_dim, head_dim=attention_head_dim)
+        level_args = dict(emb_dim=emb_dim, groups=norm_num_groups, context_dim=text_embed_dim, head_dim=attention_head_dim,
+                          pixel_coordinates=pixel_coordinates)
         self.down_levels = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
         for i in range(n):

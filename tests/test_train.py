@@ -363,3 +363,15 @@ def test_text_positions_get_their_own_lr_without_weight_decay(tmp_path, text_enc
     assert len(rest["params"]) == len(list(unet.parameters())) - 1
     opt = torch.optim.AdamW(parameter_groups(unet, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     assert [g["lr"] for g in opt.param_groups] == [cfg.lr, 0.05] and opt.param_groups[0]["weight_decay"] == 0.01
+
+
+def test_pixel_coordinates_join_the_word_order_group(tmp_path, text_encoder_dir, image_folder):
+    from imagen_app.train import parameter_groups
+
+    unet = ImagenUNet(**dict(TINY_UNET, text_embed_dim=16, text_position_embeddings=4, pixel_coordinates=True))
+    coordinates = [m.coordinates.weight for m in unet.modules() if getattr(m, "coordinates", None) is not None]
+    assert coordinates
+    cfg = config(tmp_path, text_encoder_dir, image_folder, text_positions_lr=0.05)
+    rest, order = parameter_groups(unet, cfg)
+    assert {id(p) for p in order["params"]} == {id(unet.text_positions)} | {id(p) for p in coordinates}
+    assert len(rest["params"]) + len(order["params"]) == len(list(unet.parameters()))

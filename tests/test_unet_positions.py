@@ -60,3 +60,47 @@ def test_positions_may_start_as_scaled_sinusoids():
     expected = sinusoidal_embedding(torch.arange(6), 16) * 0.5
     torch.testing.assert_close(unet.text_positions.detach(), expected)
     assert unet.text_positions.norm(dim=1).allclose(torch.full((6,), 0.5 * 8 ** 0.5))  # sqrt(dim / 2) x scale
+
+
+@torch.no_grad()
+def test_pixel_grid_follows_the_flattened_feature_map():
+    from imagen_app.unet import pixel_grid
+
+    grid = pixel_grid(2, 4)
+    assert grid.shape == (8, 2)
+    # row by row: x runs left to right within a row, y top to bottom between rows
+    torch.testing.assert_close(grid[:4, 0], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
+    torch.testing.assert_close(grid[:, 1], torch.tensor([-0.5] * 4 + [0.5] * 4))
+
+
+@torch.no_grad()
+def test_pixel_coordinates_start_at_zero_and_then_let_a_query_tell_left_from_right(tmp_path):
+    plain = small_unet(text_position_embeddings=8)
+    plain.save_pretrained(tmp_path / "plain")
+    located = ImagenUNet.from_pretrained(tmp_path / "plain", pixel_coordinates=True, low_cpu_mem_usage=False)
+    coordinate_layers = [m.coordinates for m in located.modules() if getattr(m, "coordinates", None) is not None]
+    assert coordinate_layers and not any(layer.weight.any() for layer in coordinate_layers)
+    sample, t, tokens, _ = inputs()
+    torch.testing.assert_close(located(sample, t, tokens).sample, plain(sample, t, tokens).sample)
+
+
+
+@torch.no_grad()
+def test_with_pixel_coordinates_an_attention_layer_tells_left_from_right():
+    from imagen_app.unet import TextAttention
+
+    torch.manual_seed(0)
+    # A feature map the same at every pixel: without coordinates every query is the same, so is every output.
+    flat = torch.randn(1, 16, 1, 1).expand(1, 16, 4, 6).contiguous()
+    context, mask = torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool)
+    for self_attention in (False, True):
+        blind = TextAttention(16, 16, 8, 4, self_attention)
+        torch.nn.init.normal_(blind.to_out.weight, std=0.5)  # the output projection starts at zero: open it
+        out = blind(flat, context, mask)
+        assert (out - out[..., :1, :1]).abs().max() < 1e-5
+        located = TextAttention(16, 16, 8, 4, self_attention, pixel_coordinates=True)
+        located.load_state_dict(blind.state_dict(), strict=False)
+        torch.testing.assert_close(located(flat, context, mask), out)  # zero coordinates change nothing
+        torch.nn.init.normal_(located.coordinates.weight, std=1.0)
+        out = located(flat, context, mask)
+        assert (out[..., 0] - out[..., -1]).abs().max() > 1e-2  # left column and right column now differ
