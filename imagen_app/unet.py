@@ -37,6 +37,7 @@ over an empty set.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass
@@ -67,8 +68,10 @@ def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = 100
     return emb
 
 
+@functools.lru_cache(maxsize=32)
 def pixel_grid(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(h * w, 2): each pixel's centre as (x, y) in [-1, 1], row by row (the order of a flattened feature map)."""
+    """(h * w, 2): each pixel's centre as (x, y) in [-1, 1], row by row (the order of a flattened feature map).
+    Cached: every attention layer of every denoising step asks for the same few grids."""
     ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 - 1
     xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 - 1
     return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(h * w, 2).to(dtype)
