@@ -2,7 +2,7 @@
 # Prepares a base-stage run on a lent GPU machine, so that no device minute waits on setup:
 # the training corpus as an image folder (the device machine has no SVG renderer) and the wheels of the packages
 # its image lacks (it reaches no registry). Then, with the device tool:
-#   run  command="M=7.5 bash scripts/device_train.sh configs/base32_gpu_keepflags.json configs/base32_gpu_drill_keepflags.json"
+#   run  command="M=7.5 bash scripts/device_train.sh configs/base32_gpu_order.json configs/base32_gpu_order_vloss.json"
 #        carry=["runs/emoji32", "runs/wheels"]
 set -e
 [ -f runs/emoji32/metadata.jsonl ] || python -m imagen_app export-dataset runs/emoji32 --resolution 32 --split train
