@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 DEFAULT_WEIGHTS = os.environ.get("IMAGEN_WEIGHTS", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights"))
 
 
@@ -117,7 +119,17 @@ def cmd_export_stage(args) -> int:
 def cmd_export_dataset(args) -> int:
     from .data import emoji_dataset, write_image_folder
 
-    n = write_image_folder(emoji_dataset(args.resolution, args.split), args.out)
+    data = emoji_dataset(args.resolution, args.split)
+    if args.recoloured:
+        from .data import CaptionedImages, held_out_split, load_emoji, rendered_corpus
+        from .recolour import recoloured_emoji
+
+        emojis = load_emoji()
+        extra = recoloured_emoji(emojis, np.asarray(rendered_corpus(emojis, args.resolution)), held_out_split(emojis))
+        data = CaptionedImages(np.concatenate([data.images, extra.images]), data.captions + extra.captions,
+                               data.families + extra.families)
+        print(f"{len(extra)} recoloured images added")
+    n = write_image_folder(data, args.out)
     print(f"{n} images -> {args.out}")
     return 0
 
@@ -261,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("out")
     ds.add_argument("--resolution", type=int, default=32)
     ds.add_argument("--split", default="train", choices=["train", "held_out", "all"])
+    ds.add_argument("--recoloured", action="store_true",
+                    help='add synthetic "<colour> <name>" images of seen single emoji (imagen_app/recolour.py)')
     ds.set_defaults(func=cmd_export_dataset)
 
     te = sub.add_parser("train-text-encoder", help="tokenizer + span-corruption T5 on the emoji captions")
