@@ -96,6 +96,7 @@ def recoloured_emoji(emojis: Sequence[Emoji], images: np.ndarray, held_out: Sequ
     captions: List[List[str]] = []
     sources = 0
     per_first_word: Dict[str, int] = {}
+    made_captions = set()
     for i, e in enumerate(emojis):
         if e.family != "single emoji" or e.caption in held or ":" in e.caption or len(e.caption.split()) > 3:
             continue
@@ -114,8 +115,9 @@ def recoloured_emoji(emojis: Sequence[Emoji], images: np.ndarray, held_out: Sequ
         made = 0
         for target in colours:
             caption = f"{target} {name}"
-            if target == source or caption in real:
+            if target == source or caption in real or caption in made_captions:
                 continue
+            made_captions.add(caption)
             out_images.append(recolour(images[i], colours[source], colours[target]))
             captions.append([caption])
             made += 1

@@ -1,0 +1,61 @@
+"""Recoloured emoji: a palette colour's pixels (and their anti-aliased mixes) take another colour, the rest
+stays; the synthetic captions never name a real emoji, so no held-out composition is made."""
+import numpy as np
+
+from imagen_app.data import Emoji
+from imagen_app.recolour import main_colour, palette, recolour, recoloured_emoji
+
+RED, PURPLE, GREEN = np.array([210, 47, 39]), np.array([137, 103, 170]), np.array([177, 204, 51])
+YELLOW, BLUE = np.array([252, 234, 43]), np.array([146, 211, 245])
+
+
+def filled(colour, size=8):
+    """A square of `colour` outlined in black on white, with one pixel half fill, half white."""
+    image = np.full((size, size, 3), 255, np.uint8)
+    image[1:-1, 1:-1] = 0
+    image[2:-2, 2:-2] = colour
+    image[0, 0] = np.rint((np.asarray(colour) + 255) / 2)  # an anti-aliased edge on the white
+    return image
+
+
+def test_recolour_moves_the_fill_and_its_mixes_and_keeps_outline_and_background():
+    image = filled(RED)
+    out = recolour(image, RED.astype(np.float32), PURPLE.astype(np.float32))
+    assert (out[2:-2, 2:-2] == PURPLE).all()
+    assert (out[1, 1:-1] == 0).all() and (out[-1] == 255).all()  # outline, background
+    np.testing.assert_allclose(out[0, 0], (PURPLE + 255) / 2, atol=1.5)  # the edge mixes the new colour
+    other = filled(GREEN)
+    assert (recolour(other, RED.astype(np.float32), PURPLE.astype(np.float32)) == other).all()  # not its colour
+
+
+def test_main_colour_needs_the_colour_to_fill_the_emoji():
+    colours = {"red": RED.astype(np.float32), "green": GREEN.astype(np.float32)}
+    assert main_colour(filled(RED), colours) == "red"
+    assert main_colour(filled([40, 90, 200]), colours) is None  # a colour not in the palette
+    assert main_colour(np.full((8, 8, 3), 255, np.uint8), colours) is None  # blank
+
+
+def corpus():
+    names = ["red circle", "purple square", "green circle", "yellow circle", "blue circle",  # the palette's sources
+             "balloon", "green book", "blue book", "anatomical heart", "grinning face", "red heart"]
+    colours = [RED, PURPLE, GREEN, YELLOW, BLUE, RED, GREEN, BLUE, RED, YELLOW, RED]
+    emojis = [Emoji(code=f"{i:04X}", caption=n) for i, n in enumerate(names)]
+    return emojis, np.stack([filled(c) for c in colours])
+
+
+def test_recoloured_emoji_makes_new_names_only():
+    emojis, images = corpus()
+    held = ["red heart", "purple circle"]
+    assert set(palette(emojis, images, held)) == {"red", "purple", "green", "yellow", "blue"}
+    data = recoloured_emoji(emojis, images, held)
+    captions = [c[0] for c in data.captions]
+    real = {e.caption for e in emojis}
+    assert not set(captions) & (real | set(held)) and len(set(captions)) == len(captions)
+    # the balloon in every other palette colour; a colour-first name gets its colour word replaced
+    assert {c for c in captions if c.endswith("balloon")} == {f"{c} balloon" for c in ["purple", "green", "yellow", "blue"]}
+    assert "purple book" in captions and "green book" not in captions and "blue book" not in captions
+    # names with a shape or colour word in them are not recoloured, nor yellow (skin and face) emoji
+    assert not any("heart" in c or "circle" in c or "square" in c or "grinning" in c for c in captions)
+    assert data.families == ["recoloured"] * len(captions) and len(data.images) == len(captions)
+    i = captions.index("purple balloon")
+    assert (data.images[i][2:-2, 2:-2] == PURPLE).all()
