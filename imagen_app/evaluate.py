@@ -183,6 +183,29 @@ def _ranked(pipe, emojis, corpus, prompts: List[str], truth: List[int], seed: in
                 failures=[[p, emojis[int(n)].caption] for p, n, r in zip(prompts, nearest, ranks) if r > 10][:20])
 
 
+def colour_compositions(pipe, emojis, corpus, held: List[str], seeds=(0, 1, 2, 3)) -> Dict:
+    """The colour drawn for "<colour> <shape>" captions (heart, circle, square), held out and seen: the palette
+    colour (imagen_app/recolour.py) that fills most of each generated image, against the asked one. The
+    held-out ones test whether a colour word is a colour, not a part of one emoji's name."""
+    from .recolour import COLOUR_WORDS, main_colour, palette
+
+    pixels = ((corpus.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+    colours = palette(emojis, pixels, held)
+    held_set = set(held)
+    report = {}
+    for name, chosen in (("held_out", lambda c: c in held_set), ("seen", lambda c: c not in held_set)):
+        captions = sorted(e.caption for e in emojis if e.colour in colours and e.colour in COLOUR_WORDS and chosen(e.caption))
+        drawn = []
+        for caption in captions:
+            images = torch.cat([generate_base(pipe, [caption], s) for s in seeds])
+            px = ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+            drawn.append([main_colour(im, colours, min_share=0.3, tolerance=48.0) for im in px])
+        right = [d == c.split()[0] for c, ds in zip(captions, drawn) for d in ds]
+        report[name] = dict(count=len(right), accuracy=float(np.mean(right)) if right else 0.0,
+                            chance=1 / len(colours), captions=captions, drawn=drawn, seeds=list(seeds))
+    return report
+
+
 def ui_examples(pipe, emojis, corpus, examples: List[str], seeds=(0, 1, 2, 3)) -> List[Dict]:
     """Each UI example at each seed: the rank of the asked emoji (right = among the 3 nearest real renders)."""
     from .text_encoder import normalize_prompt
@@ -228,7 +251,7 @@ def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: 
     return summary
 
 
-PARTS = ("families", "two_tones", "examples", "text_use", "held_out", "super_resolution", "timing")
+PARTS = ("families", "two_tones", "examples", "text_use", "colours", "held_out", "super_resolution", "timing")
 
 
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
@@ -257,6 +280,8 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
         from .ui import EXAMPLES
 
         report["ui_examples"] = ui_examples(pipe, emojis, corpus, EXAMPLES)
+    if "colours" in parts:
+        report["colours"] = colour_compositions(pipe, emojis, corpus, held)
     if "text_use" in parts:
         report["text_use"] = text_use_by_family(pipe, emojis, rendered_corpus(emojis, base_px), all_seen, seed=seed)
     if "held_out" in parts:
@@ -296,6 +321,10 @@ def print_report(r: Dict) -> None:
             print(f"UI example {ex['prompt']!r}: right at seeds {ex['seeds']}: {ex['right']} (ranks {ex['ranks']})")
     for fam, v in r.get("text_use", {}).items():  # "two-tone order": the right caption against its swapped tones
         print(f"text use {fam:<20} gain {v['gain']:.2f} specificity {v['specificity']:.2f} (n {v['count']})")
+    for name, c in r.get("colours", {}).items():
+        print(f"colour x shape, {name.replace('_', '-')}: the asked colour fills the image {c['accuracy']:.1%} of "
+              f"{c['count']} (chance {c['chance']:.1%}); " + ", ".join(
+                  f"{cap} -> {'/'.join(d or '?' for d in ds)}" for cap, ds in zip(c["captions"], c["drawn"])))
     if "seen" in r or "held_out" in r:
         print(f"{'set':<10} {'n':>4} {'top-1':>7} {'chance':>7} {'top-10':>7} {'chance':>7} {'median rank':>12} {'chance':>7}")
     for name in [n for n in ("seen", "held_out") if n in r]:

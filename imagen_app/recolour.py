@@ -67,9 +67,10 @@ def recolour(image: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.nd
     return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(image.shape)
 
 
-def main_colour(image: np.ndarray, colours: Dict[str, np.ndarray], min_share: float = 0.4) -> Optional[str]:
+def main_colour(image: np.ndarray, colours: Dict[str, np.ndarray], min_share: float = 0.4,
+                tolerance: float = 12.0) -> Optional[str]:
     """The palette colour that fills most of the emoji (at least `min_share` of its non-white, non-black
-    pixels), or None."""
+    pixels, each within `tolerance` of it: exact renders need little, generated images more), or None."""
     px = image.reshape(-1, 3).astype(np.float32)
     inked = px[(px.max(axis=1) - px.min(axis=1)) > 40]
     if len(inked) < 0.05 * len(px):
@@ -77,7 +78,7 @@ def main_colour(image: np.ndarray, colours: Dict[str, np.ndarray], min_share: fl
     names = list(colours)
     distances = np.stack([np.linalg.norm(inked - colours[c], axis=1) for c in names])  # (C, N)
     nearest = distances.argmin(axis=0)
-    close = distances.min(axis=0) < 12
+    close = distances.min(axis=0) < tolerance
     shares = [float(((nearest == k) & close).mean()) for k in range(len(names))]
     k = int(np.argmax(shares))
     return names[k] if shares[k] >= min_share else None

@@ -4,6 +4,7 @@ import shutil
 import socket
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,3 +75,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# Palette colours of OpenMoji, and a flat-filled emoji of one of them (tests of the recolouring and the colour measure).
+RED, PURPLE, GREEN = np.array([210, 47, 39]), np.array([137, 103, 170]), np.array([177, 204, 51])
+YELLOW, BLUE = np.array([252, 234, 43]), np.array([146, 211, 245])
+
+
+def filled(colour, size=8):
+    """A square of `colour` outlined in black on white, with one pixel half fill, half white."""
+    image = np.full((size, size, 3), 255, np.uint8)
+    image[1:-1, 1:-1] = 0
+    image[2:-2, 2:-2] = colour
+    image[0, 0] = np.rint((np.asarray(colour) + 255) / 2)  # an anti-aliased edge on the white
+    return image

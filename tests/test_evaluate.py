@@ -49,3 +49,30 @@ def test_two_tone_order_counts_images_nearer_the_swapped_emoji(monkeypatch):
     monkeypatch.setattr(evaluate, "generate_base", drawing(swap=True))
     swapped = evaluate.two_tone_order(None, emojis, corpus, captions, count=10, seed=0)
     assert swapped["count"] == 4 and swapped["top1"] == 0.0 and swapped["swapped_nearer"] == 1.0
+
+
+def test_colour_compositions_name_the_colour_each_image_is_filled_with(monkeypatch):
+    import numpy as np
+
+    import imagen_app.evaluate as evaluate
+    from imagen_app.data import Emoji
+    from conftest import GREEN, PURPLE, RED, filled
+
+    emojis = [Emoji(code=str(i), caption=c) for i, c in enumerate(["red circle", "purple square", "green heart", "purple heart"])]
+    pixels = np.stack([filled(c) for c in (RED, PURPLE, GREEN, PURPLE)])
+    corpus = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    fills = {"red": RED, "purple": PURPLE, "green": GREEN}
+
+    def drawing(held_colour):  # seen captions in their own colour; the held-out "purple heart" in `held_colour`
+        def generate(pipe, prompts, seed):
+            colour = held_colour if prompts[0] == "purple heart" else prompts[0].split()[0]
+            return torch.from_numpy(filled(fills[colour])[None]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return generate
+
+    monkeypatch.setattr(evaluate, "generate_base", drawing("green"))
+    report = evaluate.colour_compositions(None, emojis, corpus, ["purple heart"], seeds=(0, 1))
+    assert report["seen"]["accuracy"] == 1.0 and report["seen"]["count"] == 6
+    assert report["held_out"] == dict(count=2, accuracy=0.0, chance=1 / 3, captions=["purple heart"],
+                                      drawn=[["green", "green"]], seeds=[0, 1])
+    monkeypatch.setattr(evaluate, "generate_base", drawing("purple"))
+    assert evaluate.colour_compositions(None, emojis, corpus, ["purple heart"], seeds=(0, 1))["held_out"]["accuracy"] == 1.0

@@ -5,18 +5,7 @@ import numpy as np
 from imagen_app.data import Emoji
 from imagen_app.recolour import main_colour, palette, recolour, recoloured_emoji
 
-RED, PURPLE, GREEN = np.array([210, 47, 39]), np.array([137, 103, 170]), np.array([177, 204, 51])
-YELLOW, BLUE = np.array([252, 234, 43]), np.array([146, 211, 245])
-
-
-def filled(colour, size=8):
-    """A square of `colour` outlined in black on white, with one pixel half fill, half white."""
-    image = np.full((size, size, 3), 255, np.uint8)
-    image[1:-1, 1:-1] = 0
-    image[2:-2, 2:-2] = colour
-    image[0, 0] = np.rint((np.asarray(colour) + 255) / 2)  # an anti-aliased edge on the white
-    return image
-
+from conftest import BLUE, GREEN, PURPLE, RED, YELLOW, filled
 
 def test_recolour_moves_the_fill_and_its_mixes_and_keeps_outline_and_background():
     image = filled(RED)
