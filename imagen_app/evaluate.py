@@ -187,14 +187,14 @@ def colour_compositions(pipe, emojis, corpus, held: List[str], seeds=(0, 1, 2, 3
     """The colour drawn for "<colour> <shape>" captions (heart, circle, square), held out and seen: the palette
     colour (imagen_app/recolour.py) that fills most of each generated image, against the asked one. The
     held-out ones test whether a colour word is a colour, not a part of one emoji's name."""
-    from .recolour import COLOUR_WORDS, main_colour, palette
+    from .recolour import main_colour, palette
 
     pixels = ((corpus.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
     colours = palette(emojis, pixels, held)
     held_set = set(held)
     report = {}
     for name, chosen in (("held_out", lambda c: c in held_set), ("seen", lambda c: c not in held_set)):
-        captions = sorted(e.caption for e in emojis if e.colour in colours and e.colour in COLOUR_WORDS and chosen(e.caption))
+        captions = sorted(e.caption for e in emojis if e.colour in colours and chosen(e.caption))
         drawn = []
         for caption in captions:
             images = torch.cat([generate_base(pipe, [caption], s) for s in seeds])
