@@ -6,8 +6,6 @@ import json
 import os
 import sys
 
-import numpy as np
-
 DEFAULT_WEIGHTS = os.environ.get("IMAGEN_WEIGHTS", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights"))
 
 
@@ -121,14 +119,11 @@ def cmd_export_dataset(args) -> int:
 
     data = emoji_dataset(args.resolution, args.split)
     if args.recoloured:
-        from .data import CaptionedImages, held_out_split, load_emoji, rendered_corpus
-        from .recolour import recoloured_emoji
+        from .recolour import with_recoloured
 
-        emojis = load_emoji()
-        extra = recoloured_emoji(emojis, np.asarray(rendered_corpus(emojis, args.resolution)), held_out_split(emojis))
-        data = CaptionedImages(np.concatenate([data.images, extra.images]), data.captions + extra.captions,
-                               data.families + extra.families)
-        print(f"{len(extra)} recoloured images added")
+        before = len(data)
+        data = with_recoloured(data, args.resolution)
+        print(f"{len(data) - before} recoloured images added")
     n = write_image_folder(data, args.out)
     print(f"{n} images -> {args.out}")
     return 0

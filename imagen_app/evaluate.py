@@ -62,6 +62,11 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1  # a copy: memmaps are read-only
 
 
+def to_pixels(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8: the inverse of `to_tensor`."""
+    return ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+
+
 def generate_base(pipe: ImagenPipeline, captions: List[str], seed: int, batch: int = 50) -> torch.Tensor:
     out = []
     for i in range(0, len(captions), batch):
@@ -189,17 +194,15 @@ def colour_compositions(pipe, emojis, corpus, held: List[str], seeds=(0, 1, 2, 3
     held-out ones test whether a colour word is a colour, not a part of one emoji's name."""
     from .recolour import main_colour, palette
 
-    pixels = ((corpus.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
-    colours = palette(emojis, pixels, held)
+    colours = palette(emojis, to_pixels(corpus), held)
     held_set = set(held)
     report = {}
     for name, chosen in (("held_out", lambda c: c in held_set), ("seen", lambda c: c not in held_set)):
         captions = sorted(e.caption for e in emojis if e.colour in colours and chosen(e.caption))
         drawn = []
         for caption in captions:
-            images = torch.cat([generate_base(pipe, [caption], s) for s in seeds])
-            px = ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
-            drawn.append([main_colour(im, colours, min_share=0.3, tolerance=48.0) for im in px])
+            images = to_pixels(torch.cat([generate_base(pipe, [caption], s) for s in seeds]))
+            drawn.append([main_colour(im, colours, min_share=0.3, tolerance=48.0) for im in images])
         right = [d == c.split()[0] for c, ds in zip(captions, drawn) for d in ds]
         report[name] = dict(count=len(right), accuracy=float(np.mean(right)) if right else 0.0,
                             chance=1 / len(colours), captions=captions, drawn=drawn, seeds=list(seeds))

@@ -129,3 +129,13 @@ def recoloured_emoji(emojis: Sequence[Emoji], images: np.ndarray, held_out: Sequ
     size = images.shape[1]
     stacked = np.stack(out_images) if out_images else np.zeros((0, size, size, 3), np.uint8)
     return CaptionedImages(stacked, captions, [FAMILY] * len(captions))
+
+
+def with_recoloured(data: CaptionedImages, size: int) -> CaptionedImages:
+    """`data` (the emoji corpus at `size` px) followed by the recoloured emoji of the whole corpus's seen part."""
+    from .data import held_out_split, load_emoji, rendered_corpus
+
+    emojis = load_emoji()
+    extra = recoloured_emoji(emojis, np.asarray(rendered_corpus(emojis, size)), held_out_split(emojis))
+    return CaptionedImages(np.concatenate([data.images, extra.images]), data.captions + extra.captions,
+                           data.families + extra.families)

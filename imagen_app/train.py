@@ -60,8 +60,9 @@ class TrainConfig:
     lr_schedule: str = "constant_with_warmup"  # a diffusers get_scheduler name: "constant_with_warmup", "cosine", ...
     warmup_steps: int = 200
     weight_decay: float = 0.0
-    # lr of the U-Net's text position embeddings (None: `lr`). Added to a trained stage at zero, at the fine-tuning
-    # lr (1e-4) they grew to a norm of 0.01 in 400 steps, while the layer-normed text tokens they add to have ~8.
+    # lr of the U-Net's word-order parameters, text position embeddings and pixel coordinates (None: `lr`). Added to a
+    # trained stage at zero, at the fine-tuning lr (1e-4) positions grew to a norm of 0.01 in 400 steps, while the
+    # layer-normed text tokens they add to have ~8.
     text_positions_lr: Optional[float] = None
     ema_decay: float = 0.999
     cond_drop_prob: float = 0.1
