@@ -114,6 +114,14 @@ def cmd_export_stage(args) -> int:
     return 0
 
 
+def cmd_average_stages(args) -> int:
+    from .stage_average import average_stages
+
+    average_stages(args.stages, args.out, weights=args.weights, fp16=args.fp16)
+    print(args.out)
+    return 0
+
+
 def cmd_export_dataset(args) -> int:
     from .data import emoji_dataset, write_image_folder
 
@@ -263,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out")
     e.add_argument("--fp16", action="store_true", help="store the weights in float16 (as the shipped stages)")
     e.set_defaults(func=cmd_export_stage)
+
+    av = sub.add_parser("average-stages", help="the weighted mean of exported stages of one architecture (model soup)")
+    av.add_argument("out")
+    av.add_argument("stages", nargs="+", help="two or more exported stage folders")
+    av.add_argument("--weights", type=float, nargs="+", default=None, help="one per stage, summing to 1 (default: equal)")
+    av.add_argument("--fp16", action="store_true", help="store the weights in float16 (as the shipped stages)")
+    av.set_defaults(func=cmd_average_stages)
 
     ds = sub.add_parser("export-dataset", help="write the emoji corpus as an image folder (PNGs + metadata.jsonl)")
     ds.add_argument("out")
