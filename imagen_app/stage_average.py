@@ -11,16 +11,11 @@ import json
 import os
 from typing import Optional, Sequence
 
-import torch
-
 from .unet import ImagenUNet
 
-# Config keys that only record where a stage was saved from, not what it computes.
-_BOOKKEEPING = {"_diffusers_version", "_name_or_path", "_use_default_values"}
-
-
 def _architecture(unet: ImagenUNet) -> dict:
-    return {k: v for k, v in dict(unet.config).items() if k not in _BOOKKEEPING}
+    """The config without the keys ("_name_or_path", "_diffusers_version", ...) that only record where it came from."""
+    return {k: v for k, v in unet.config.items() if not k.startswith("_")}
 
 
 def average_stages(stage_dirs: Sequence[str], out_dir: str, weights: Optional[Sequence[float]] = None,
