@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--per-family", type=int, default=100, help="seen captions per family for the family table")
     ev.add_argument("--parts", default=None, help="comma-separated subset of: families, two_tones (two-person emoji "
                                                   "with two skin tones: how often they come out swapped), examples, "
-                                                  "text_use, colours (the colour drawn for colour x shape captions), held_out, "
+                                                  "text_use, colours (the colour drawn for colour x shape captions), neighbours "
+                                                  "(single emoji named inside a recoloured caption), held_out, "
                                                   "super_resolution, timing (default: all)")
     ev.set_defaults(func=cmd_evaluate)
 

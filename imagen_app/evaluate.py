@@ -209,6 +209,19 @@ def colour_compositions(pipe, emojis, corpus, held: List[str], seeds=(0, 1, 2, 3
     return report
 
 
+def recipe_neighbours(pipe, emojis, corpus, held: List[str], seeds=(0, 1)) -> Dict:
+    """Top-10 of the seen single emoji whose name is a part of a recoloured caption (`recolour.names_inside`):
+    the family sample may hold none of them, and they are the ones the colour recipe puts at risk."""
+    from .recolour import names_inside, recoloured_emoji
+
+    recoloured = recoloured_emoji(emojis, to_pixels(corpus), held)
+    names = names_inside(recoloured, emojis)
+    index = {e.caption: i for i, e in enumerate(emojis)}
+    runs = [_ranked(pipe, emojis, corpus, names, [index[c] for c in names], s) for s in seeds]
+    return dict(count=len(names) * len(seeds), top10=float(np.mean([r["top10"] for r in runs])), seeds=list(seeds),
+                captions=names, failures=[f for r in runs for f in r["failures"]])
+
+
 def ui_examples(pipe, emojis, corpus, examples: List[str], seeds=(0, 1, 2, 3)) -> List[Dict]:
     """Each UI example at each seed: the rank of the asked emoji (right = among the 3 nearest real renders)."""
     from .text_encoder import normalize_prompt
@@ -254,7 +267,7 @@ def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: 
     return summary
 
 
-PARTS = ("families", "two_tones", "examples", "text_use", "colours", "held_out", "super_resolution", "timing")
+PARTS = ("families", "two_tones", "examples", "text_use", "colours", "neighbours", "held_out", "super_resolution", "timing")
 
 
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
@@ -285,6 +298,8 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
         report["ui_examples"] = ui_examples(pipe, emojis, corpus, EXAMPLES)
     if "colours" in parts:
         report["colours"] = colour_compositions(pipe, emojis, corpus, held)
+    if "neighbours" in parts:
+        report["neighbours"] = recipe_neighbours(pipe, emojis, corpus, held)
     if "text_use" in parts:
         report["text_use"] = text_use_by_family(pipe, emojis, rendered_corpus(emojis, base_px), all_seen, seed=seed)
     if "held_out" in parts:
@@ -328,6 +343,10 @@ def print_report(r: Dict) -> None:
         print(f"colour x shape, {name.replace('_', '-')}: the asked colour fills the image {c['accuracy']:.1%} of "
               f"{c['count']} (chance {c['chance']:.1%}); " + ", ".join(
                   f"{cap} -> {'/'.join(d or '?' for d in ds)}" for cap, ds in zip(c["captions"], c["drawn"])))
+    n = r.get("neighbours")
+    if n:
+        print(f"single emoji named inside a recoloured caption ({len(n['captions'])}, seeds {n['seeds']}): top-10 "
+              f"{n['top10']:.1%}; wrong: " + (", ".join(f"{p} -> {w}" for p, w in n["failures"]) or "none"))
     if "seen" in r or "held_out" in r:
         print(f"{'set':<10} {'n':>4} {'top-1':>7} {'chance':>7} {'top-10':>7} {'chance':>7} {'median rank':>12} {'chance':>7}")
     for name in [n for n in ("seen", "held_out") if n in r]:

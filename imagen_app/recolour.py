@@ -131,6 +131,15 @@ def recoloured_emoji(emojis: Sequence[Emoji], images: np.ndarray, held_out: Sequ
     return CaptionedImages(stacked, captions, [FAMILY] * len(captions))
 
 
+def names_inside(recoloured: CaptionedImages, emojis: Sequence[Emoji]) -> List[str]:
+    """The seen single emoji whose whole name is a part of a recoloured emoji's name ("kiss" in "purple kiss
+    mark", "beetle" in "blue lady beetle"): the words the colour recipe drills in another emoji's picture, so
+    the ones it may pull towards that picture."""
+    names = {" " + " ".join(c[0].split()[1:]) + " " for c in recoloured.captions}
+    return sorted(e.caption for e in emojis if e.family == "single emoji"
+                  and any(f" {e.caption} " in n and n != f" {e.caption} " for n in names))
+
+
 def with_recoloured(data: CaptionedImages, size: int) -> CaptionedImages:
     """`data` (the emoji corpus at `size` px) followed by the recoloured emoji of the whole corpus's seen part."""
     from .data import held_out_split, load_emoji, rendered_corpus

@@ -76,3 +76,28 @@ def test_colour_compositions_name_the_colour_each_image_is_filled_with(monkeypat
                                       drawn=[["green", "green"]], seeds=[0, 1])
     monkeypatch.setattr(evaluate, "generate_base", drawing("purple"))
     assert evaluate.colour_compositions(None, emojis, corpus, ["purple heart"], seeds=(0, 1))["held_out"]["accuracy"] == 1.0
+
+
+def test_recipe_neighbours_ranks_the_names_a_recoloured_caption_contains(monkeypatch):
+    import imagen_app.evaluate as evaluate
+    import imagen_app.recolour as recolour
+    from imagen_app.data import CaptionedImages, Emoji
+
+    captions = ["kiss", "kiss mark", "panda"] + [f"thing {i}" for i in range(10)]
+    emojis = [Emoji(code=str(i), caption=c) for i, c in enumerate(captions)]
+    corpus = -torch.ones(len(captions), 3, 4, 4) + 0.05 * torch.rand(len(captions), 3, 4, 4)
+    corpus[0] = 1.0  # "kiss" far from every other emoji, so drawing the kiss mark for it ranks it last
+    made = CaptionedImages(torch.zeros(1, 4, 4, 3).byte().numpy(), [["purple kiss mark"]], ["recoloured"])
+    monkeypatch.setattr(recolour, "recoloured_emoji", lambda *a, **k: made)
+    index = {c: i for i, c in enumerate(captions)}
+
+    def drawing(wrong_seeds):  # "kiss" drawn as the kiss mark at `wrong_seeds`, everything else right
+        return lambda pipe, prompts, seed: corpus[[index["kiss mark" if p == "kiss" and seed in wrong_seeds else p]
+                                                   for p in prompts]]
+
+    monkeypatch.setattr(evaluate, "generate_base", drawing(wrong_seeds={0}))
+    report = evaluate.recipe_neighbours(None, emojis, corpus, held=[], seeds=(0, 1))
+    assert report["captions"] == ["kiss"] and report["count"] == 2 and report["top10"] == 0.5
+    assert report["failures"] == [["kiss", "kiss mark"]]
+    monkeypatch.setattr(evaluate, "generate_base", drawing(wrong_seeds=set()))
+    assert evaluate.recipe_neighbours(None, emojis, corpus, held=[], seeds=(0, 1))["top10"] == 1.0

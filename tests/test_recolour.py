@@ -2,8 +2,8 @@
 stays; the synthetic captions never name a real emoji, so no held-out composition is made."""
 import numpy as np
 
-from imagen_app.data import Emoji
-from imagen_app.recolour import main_colour, palette, recolour, recoloured_emoji
+from imagen_app.data import CaptionedImages, Emoji
+from imagen_app.recolour import main_colour, names_inside, palette, recolour, recoloured_emoji
 
 from conftest import BLUE, GREEN, PURPLE, RED, YELLOW, filled
 
@@ -48,3 +48,13 @@ def test_recoloured_emoji_makes_new_names_only():
     assert data.families == ["recoloured"] * len(captions) and len(data.images) == len(captions)
     i = captions.index("purple balloon")
     assert (data.images[i][2:-2, 2:-2] == PURPLE).all()
+
+
+def test_names_inside_lists_the_single_emoji_a_recoloured_name_contains():
+    recoloured = CaptionedImages(np.zeros((3, 4, 4, 3), np.uint8),
+                                 [["purple kiss mark"], ["blue lady beetle"], ["green star"]], ["recoloured"] * 3)
+    names = ["kiss", "kiss mark", "beetle", "lady", "star", "mark twain", "flag: japan", "beetles"]
+    emojis = [Emoji(code=f"{i:04X}", caption=n) for i, n in enumerate(names)]
+    # a whole name inside another name; not the recoloured emoji's own name ("kiss mark", "star"), not a part
+    # of a word ("beetles"), nor a name that only shares a word ("mark twain")
+    assert names_inside(recoloured, emojis) == ["beetle", "kiss", "lady"]
