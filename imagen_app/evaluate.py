@@ -215,7 +215,8 @@ def recipe_neighbours(pipe, emojis, corpus, held: List[str], seeds=(0, 1)) -> Di
     from .recolour import names_inside, recoloured_emoji
 
     recoloured = recoloured_emoji(emojis, to_pixels(corpus), held)
-    names = names_inside(recoloured, emojis)
+    held_set = set(held)
+    names = names_inside(recoloured, [e for e in emojis if e.caption not in held_set])
     index = {e.caption: i for i, e in enumerate(emojis)}
     runs = [_ranked(pipe, emojis, corpus, names, [index[c] for c in names], s) for s in seeds]
     return dict(count=len(names) * len(seeds), top10=float(np.mean([r["top10"] for r in runs])), seeds=list(seeds),
