@@ -17,7 +17,7 @@ from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the shipped model is on disk; no hub at run time
 
-from imagen_app.ui import CSS, build_app  # noqa: E402
+from imagen_app.app.ui import CSS, build_app  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MCP_MISSING = ('--mcp / IMAGEN_MCP=1: the "mcp" package is not installed, so the app starts without its MCP server. '

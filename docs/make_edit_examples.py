@@ -9,7 +9,7 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from imagen_app.pipeline import ImagenPipeline  # noqa: E402
+from imagen_app.pipeline.pipeline import ImagenPipeline  # noqa: E402
 
 OUT = os.path.join(HERE, "examples")
 # name: (prompt, the box to repaint in fractions of the image (left, top, right, bottom))

@@ -30,11 +30,11 @@ def _stage_values(text: str | None, kind=float):
 def cmd_generate(args) -> int:
     import torch
 
-    from .pipeline import ImagenPipeline, settings_kwargs
+    from .pipeline.pipeline import ImagenPipeline, settings_kwargs
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.deepfloyd_if:  # DeepFloyd IF's stage I (and II) folders or hub ids; fp16 on CUDA
-        from .deepfloyd_if import place
+        from .pipeline.deepfloyd_if import place
 
         pipe = ImagenPipeline.from_deepfloyd_if(args.deepfloyd_if, args.stage_2,
                                                 torch_dtype=torch.float16 if device == "cuda" else None)
@@ -71,7 +71,7 @@ def cmd_generate(args) -> int:
 def cmd_upscale(args) -> int:
     import torch
 
-    from .pipeline import ImagenPipeline
+    from .pipeline.pipeline import ImagenPipeline
 
     pipe = ImagenPipeline.from_pretrained(args.weights)
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,7 +90,7 @@ def cmd_upscale(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, train
+    from .training.train import TrainConfig, train
 
     cfg = TrainConfig.load(args.config, max_steps=args.max_steps, run_dir=args.run_dir, text_encoder=args.text_encoder,
                            data=args.data, init_from=args.init_from, threads=args.threads)
@@ -107,7 +107,7 @@ def _log_line(message: str) -> None:
 
 
 def cmd_export_stage(args) -> int:
-    from .train import export_stage
+    from .training.train import export_stage
 
     export_stage(args.run_dir, args.out, fp16=args.fp16)
     print(args.out)
@@ -115,7 +115,7 @@ def cmd_export_stage(args) -> int:
 
 
 def cmd_average_stages(args) -> int:
-    from .stage_average import average_stages
+    from .training.stage_average import average_stages
 
     average_stages(args.stages, args.out, weights=args.weights, fp16=args.fp16)
     print(args.out)
@@ -123,11 +123,11 @@ def cmd_average_stages(args) -> int:
 
 
 def cmd_export_dataset(args) -> int:
-    from .data import emoji_dataset, write_image_folder
+    from .training.data import emoji_dataset, write_image_folder
 
     data = emoji_dataset(args.resolution, args.split)
     if args.recoloured:
-        from .recolour import with_recoloured
+        from .training.recolour import with_recoloured
 
         before = len(data)
         data = with_recoloured(data, args.resolution)
@@ -138,23 +138,23 @@ def cmd_export_dataset(args) -> int:
 
 
 def cmd_train_text_encoder(args) -> int:
-    from .text_pretrain import train_text_encoder
+    from .training.text_pretrain import train_text_encoder
 
     train_text_encoder(args.out, steps=args.steps)
     return 0
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .evaluation.bench import run_bench
 
     run_bench(args.weights, prompt=args.prompt, repeats=args.repeats, baseline=not args.no_baseline)
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import run_evaluation
+    from .evaluation.evaluate import run_evaluation
 
-    from .evaluate import PARTS
+    from .evaluation.evaluate import PARTS
 
     parts = args.parts.split(",") if args.parts else PARTS
     unknown = sorted(set(parts) - set(PARTS))
@@ -166,8 +166,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import parse_row, write_comparison
-    from .pipeline import ImagenPipeline
+    from .evaluation.compare import parse_row, write_comparison
+    from .pipeline.pipeline import ImagenPipeline
 
     try:
         guidances = [float(g) for g in args.guidance.split(",")]
@@ -184,8 +184,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from .evaluate import sample_grid
-    from .pipeline import ImagenPipeline
+    from .evaluation.evaluate import sample_grid
+    from .pipeline.pipeline import ImagenPipeline
 
     pipe = ImagenPipeline.from_pretrained(args.weights)
     pipe.set_progress_bar_config(disable=True)
@@ -194,12 +194,12 @@ def cmd_grid(args) -> int:
 
 
 def cmd_assemble(args) -> int:
-    from .train import assemble_pipeline
+    from .training.train import assemble_pipeline
 
     settings = json.loads(args.settings) if args.settings else None
     assemble_pipeline(args.text_encoder, args.stages, args.out, settings=settings)
     if args.emoji_lists:
-        from .data import write_caption_lists
+        from .training.data import write_caption_lists
 
         write_caption_lists(args.out)
     print(args.out)

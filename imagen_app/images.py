@@ -15,10 +15,17 @@ def to_pil(x: torch.Tensor) -> List[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
+def pixels_to_tensor(pixels) -> torch.Tensor:
+    """(N, H, W, 3) uint8 pixels (an array, or a sequence of (H, W, 3) arrays) -> (N, 3, H, W) float32 in [-1, 1].
+    Always a copy, so read-only memory maps are fine."""
+    arr = np.stack([np.asarray(p, dtype=np.float32) for p in pixels]) if isinstance(pixels, (list, tuple)) \
+        else np.array(pixels, dtype=np.float32)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1
+
+
 def pil_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
     """PIL images (all one size) -> (B, 3, H, W) float32 in [-1, 1]."""
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1
+    return pixels_to_tensor([np.asarray(im.convert("RGB")) for im in images])
 
 
 def image_grid(images: Sequence[Image.Image], cols: Optional[int] = None, fill: str = "white") -> Image.Image:

@@ -19,7 +19,7 @@ if "GRADIO_TEMP_DIR" not in os.environ:
 
 @pytest.fixture(scope="session")
 def tiny_pipe():
-    from imagen_app.tiny import tiny_pipeline
+    from imagen_app.training.tiny import tiny_pipeline
 
     return tiny_pipeline()
 
@@ -36,7 +36,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def app_url(tiny_pipe):
-    from imagen_app.ui import build_app
+    from imagen_app.app.ui import build_app
 
     demo = build_app(tiny_pipe, concurrency_limit=1, max_queue=16)
     port = free_port()
@@ -53,7 +53,7 @@ SMALL_UNET = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=(1
 
 def small_unet(**kwargs):
     """A U-Net of a few thousand parameters whose output depends on its text (no zero output layers)."""
-    from imagen_app.unet import ImagenUNet
+    from imagen_app.models.unet import ImagenUNet
 
     torch.manual_seed(0)
     unet = ImagenUNet(**SMALL_UNET, **kwargs).eval()

@@ -92,7 +92,7 @@ def test_messages_say_what_is_accepted(client):
 
 
 def test_none_for_every_optional_input_is_its_default(client, tiny_pipe):
-    from imagen_app.ui import generate_parameters
+    from imagen_app.app.ui import generate_parameters
 
     names = [p.name for p in generate_parameters(tiny_pipe.num_stages)][1:-2]  # all but prompt, progress and request
     nones = {name: None for name in names}
@@ -190,7 +190,7 @@ def test_an_extra_positional_argument_is_refused_by_name(client, capfd, api_name
 
 # ----- disk ------------------------------------------------------------------------------------------
 def test_png_downloads_do_not_pile_up():
-    from imagen_app.ui import KEEP_DOWNLOADS, downloads_folder, png_with_metadata
+    from imagen_app.app.ui import KEEP_DOWNLOADS, downloads_folder, png_with_metadata
 
     image = Image.new("RGB", (8, 8), "red")
     paths = [png_with_metadata(image, {"prompt": "red", "i": i}) for i in range(KEEP_DOWNLOADS + 8)]
@@ -207,8 +207,8 @@ def cached_files(folders) -> set:
 
 def test_gradio_cache_is_purged_after_cache_minutes(tiny_pipe):
     from conftest import free_port
-    from imagen_app.cache_sweeper import component_cache_folders
-    from imagen_app.ui import build_app, downloads_folder
+    from imagen_app.app.cache_sweeper import component_cache_folders
+    from imagen_app.app.ui import build_app, downloads_folder
 
     demo = build_app(tiny_pipe, cache_minutes=2 / 60)  # files older than 2 s go, checked every second
     assert demo.delete_cache == (1, 2)
@@ -260,7 +260,7 @@ def test_a_stage_pane_shown_again_is_touched_not_written_again(monkeypatch):
     and written again if it was taken."""
     import gradio as gr
 
-    from imagen_app.ui_stage_pane import StagePane
+    from imagen_app.app.stage_pane import StagePane
 
     saved = []
     image_postprocess = gr.Image.postprocess
@@ -280,7 +280,7 @@ def test_a_stage_pane_shown_again_is_touched_not_written_again(monkeypatch):
 
 
 def test_cache_sweeper_deletes_only_old_files_written_while_the_app_runs(tmp_path):
-    from imagen_app.cache_sweeper import CacheSweeper
+    from imagen_app.app.cache_sweeper import CacheSweeper
 
     class App:  # the one thing the sweeper reads of a Gradio app
         is_running = False
@@ -329,7 +329,7 @@ def test_cache_sweeper_deletes_only_old_files_written_while_the_app_runs(tmp_pat
 def test_cache_sweeper_thread_ends_with_a_never_launched_app(tmp_path):
     import gc
 
-    from imagen_app.cache_sweeper import CacheSweeper
+    from imagen_app.app.cache_sweeper import CacheSweeper
 
     class App:
         is_running = False
@@ -359,7 +359,7 @@ def test_missing_defaults_file_is_named(saved, tmp_path):
     with pytest.warns(UserWarning, match="pipeline_defaults.json is missing"):
         pipe = ImagenPipeline.from_pretrained(str(copy))
     assert any("pipeline_defaults.json" in w for w in pipe.load_warnings)
-    from imagen_app.ui import build_app
+    from imagen_app.app.ui import build_app
 
     demo = build_app(pipe)
     notices = [b.value for b in demo.blocks.values() if type(b).__name__ == "Markdown" and isinstance(b.value, str)]
@@ -388,7 +388,7 @@ def test_wrong_weights_path_says_no_such_folder(tmp_path):
 
 
 def test_app_without_weights_says_so_on_generate(tmp_path, capfd):
-    from imagen_app.ui import build_app
+    from imagen_app.app.ui import build_app
 
     demo = build_app(str(tmp_path / "missing"))
     run = next(b for b in demo.blocks.values() if type(b).__name__ == "Button" and b.value == "Generate")

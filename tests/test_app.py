@@ -1,7 +1,5 @@
 """The Gradio app over its API (gradio_client), on a tiny random cascade."""
-import io
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -140,8 +138,8 @@ def used(settings):
 def test_omitted_settings_are_the_pipeline_defaults(client, tiny_pipe):
     """Over the API and in a direct Python call, a setting left out is the loaded pipeline's default,
     stage by stage (each super-resolution stage has its own guidance)."""
-    from imagen_app.pipeline import settings_kwargs
-    from imagen_app.ui import PipelineHolder, make_generate
+    from imagen_app.pipeline.pipeline import settings_kwargs
+    from imagen_app.app.ui import PipelineHolder, make_generate
 
     expected = used(settings_kwargs(tiny_pipe.resolve_settings()))
     assert expected["guidance_scale"] == [3.0, 2.0, 1.0]
@@ -154,9 +152,9 @@ def test_omitted_settings_are_the_pipeline_defaults(client, tiny_pipe):
 def test_ui_controls_follow_the_pipeline(resolutions):
     """The app has one set of per-stage controls per stage of the pipeline, and their initial values (what
     a browser sends when nobody touches them) are the pipeline's own defaults."""
-    from imagen_app.pipeline import settings_kwargs
-    from imagen_app.tiny import tiny_pipeline
-    from imagen_app.ui import PipelineHolder, build_app, make_generate
+    from imagen_app.pipeline.pipeline import settings_kwargs
+    from imagen_app.training.tiny import tiny_pipeline
+    from imagen_app.app.ui import PipelineHolder, build_app, make_generate
 
     pipe = tiny_pipeline(resolutions=resolutions)
     n = len(resolutions)
@@ -228,7 +226,7 @@ def test_mcp_flag(argv, env, has_mcp, expected, tiny_pipe, monkeypatch, capsys):
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
     built, launched = [], []
-    from imagen_app.ui import build_app
+    from imagen_app.app.ui import build_app
 
     monkeypatch.setattr(app, "build_app", lambda source, **kw: built.append(build_app(tiny_pipe, **kw)) or built[-1])
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.append(kw))
@@ -252,7 +250,7 @@ def test_generate_describes_itself_to_api_and_mcp_clients(tiny_pipe):
     import inspect
 
     import gradio as gr
-    from imagen_app.ui import PipelineHolder, make_generate
+    from imagen_app.app.ui import PipelineHolder, make_generate
 
     generate = make_generate(PipelineHolder(tiny_pipe))
     description, params, returns = gr.utils.get_function_description(generate)

@@ -1,10 +1,10 @@
 """Cross-attention maps: what the recorder extracts, per word, at no cost when off."""
 import torch
 
-from imagen_app.attention_maps import CrossAttentionRecorder, overlay, word_maps
-from imagen_app.tiny import TINY_CAPTIONS, tiny_unet
-from imagen_app.text_pretrain import train_caption_tokenizer
-from imagen_app.unet import TextAttention
+from imagen_app.pipeline.attention_maps import CrossAttentionRecorder, overlay, word_maps
+from imagen_app.training.tiny import TINY_CAPTIONS, tiny_unet
+from imagen_app.training.text_pretrain import train_caption_tokenizer
+from imagen_app.models.unet import TextAttention
 
 
 def test_recorder_finds_the_token_the_layer_attends_to():
@@ -71,7 +71,7 @@ def test_word_maps_join_subtokens_and_drop_special_tokens():
 def test_pipeline_returns_word_maps_per_stage_and_streams_them():
     import numpy as np
 
-    from imagen_app.tiny import tiny_pipeline
+    from imagen_app.training.tiny import tiny_pipeline
 
     pipe = tiny_pipeline()
     prompt = "woman firefighter: dark skin tone"

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from imagen_app.caption_vocabulary import CaptionVocabulary, fold
+from imagen_app.models.caption_vocabulary import CaptionVocabulary, fold
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 NAMES = ["flag: japan", "flag: côte d’ivoire", "flag: st. kitts & nevis", "flag: myanmar (burma)", "flag: turkey",
@@ -39,7 +39,7 @@ def test_every_shipped_name_maps_to_itself_so_training_captions_are_unchanged():
 
 def test_the_pipeline_encodes_a_typed_name_as_the_known_name_and_saves_its_vocabulary(tmp_path):
     from imagen_app import ImagenPipeline
-    from imagen_app.tiny import tiny_pipeline
+    from imagen_app.training.tiny import tiny_pipeline
 
     pipe = tiny_pipeline()
     plain = pipe.prompt_encoder.encode(["japan"])[0]

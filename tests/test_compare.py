@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from imagen_app.compare import parse_row, run_cells, write_comparison
-from imagen_app.tiny import tiny_pipeline
+from imagen_app.evaluation.compare import parse_row, run_cells, write_comparison
+from imagen_app.training.tiny import tiny_pipeline
 
 
 def test_rows_parse_to_settings():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from imagen_app.curriculum import (BlockCurriculum, CurriculumConfig, family_sample, summarize_by_family,
+from imagen_app.training.curriculum import (BlockCurriculum, CurriculumConfig, family_sample, summarize_by_family,
                                    swapped_tones, text_use, two_tone_sample, word_order_use,
                                    wrong_captions_within_family)
-from imagen_app.pipeline import noise_schedule
-from imagen_app.text_encoder import normalize_prompt
+from imagen_app.pipeline.pipeline import noise_schedule
+from imagen_app.models.text_encoder import normalize_prompt
 
 
 @pytest.mark.parametrize("typed, canonical", [
@@ -33,7 +33,7 @@ def test_typed_forms_become_the_cldr_form(typed, canonical):
 def test_every_training_caption_is_its_own_normal_form():
     """Training captions and the CLDR names users copy pass through unchanged, so the shipped model's
     captions mean what they meant; the one rewrite is the "flag for X" alias, which becomes the flag's CLDR name."""
-    from imagen_app.data import emoji_dataset
+    from imagen_app.training.data import emoji_dataset
 
     data = emoji_dataset(32, "all")
     changed = {c: normalize_prompt(c) for caps in data.captions for c in caps if normalize_prompt(c) != " ".join(c.split())}
@@ -44,7 +44,7 @@ def test_every_training_caption_is_its_own_normal_form():
 
 
 def test_families_of_the_corpus():
-    from imagen_app.data import FAMILIES, load_emoji
+    from imagen_app.training.data import FAMILIES, load_emoji
 
     fam = {e.caption: e.family for e in load_emoji()}
     assert fam["flag: japan"] == "flags" and fam["scotland"] == "flags"
@@ -101,7 +101,7 @@ def test_text_use_compares_right_wrong_and_null_errors():
 
 
 def test_swapped_tones_exchange_the_two_people_and_stay_in_the_corpus():
-    from imagen_app.data import load_emoji
+    from imagen_app.training.data import load_emoji
 
     assert swapped_tones("kiss woman man: light skin tone, medium-dark skin tone") == \
         "kiss woman man: medium-dark skin tone, light skin tone"

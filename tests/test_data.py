@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from imagen_app import data
+from imagen_app.training import data
 
 
 def test_cldr_captions():

@@ -13,10 +13,10 @@ from PIL import Image
 from diffusers import DDPMScheduler, IFPipeline, IFSuperResolutionPipeline, UNet2DConditionModel
 from transformers import T5EncoderModel
 
-from imagen_app import deepfloyd_if
+from imagen_app.pipeline import deepfloyd_if
 from imagen_app.images import to_pil
-from imagen_app.text_encoder import freeze
-from imagen_app.text_pretrain import small_t5_config, train_caption_tokenizer
+from imagen_app.models.text_encoder import freeze
+from imagen_app.training.text_pretrain import small_t5_config, train_caption_tokenizer
 
 PROMPT = "a red panda wearing a blue hat"
 CAPTIONS = [PROMPT, "a photo of a corgi", "green circle", "grinning face on the moon", "flag of japan"]
@@ -231,7 +231,7 @@ def test_cli_generates_with_deepfloyd_if(if_folders, tmp_path):
 
 
 def test_app_starts_on_if(if_folders):
-    from imagen_app.ui import build_app
+    from imagen_app.app.ui import build_app
 
     demo = build_app({"stage_1": if_folders[0], "stage_2": if_folders[1]})
     labels = [getattr(b, "label", None) or "" for b in demo.blocks.values()]
@@ -240,7 +240,7 @@ def test_app_starts_on_if(if_folders):
 
 
 def test_app_generate_streams_if(if_pipe):
-    from imagen_app.ui import PipelineHolder, make_generate
+    from imagen_app.app.ui import PipelineHolder, make_generate
 
     generate = make_generate(PipelineHolder(if_pipe))
     updates = list(generate(PROMPT, seed=4, steps_stage_1=2, steps_stage_2=2, progress=lambda *a, **k: None))

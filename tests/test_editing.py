@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from imagen_app.editing import (EditInputs, StageEdit, check_strength, image_tensor, load_image, load_mask,
+from imagen_app.pipeline.editing import (EditInputs, StageEdit, check_strength, image_tensor, load_image, load_mask,
                                 mask_tensor, sdedit_timesteps)
 from imagen_app.images import pil_to_tensor
-from imagen_app.pipeline import ImagenPipeline, noise_schedule
-from imagen_app.tiny import tiny_pipeline
-from imagen_app.unet import ImagenUNet
+from imagen_app.pipeline.pipeline import ImagenPipeline, noise_schedule
+from imagen_app.training.tiny import tiny_pipeline
+from imagen_app.models.unet import ImagenUNet
 
 from conftest import seeded
 
@@ -253,7 +253,7 @@ WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ])
 def test_shipped_model_keeps_the_unmasked_region(prompt, edit_prompt, box, repaints):
     """The README's figures (`python -m pytest -m slow -s tests/test_editing.py`)."""
-    from imagen_app.editing import edit_check
+    from imagen_app.evaluation.edit_check import edit_check
 
     report = edit_check(WEIGHTS, prompt, edit_prompt, box=box)
     print(report)

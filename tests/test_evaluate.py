@@ -1,6 +1,6 @@
 import torch
 
-from imagen_app.evaluate import attribute_accuracy, psnr, rank_of_truth, ssim
+from imagen_app.evaluation.evaluate import attribute_accuracy, psnr, rank_of_truth, ssim
 
 
 def test_ssim_and_psnr():
@@ -30,8 +30,8 @@ def test_attribute_accuracy():
 def test_two_tone_order_counts_images_nearer_the_swapped_emoji(monkeypatch):
     from types import SimpleNamespace
 
-    import imagen_app.evaluate as evaluate
-    from imagen_app.curriculum import swapped_tones
+    import imagen_app.evaluation.evaluate as evaluate
+    from imagen_app.training.curriculum import swapped_tones
 
     captions = ["kiss woman man: dark skin tone, light skin tone", "kiss woman man: light skin tone, dark skin tone",
                 "handshake: medium skin tone, dark skin tone", "handshake: dark skin tone, medium skin tone",
@@ -54,8 +54,8 @@ def test_two_tone_order_counts_images_nearer_the_swapped_emoji(monkeypatch):
 def test_colour_compositions_name_the_colour_each_image_is_filled_with(monkeypatch):
     import numpy as np
 
-    import imagen_app.evaluate as evaluate
-    from imagen_app.data import Emoji
+    import imagen_app.evaluation.evaluate as evaluate
+    from imagen_app.training.data import Emoji
     from conftest import GREEN, PURPLE, RED, filled
 
     emojis = [Emoji(code=str(i), caption=c) for i, c in enumerate(["red circle", "purple square", "green heart", "purple heart"])]
@@ -79,9 +79,9 @@ def test_colour_compositions_name_the_colour_each_image_is_filled_with(monkeypat
 
 
 def test_recipe_neighbours_ranks_the_names_a_recoloured_caption_contains(monkeypatch):
-    import imagen_app.evaluate as evaluate
-    import imagen_app.recolour as recolour
-    from imagen_app.data import CaptionedImages, Emoji
+    import imagen_app.evaluation.evaluate as evaluate
+    import imagen_app.training.recolour as recolour
+    from imagen_app.training.data import CaptionedImages, Emoji
 
     captions = ["kiss", "kiss mark", "panda"] + [f"thing {i}" for i in range(10)]
     emojis = [Emoji(code=str(i), caption=c) for i, c in enumerate(captions)]

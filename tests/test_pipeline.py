@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from imagen_app import ImagenPipeline
-from imagen_app.pipeline import SCHEDULERS
+from imagen_app.pipeline.pipeline import SCHEDULERS
 from conftest import seeded
 
 
@@ -71,11 +71,11 @@ def test_stop_at_stage(tiny_pipe):
 def test_guidance_one_is_conditional_branch(tiny_pipe):
     """w = 1 gives eps_uncond + 1 * (eps_cond - eps_uncond) = eps_cond: the same as the conditional
     branch alone (which the pipeline runs without the unconditional half)."""
-    unet, sched = tiny_pipe.unet_1, tiny_pipe.scheduler_1
+    unet = tiny_pipe.unet_1
     emb, mask = tiny_pipe.prompt_encoder.encode(["", "red heart"])
     x = torch.randn(1, 3, 8, 8)
     both = unet(torch.cat([x, x]), 500, emb, mask).sample
-    from imagen_app.guidance import classifier_free_guidance
+    from imagen_app.pipeline.guidance import classifier_free_guidance
 
     guided = classifier_free_guidance(both[:1], both[1:], 1.0)
     cond_alone = unet(x, 500, emb[1:], mask[1:]).sample
@@ -97,7 +97,7 @@ def test_padding_does_not_change_unet_output(tiny_pipe):
 
 
 def test_dynamic_thresholding_bounds_and_effect(tiny_pipe):
-    from imagen_app.guidance import dynamic_threshold
+    from imagen_app.pipeline.guidance import dynamic_threshold
 
     x0 = torch.randn(4, 3, 16, 16) * 3
     out = dynamic_threshold(x0, 99.5, max_value=10.0)
@@ -140,7 +140,7 @@ def test_every_scheduler_runs(tiny_pipe, name):
 
 
 def test_v_prediction_pipeline_runs():
-    from imagen_app.tiny import tiny_pipeline
+    from imagen_app.training.tiny import tiny_pipeline
 
     pipe = tiny_pipeline(resolutions=(8, 32), prediction_type="v_prediction")
     out = pipe("panda", scheduler="euler-ancestral", generator=seeded())
@@ -189,7 +189,7 @@ def test_empty_prompt_is_unconditional(tiny_pipe):
 
 @pytest.fixture(scope="module")
 def v_pipe():
-    from imagen_app.tiny import tiny_pipeline
+    from imagen_app.training.tiny import tiny_pipeline
 
     return tiny_pipeline(prediction_type="v_prediction")
 
@@ -217,8 +217,8 @@ def x0_zero_unet(unet, alphas_cumprod):
 
 
 def test_residual_stage_adds_its_sample_to_the_bicubic_upsample():
-    from imagen_app.tiny import tiny_pipeline
-    from imagen_app.unet import upsample_lowres
+    from imagen_app.training.tiny import tiny_pipeline
+    from imagen_app.models.unet import upsample_lowres
 
     pipe = tiny_pipeline()
     unet = pipe.unet_2
@@ -238,7 +238,7 @@ def test_residual_stage_adds_its_sample_to_the_bicubic_upsample():
 
 
 def test_residual_needs_a_lowres_stage():
-    from imagen_app.unet import ImagenUNet
+    from imagen_app.models.unet import ImagenUNet
 
     with pytest.raises(ValueError, match="super-resolution"):
         ImagenUNet(residual=True)
@@ -275,7 +275,7 @@ def test_resolve_settings_names_the_bad_setting(tiny_pipe, kwargs, message):
 
 
 def test_default_settings_are_saved_and_loaded(tiny_pipe, tmp_path):
-    from imagen_app.tiny import tiny_pipeline
+    from imagen_app.training.tiny import tiny_pipeline
 
     pipe = tiny_pipeline(resolutions=(8, 32))
     pipe.settings.update(guidance_scale=[7.0, 1.5], num_inference_steps=[5, 2])

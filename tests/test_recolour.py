@@ -2,8 +2,8 @@
 stays; the synthetic captions never name a real emoji, so no held-out composition is made."""
 import numpy as np
 
-from imagen_app.data import CaptionedImages, Emoji
-from imagen_app.recolour import main_colour, names_inside, palette, recolour, recoloured_emoji
+from imagen_app.training.data import CaptionedImages, Emoji
+from imagen_app.training.recolour import main_colour, names_inside, palette, recolour, recoloured_emoji
 
 from conftest import BLUE, GREEN, PURPLE, RED, YELLOW, filled
 

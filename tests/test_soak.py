@@ -19,8 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the server's alone (not the client's, nor pytest's).
 SERVER = """
 import sys
-from imagen_app.tiny import tiny_pipeline
-from imagen_app.ui import build_app
+from imagen_app.training.tiny import tiny_pipeline
+from imagen_app.app.ui import build_app
 build_app(tiny_pipeline(), cache_minutes=0.5).launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), quiet=True)
 """
 
@@ -39,7 +39,7 @@ def rss_bytes(pid: int) -> int:
 @pytest.mark.slow
 def test_rss_does_not_grow_over_200_generations(tmp_path):
     from conftest import free_port
-    from imagen_app.tiny import TINY_CAPTIONS
+    from imagen_app.training.tiny import TINY_CAPTIONS
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -84,7 +84,7 @@ def test_streams_give_every_output_a_value(tiny_pipe):
     after 6), and the files written for them were never deleted by Gradio's delete_cache."""
     from PIL import Image
 
-    from imagen_app.ui import build_app
+    from imagen_app.app.ui import build_app
 
     demo = build_app(tiny_pipe)
     fns = {f.api_name: f.fn for f in demo.fns.values() if f.api_name in ("generate", "upscale")}

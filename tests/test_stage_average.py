@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import small_unet
-from imagen_app.stage_average import average_stages
-from imagen_app.unet import ImagenUNet
+from imagen_app.training.stage_average import average_stages
+from imagen_app.models.unet import ImagenUNet
 
 
 @pytest.fixture

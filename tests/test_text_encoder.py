@@ -1,6 +1,6 @@
 import torch
 
-from imagen_app.text_encoder import PromptEncoder
+from imagen_app.models.text_encoder import PromptEncoder
 
 
 def test_embeddings_and_mask(tiny_pipe):

@@ -2,7 +2,7 @@ import random
 
 import torch
 
-from imagen_app.text_pretrain import export_encoder, pretrain_t5, span_corrupt, train_caption_tokenizer
+from imagen_app.training.text_pretrain import export_encoder, pretrain_t5, span_corrupt, train_caption_tokenizer
 
 CAPTIONS = ["red heart", "blue heart", "woman firefighter: dark skin tone", "man firefighter", "flag: japan"]
 

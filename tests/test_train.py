@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from imagen_app.train import (CHECKPOINT, TrainConfig, checkpoint_path, export_stage, read_checkpoint,
+from imagen_app.training.train import (CHECKPOINT, TrainConfig, checkpoint_path, export_stage, read_checkpoint,
                               read_checkpoint_step, train)
-from imagen_app.unet import ImagenUNet
+from imagen_app.models.unet import ImagenUNet
 
 TINY_UNET = dict(block_out_channels=[8, 16], layers_per_block=[1, 1], cross_attention_levels=[False, True],
                  self_attention_levels=[False, True], attention_head_dim=8, norm_num_groups=4)
@@ -53,7 +53,7 @@ def config(tmp_path, text_encoder_dir, image_folder, **kw):
 
 
 def test_image_folder_reads_sidecars_and_metadata(image_folder):
-    from imagen_app.data import image_folder_dataset
+    from imagen_app.training.data import image_folder_dataset
 
     data = image_folder_dataset(image_folder, 16)
     assert data.images.shape == (4, 16, 16, 3)
@@ -135,8 +135,8 @@ def test_super_resolution_stage_on_crops_and_export(tmp_path, text_encoder_dir, 
 def test_sr_batch_crops_are_aligned(text_encoder_dir, image_folder, tmp_path):
     import random
 
-    from imagen_app.data import image_folder_dataset
-    from imagen_app.train import make_batch
+    from imagen_app.training.data import image_folder_dataset
+    from imagen_app.training.train import make_batch
 
     cfg = config(tmp_path, text_encoder_dir, image_folder, resolution=32, lowres_resolution=8, crop_size=16)
     data = image_folder_dataset(image_folder, 32)
@@ -150,7 +150,7 @@ def test_assemble_exported_stages_into_a_pipeline(tmp_path, text_encoder_dir, im
     from safetensors import safe_open
 
     from imagen_app import ImagenPipeline
-    from imagen_app.train import assemble_pipeline
+    from imagen_app.training.train import assemble_pipeline
 
     base = config(tmp_path / "base", text_encoder_dir, image_folder, resolution=8, max_steps=1)
     sr = config(tmp_path / "sr", text_encoder_dir, image_folder, resolution=32, lowres_resolution=8, crop_size=16,
@@ -171,8 +171,8 @@ def test_assemble_exported_stages_into_a_pipeline(tmp_path, text_encoder_dir, im
 
 
 def test_min_snr_weighting(tmp_path, text_encoder_dir, image_folder):
-    from imagen_app.pipeline import noise_schedule
-    from imagen_app.train import diffusion_loss
+    from imagen_app.pipeline.pipeline import noise_schedule
+    from imagen_app.training.train import diffusion_loss
 
     unet = ImagenUNet(sample_size=16, text_embed_dim=16, **TINY_UNET)
     torch.nn.init.normal_(unet.conv_out.weight, std=0.1)  # a non-trivial prediction
@@ -328,9 +328,9 @@ def test_two_process_resume_matches_an_uninterrupted_run(two_process_runs):
 def test_sample_grid_is_one_row_of_the_sample_prompts(tmp_path):
     from PIL import Image
 
-    from imagen_app.text_encoder import PromptEncoder
-    from imagen_app.tiny import tiny_pipeline
-    from imagen_app.train import write_sample_grid
+    from imagen_app.models.text_encoder import PromptEncoder
+    from imagen_app.training.tiny import tiny_pipeline
+    from imagen_app.training.train import write_sample_grid
 
     pipe = tiny_pipeline()
     cfg = TrainConfig(run_dir=str(tmp_path), text_encoder="", resolution=8, sample_prompts=["red heart", "panda", "flag: japan"])
@@ -342,7 +342,7 @@ def test_sample_grid_is_one_row_of_the_sample_prompts(tmp_path):
 
 
 def test_caption_variants_can_be_turned_off():
-    from imagen_app.train import load_images
+    from imagen_app.training.train import load_images
 
     bare = load_images(TrainConfig(run_dir="", text_encoder="", resolution=32, caption_variants=False))
     full = load_images(TrainConfig(run_dir="", text_encoder="", resolution=32))
@@ -352,7 +352,7 @@ def test_caption_variants_can_be_turned_off():
 
 
 def test_text_positions_get_their_own_lr_without_weight_decay(tmp_path, text_encoder_dir, image_folder):
-    from imagen_app.train import parameter_groups
+    from imagen_app.training.train import parameter_groups
 
     unet = ImagenUNet(**dict(TINY_UNET, text_embed_dim=16, text_position_embeddings=4))
     plain = config(tmp_path, text_encoder_dir, image_folder, weight_decay=0.01)
@@ -366,7 +366,7 @@ def test_text_positions_get_their_own_lr_without_weight_decay(tmp_path, text_enc
 
 
 def test_pixel_coordinates_join_the_word_order_group(tmp_path, text_encoder_dir, image_folder):
-    from imagen_app.train import parameter_groups
+    from imagen_app.training.train import parameter_groups
 
     unet = ImagenUNet(**dict(TINY_UNET, text_embed_dim=16, text_position_embeddings=4, pixel_coordinates=True))
     coordinates = [m.coordinates.weight for m in unet.modules() if getattr(m, "coordinates", None) is not None]

@@ -6,14 +6,14 @@ import logging
 import gradio as gr
 import pytest
 
-from imagen_app import ui_inputs
-from imagen_app.ui_inputs import api_message, user_facing_errors
+from imagen_app.app import inputs
+from imagen_app.app.inputs import api_message, user_facing_errors
 
 
 @pytest.fixture
 def released(monkeypatch):
     calls = []
-    monkeypatch.setattr(ui_inputs, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(inputs, "release_freed_memory", lambda: calls.append(1))
     return calls
 
 
@@ -100,7 +100,7 @@ def test_the_memory_is_released_after_a_normal_end_too(released):
 def test_the_edit_and_upscale_stream_uses_it(released):
     """The Edit and Upscale stream (ui_edit.stream_panes): an unexpected error from the pipeline's events is the
     short message, the events are closed, the memory released."""
-    from imagen_app.ui_edit import stream_panes
+    from imagen_app.app.edit_tabs import stream_panes
 
     closed = []
 

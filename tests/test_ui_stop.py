@@ -6,7 +6,7 @@ import time
 import pytest
 from PIL import Image
 
-from imagen_app.ui_stop import ActiveRuns, session_of
+from imagen_app.app.stop import ActiveRuns, session_of
 
 
 def test_wait_returns_once_the_generator_is_closed():
@@ -87,8 +87,8 @@ def stop_wiring(demo, api_name):
 def edit_demo(tiny_pipe):
     import gradio as gr
 
-    from imagen_app.ui import PipelineHolder
-    from imagen_app.ui_edit import build_edit_tabs
+    from imagen_app.app.ui import PipelineHolder
+    from imagen_app.app.edit_tabs import build_edit_tabs
 
     with gr.Blocks() as demo:
         build_edit_tabs(PipelineHolder(tiny_pipe))

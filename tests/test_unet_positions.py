@@ -3,7 +3,7 @@ caption was the same condition); with them order counts; at zero they change not
 can take them on."""
 import torch
 
-from imagen_app.unet import ImagenUNet
+from imagen_app.models.unet import ImagenUNet
 
 from conftest import SMALL_UNET as SMALL, small_unet
 
@@ -54,7 +54,7 @@ def test_a_trained_stage_takes_on_zero_positions_and_keeps_them_when_saved(tmp_p
 
 
 def test_positions_may_start_as_scaled_sinusoids():
-    from imagen_app.unet import sinusoidal_embedding
+    from imagen_app.models.unet import sinusoidal_embedding
 
     unet = ImagenUNet(**SMALL, text_position_embeddings=6, text_position_init_scale=0.5)
     expected = sinusoidal_embedding(torch.arange(6), 16) * 0.5
@@ -64,7 +64,7 @@ def test_positions_may_start_as_scaled_sinusoids():
 
 @torch.no_grad()
 def test_pixel_grid_follows_the_flattened_feature_map():
-    from imagen_app.unet import pixel_grid
+    from imagen_app.models.unet import pixel_grid
 
     grid = pixel_grid(2, 4)
     assert grid.shape == (8, 2)
@@ -87,7 +87,7 @@ def test_pixel_coordinates_start_at_zero_and_then_let_a_query_tell_left_from_rig
 
 @torch.no_grad()
 def test_with_pixel_coordinates_an_attention_layer_tells_left_from_right():
-    from imagen_app.unet import TextAttention
+    from imagen_app.models.unet import TextAttention
 
     torch.manual_seed(0)
     # A feature map the same at every pixel: without coordinates every query is the same, so is every output.

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Optional, Sequence
 
-from .unet import ImagenUNet
+from ..models.unet import ImagenUNet
 
 
 def _architecture(unet: ImagenUNet) -> dict:

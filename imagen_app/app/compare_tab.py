@@ -11,8 +11,8 @@ from typing import List
 
 import gradio as gr
 
-from .compare import labelled_grid, parse_row, run_cells
-from .ui_inputs import MAX_PROMPT_CHARS, MAX_SEED, choice_input, input_error, text_input, user_facing_errors, whole_input
+from ..evaluation.compare import labelled_grid, parse_row, run_cells
+from .inputs import MAX_PROMPT_CHARS, MAX_SEED, choice_input, input_error, text_input, user_facing_errors, whole_input
 
 THRESHOLDING_ROWS = ["0", "static", "99.5"]  # the paper's three rows
 NOISE_AUG_ROWS = ["aug=0", "aug=0.1", "aug=0.3", "aug=0.5"]

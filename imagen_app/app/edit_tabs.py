@@ -18,14 +18,15 @@ import gradio as gr
 import torch
 from PIL import Image, ImageChops
 
-from .editing import mask_gray
-from .images import image_grid
-from .ui_stage_pane import StagePane, stage_pane
-from .ui_inputs import (MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input,
+from ..pipeline.editing import mask_gray
+from ..images import image_grid
+from .stage_pane import StagePane, stage_pane
+from .inputs import (MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input,
                         user_facing_errors, whole_input)
-from .ui_stop import ActiveRuns, session_of, wire_stop
+from .stop import ActiveRuns, session_of, wire_stop
 
-EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "examples")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLES_DIR = os.path.join(REPO, "docs", "examples")
 # (file stem, prompt, strength): the init image and the mask layer are docs/examples/<stem>.png, <stem>_mask.png
 EDIT_EXAMPLES = [("firefighter", "woman firefighter: light skin tone", 1.0),
                  ("red_heart", "blue heart", 1.0)]

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .pipeline import ImagenPipeline, pil_to_tensor
-from .unet import upsample_lowres
+from ..images import pil_to_tensor, pixels_to_tensor
+from ..pipeline.pipeline import ImagenPipeline
+from ..models.unet import upsample_lowres
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
@@ -59,7 +60,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Ten
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1  # a copy: memmaps are read-only
+    return pixels_to_tensor(images)
 
 
 def to_pixels(images: torch.Tensor) -> np.ndarray:
@@ -97,7 +98,7 @@ def alignment(pipe, emojis, corpus, captions: List[str], seed: int) -> Dict:
 
 def attribute_accuracy(emojis, held: List[str], nearest: List[str]) -> Dict:
     """For held-out compositions: does the nearest real image have the asked skin tone / gender / colour?"""
-    from .data import COLOURS, GENDERS, SKIN_TONES, Emoji
+    from ..training.data import COLOURS, GENDERS, SKIN_TONES, Emoji
 
     results: Dict[str, List[bool]] = {"skin tone": [], "gender": [], "colour": []}
     for asked, got in zip(held, nearest):
@@ -114,7 +115,7 @@ def attribute_accuracy(emojis, held: List[str], nearest: List[str]) -> Dict:
 
 @torch.no_grad()
 def super_resolution(pipe, emojis, held_idx: List[int], count: int, seed: int) -> List[Dict]:
-    from .data import rendered_corpus
+    from ..training.data import rendered_corpus
 
     rows = []
     idx = held_idx[:count]
@@ -146,7 +147,7 @@ def plain_phrasing(emoji) -> str:
 
 def by_family(pipe, emojis, corpus, seen: List[str], per_family: int, seed: int) -> Dict:
     """Family -> phrasing -> alignment figures, on a seeded sample of `per_family` seen captions per family."""
-    from .data import FAMILIES
+    from ..training.data import FAMILIES
 
     index = {e.caption: i for i, e in enumerate(emojis)}
     rng = random.Random(seed)
@@ -169,7 +170,7 @@ def by_family(pipe, emojis, corpus, seen: List[str], per_family: int, seed: int)
 def two_tone_order(pipe, emojis, corpus, seen: List[str], count: int, seed: int) -> Dict:
     """Two-person emoji with two skin tones (a seeded sample of seen ones): top-1/top-10 as for a family, and how
     often the image is nearer the swapped emoji (each person with the other's tone) than the asked one."""
-    from .curriculum import swapped_tones, two_tone_sample
+    from ..training.curriculum import swapped_tones, two_tone_sample
 
     index = {e.caption: i for i, e in enumerate(emojis)}
     chosen = [seen[i] for i in two_tone_sample(seen, count, seed)]
@@ -192,7 +193,7 @@ def colour_compositions(pipe, emojis, corpus, held: List[str], seeds=(0, 1, 2, 3
     """The colour drawn for "<colour> <shape>" captions (heart, circle, square), held out and seen: the palette
     colour (imagen_app/recolour.py) that fills most of each generated image, against the asked one. The
     held-out ones test whether a colour word is a colour, not a part of one emoji's name."""
-    from .recolour import main_colour, palette
+    from ..training.recolour import main_colour, palette
 
     colours = palette(emojis, to_pixels(corpus), held)
     held_set = set(held)
@@ -212,7 +213,7 @@ def colour_compositions(pipe, emojis, corpus, held: List[str], seeds=(0, 1, 2, 3
 def recipe_neighbours(pipe, emojis, corpus, held: List[str], seeds=(0, 1)) -> Dict:
     """Top-10 of the seen single emoji whose name is a part of a recoloured caption (`recolour.names_inside`):
     the family sample may hold none of them, and they are the ones the colour recipe puts at risk."""
-    from .recolour import names_inside, recoloured_emoji
+    from ..training.recolour import names_inside, recoloured_emoji
 
     recoloured = recoloured_emoji(emojis, to_pixels(corpus), held)
     held_set = set(held)
@@ -225,7 +226,7 @@ def recipe_neighbours(pipe, emojis, corpus, held: List[str], seeds=(0, 1)) -> Di
 
 def ui_examples(pipe, emojis, corpus, examples: List[str], seeds=(0, 1, 2, 3)) -> List[Dict]:
     """Each UI example at each seed: the rank of the asked emoji (right = among the 3 nearest real renders)."""
-    from .text_encoder import normalize_prompt
+    from ..models.text_encoder import normalize_prompt
 
     names = {}
     for i, e in enumerate(emojis):
@@ -246,9 +247,9 @@ def ui_examples(pipe, emojis, corpus, examples: List[str], seeds=(0, 1, 2, 3)) -
 
 def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: int = 60, seed: int = 0) -> Dict:
     """The quick measure of how much the right caption helps the base U-Net, per family (as training logs it)."""
-    from .curriculum import (family_sample, summarize_by_family, text_use, two_tone_sample, word_order_use,
+    from ..training.curriculum import (family_sample, summarize_by_family, text_use, two_tone_sample, word_order_use,
                              wrong_captions_within_family)
-    from .text_encoder import PromptEncoder
+    from ..models.text_encoder import PromptEncoder
 
     index = {e.caption: i for i, e in enumerate(emojis)}
     families = [emojis[index[c]].family for c in seen]
@@ -275,7 +276,7 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
                    pipe: Optional[ImagenPipeline] = None, timing_repeats: int = 3, per_family: int = 100,
                    parts=PARTS) -> Dict:
     from .bench import time_end_to_end
-    from .data import held_out_split, load_emoji, rendered_corpus
+    from ..training.data import held_out_split, load_emoji, rendered_corpus
 
     pipe = pipe or ImagenPipeline.from_pretrained(weights)
     pipe.set_progress_bar_config(disable=True)
@@ -294,7 +295,7 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
     if "two_tones" in parts:
         report["two_tones"] = two_tone_order(pipe, emojis, corpus, all_seen, per_family, seed)
     if "examples" in parts:
-        from .ui import EXAMPLES
+        from ..examples import EXAMPLES
 
         report["ui_examples"] = ui_examples(pipe, emojis, corpus, EXAMPLES)
     if "colours" in parts:
@@ -378,7 +379,7 @@ def sample_grid(pipe: ImagenPipeline, out: str, prompts: Optional[List[str]] = N
     """A grid of final images with each prompt written under its image; held-out prompts are marked."""
     from PIL import Image, ImageDraw
 
-    from .data import held_out_split, load_emoji
+    from ..training.data import held_out_split, load_emoji
 
     held = held_out_split(load_emoji())
     if prompts is None:

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 import gradio as gr
 
 from .memory import release_freed_memory
-from .pipeline import whole_number
+from ..pipeline.pipeline import whole_number
 
 log = logging.getLogger("imagen_app.ui")
 

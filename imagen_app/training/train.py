@@ -36,10 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .guidance import noise_augment
-from .pipeline import noise_schedule
-from .text_encoder import PromptEncoder, load_text_encoder
-from .unet import ImagenUNet, upsample_lowres
+from ..images import pixels_to_tensor
+from ..models.schedules import noise_schedule
+from ..pipeline.guidance import noise_augment
+from ..models.text_encoder import PromptEncoder, load_text_encoder
+from ..models.unet import ImagenUNet, upsample_lowres
 
 CHECKPOINT = "checkpoint.safetensors"
 LEGACY_CHECKPOINT = "checkpoint.pt"  # the pickled format written before; read, never written
@@ -104,7 +105,7 @@ def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None):
     """A batch (uniform draws unless `idx` is given): images (B, 3, S, S) in [-1, 1], their captions, and for SR
     the aligned low-res crops."""
     idx = idx if idx is not None else [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
-    images = torch.from_numpy(np.stack([data.images[i] for i in idx])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    images = pixels_to_tensor([data.images[i] for i in idx])
     captions = [data.sample_caption(i, rng) for i in idx]
     lowres = None
     if cfg.lowres_resolution:
@@ -538,7 +539,7 @@ def share_curriculum(accelerator, curriculum) -> None:
 
 
 def _images(data, idx) -> torch.Tensor:
-    return torch.from_numpy(np.stack([data.images[i] for i in idx])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return pixels_to_tensor([data.images[i] for i in idx])
 
 
 def _measure(unet, scheduler, encoder, data, idx):
@@ -582,9 +583,9 @@ def write_sample_grid(unet, scheduler, encoder, cfg: TrainConfig, path: str, ste
     from diffusers import DPMSolverMultistepScheduler
     from PIL import Image
 
-    from .images import image_grid
+    from ..images import image_grid
 
-    from .pipeline import ImagenPipeline
+    from ..pipeline.pipeline import ImagenPipeline
 
     sched = DPMSolverMultistepScheduler.from_config(scheduler.config, algorithm_type="dpmsolver++")
     pipe = ImagenPipeline(tokenizer=encoder.tokenizer, text_encoder=encoder.text_encoder, unet_1=unet, scheduler_1=sched)
@@ -619,7 +620,7 @@ def assemble_pipeline(text_encoder_dir: str, stage_dirs, out_dir: str, settings:
                       fp16: bool = True):
     """Builds the cascade from the shipped text encoder and exported stages, and saves it to `out_dir`
     (safetensors; U-Net weights in fp16 to halve the download, upcast on load where there is no GPU)."""
-    from .pipeline import ImagenPipeline
+    from ..pipeline.pipeline import ImagenPipeline
 
     tokenizer, text_encoder = load_text_encoder(text_encoder_dir)
     stages = {}

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .guidance import alpha_bar, classifier_free_guidance, dynamic_threshold, output_from_x0, x0_from_output
-from .text_encoder import PromptReport, freeze
+from ..models.text_encoder import PromptReport, freeze
 
 MAX_LENGTH = 77  # IF's T5 was trained on 77 tokens (diffusers' IF pipelines pad and cut to 77)
 STAGE_CLASSES = {1: ("IFPipeline",), 2: ("IFSuperResolutionPipeline",)}
@@ -285,7 +285,7 @@ def make_scheduler(base, name: Optional[str], thresholding_percentile: float, th
     """A fresh scheduler for one run of an IF stage: the stage's saved schedule, sampled by `name` (default
     its own class, DDPM), with dynamic thresholding set as asked in the scheduler's own `thresholding`
     where the class has it (IF's defaults reproduce IF's saved config)."""
-    from .pipeline import SCHEDULER_EXTRA, scheduler_class
+    from .schedulers import SCHEDULER_EXTRA, scheduler_class
 
     cls = scheduler_class(name) if name else type(base)
     config = {k: v for k, v in base.config.items() if not k.startswith("_")}

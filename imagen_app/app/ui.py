@@ -19,29 +19,27 @@ import gradio as gr
 import torch
 from PIL import Image, PngImagePlugin
 
-from .attention_maps import overlay
+from ..pipeline.attention_maps import overlay
 from .cache_sweeper import start_sweeper
-from .images import image_grid
-from .ui_compare import build_compare_tab
-from .ui_edit import build_edit_tabs
-from .ui_stage_pane import StagePane, stage_pane
-from .ui_stop import ActiveRuns, session_of, wire_stop
-from .ui_inputs import (MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, refuse_extra_inputs,
+from ..examples import EXAMPLES
+from ..images import image_grid
+from .compare_tab import build_compare_tab
+from .edit_tabs import build_edit_tabs
+from .stage_pane import StagePane, stage_pane
+from .stop import ActiveRuns, session_of, wire_stop
+from .inputs import (MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, refuse_extra_inputs,
                         text_input, user_facing_errors, whole_input)
-from .pipeline import SCHEDULERS, ImagenPipeline, StageSettings, resolve_settings, settings_kwargs
+from ..pipeline.pipeline import SCHEDULERS, ImagenPipeline, StageSettings, resolve_settings, settings_kwargs
 
 log = logging.getLogger("imagen_app.ui")
 
 SCHEDULER_CHOICES = list(SCHEDULERS)
-EXAMPLES = [  # seen captions, and held-out compositions (see weights/held_out.txt)
-    "red heart", "panda", "flag: japan", "woman firefighter: dark skin tone", "grinning face", "green apple",
-    "purple heart", "man technologist: medium skin tone", "people holding hands",
-]
 # Small stages (32 px) are scaled up to the output's size, pixelated rather than blurred.
 CSS = ".stage-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 
-
 KEEP_DOWNLOADS = 32  # the PNG downloads the app keeps in its own folder (older ones are deleted)
+
+
 class PipelineHolder:
     """Loads the pipeline once; remembers why it could not be loaded instead of crashing the app."""
 

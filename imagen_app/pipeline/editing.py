@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .images import pil_to_tensor
+from ..images import pil_to_tensor
 
 ImageLike = Union[Image.Image, np.ndarray, torch.Tensor, str, os.PathLike]
 DEFAULT_STRENGTH = 0.8  # image-to-image, as diffusers' img2img pipelines
@@ -267,28 +267,3 @@ def region_differences(images: Sequence[Image.Image], init: Image.Image, mask: I
     repainted = (diff * m).sum() / (3 * m.sum() * len(images))
     return dict(size=size, kept_mean_abs=round(kept.item(), 5), kept_max_abs=round((diff * (1 - m)).max().item(), 5),
                 repainted_mean_abs=round(repainted.item(), 5))
-
-
-def edit_check(weights: str, prompt: str = "red heart", edit_prompt: str = "blue heart",
-               box: Tuple[float, float, float, float] = (0.0, 0.0, 0.5, 1.0), seed: int = 0) -> dict:
-    """The README's editing figures on a saved model: `prompt` generated (seed `seed`, default settings),
-    the `box` (fractions of the image: left, top, right, bottom) masked and repainted from `edit_prompt`
-    (same seed); the kept and repainted regions' mean abs difference from the init at every stage, and
-    the mean colour of the repainted region before and after."""
-    from .pipeline import ImagenPipeline
-
-    pipe = ImagenPipeline.from_pretrained(weights)
-    pipe.set_progress_bar_config(disable=True)
-    init = pipe(prompt, generator=torch.Generator().manual_seed(seed)).images[0]
-    w, h = init.size
-    region = (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h))
-    mask = Image.new("L", (w, h), 0)
-    mask.paste(255, region)
-    out = pipe(edit_prompt, image=init, mask_image=mask, generator=torch.Generator().manual_seed(seed))
-
-    def mean_rgb(im):
-        return [round(float(v), 1) for v in np.asarray(im.convert("RGB").crop(region), dtype=np.float32).reshape(-1, 3).mean(0)]
-
-    stages = [dict(stage=k, **region_differences(images, init, mask)) for k, images in enumerate(out.stage_images, 1)]
-    return dict(prompt=prompt, edit_prompt=edit_prompt, seed=seed, box=list(box), stages=stages,
-                repainted_mean_rgb_before=mean_rgb(init), repainted_mean_rgb_after=mean_rgb(out.images[0]))

@@ -26,7 +26,7 @@ class CrossAttentionRecorder:
     with CrossAttentionRecorder(unet, size) as rec:  ... run the U-Net ...;  rec.maps() -> (B, L, size, size)"""
 
     def __init__(self, unet: torch.nn.Module, size: int, rows: Optional[slice] = None):
-        from .unet import TextAttention
+        from ..models.unet import TextAttention
 
         self.layers = [m for m in getattr(unet, "module", unet).modules() if isinstance(m, TextAttention)]
         self.size = size
