@@ -1,0 +1,434 @@
+"""Synthetic scenes: real emoji renders composed on white, captioned as people write sentences.
+
+The six kinds of prompt GenEval measures (Ghosh et al. 2023) become six families of training images:
+"a cat" (single object, at any size and place), "a cat and a pizza" (two objects), "three foxes" (counting,
+2-4), "a purple carrot" (colours, by recolouring the render), "a cat to the left of a pizza" (position:
+left of / right of / above / below) and "a red cat and a blue rocket" (colour attribution).
+
+Sizes and places are drawn at random for every image, so a relation is a relation between two objects
+wherever they are, not a pair of fixed slots. Objects never overlap and keep a gap, so each is one blob of
+ink on white (what the evaluation's detector reads).
+
+A deterministic part of the combinations is held out of training (`held_out`): object pairs, object x count,
+object x colour, and ordered pair x relation, each by a hash of its parts, plus a few objects that training
+shows only alone. Every part of a held-out combination (each object, colour, count and relation) is still
+seen in training in other combinations.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .data import CaptionedImages, Emoji, render
+from .recolour import COLOUR_WORDS, main_colour, recolour
+
+TASKS = ["single object", "two objects", "counting", "colours", "position", "colour attribution"]
+RELATIONS = ["left of", "right of", "above", "below"]
+COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
+FAMILY_PREFIX = "scenes: "
+
+# Names of single emoji that are not a thing one can draw several of, or that are already a plural or a person
+# (people are their own family): symbols, places, weather, activities, times, zodiac signs.
+NOT_OBJECTS = set("""
+copyright registered joker cyclone foggy sunrise sunset rainbow fog cooking cinema bullseye bowling tennis
+snowboarder camping houses cityscape desert stadium rosette label badminton eyes footprints boy girl man woman
+family baby princess guard kiss wedding zzz collision dizzy seat om kaaba mosque synagogue hole detective
+station construction prohibited restroom customs landslide wireless motorway handshake star-struck
+breast-feeding selfie prince lacrosse softball ninja bald superhero supervillain mate ice troll person child mage
+fairy vampire merperson elf genie zombie x-ray placard hamsa khanda splatter information aries taurus gemini cancer
+leo virgo libra scorpio sagittarius capricorn aquarius pisces ophiuchus infinity radioactive biohazard fleur-de-lis
+warning multiply sparkles sparkle plus minus divide skier fireworks sparkler glasses jeans skis grapes cherries
+peanuts pancakes chopsticks beans blueberries bubbles gloves socks briefs shorts lungs maracas goggles scissors
+books dvd e-mail ogre metro monorail trolleybus memo ledger pager school bank hotel hospital factory church
+mountain fountain castle volcano thermometer tornado wood rock dango oden sake custard tamale fondue flatbread
+falafel mate menorah alembic amphora pick chains cricket bug fly seal ram ewe boar ox
+luggage butter bacon popcorn salt garlic bread dna spaghetti sushi herb broccoli sunglasses locked unlocked thread
+yarn soap
+""".split())
+NOT_OBJECTS |= {f"{hour}-thirty" for hour in "one two three four five six seven eight nine ten eleven twelve".split()}
+
+IRREGULAR_PLURALS = {
+    "mouse": "mice", "goose": "geese", "tooth": "teeth", "foot": "feet", "fish": "fish", "deer": "deer",
+    "sheep": "sheep", "bison": "bison", "moose": "moose", "octopus": "octopuses", "cactus": "cacti",
+    "wolf": "wolves", "snowman": "snowmen", "knife": "knives", "leaf": "leaves", "scarf": "scarves", "elf": "elves", "sushi": "sushi",
+    "shrimp": "shrimp", "squid": "squid", "t-rex": "t-rexes",
+    "hippopotamus": "hippopotamuses", "rhinoceros": "rhinoceroses", "potato": "potatoes", "tomato": "tomatoes",
+    "mango": "mangoes", "avocado": "avocados", "volcano": "volcanoes", "piñata": "piñatas", "yo-yo": "yo-yos",
+    "t-shirt": "t-shirts", "mosquito": "mosquitoes", "jack-o-lantern": "jack-o-lanterns", "headphone": "headphones",
+}
+
+
+def pluralize(noun: str) -> str:
+    """English plural of a one-word noun: the irregular table, then the regular spelling rules."""
+    if noun in IRREGULAR_PLURALS:
+        return IRREGULAR_PLURALS[noun]
+    if noun.endswith(("s", "x", "z", "ch", "sh")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    name: str  # the emoji's CLDR name, one word ("fox")
+    index: int  # its row in the emoji corpus (load_emoji order)
+    code: str
+
+    @property
+    def plural(self) -> str:
+        return pluralize(self.name)
+
+
+def scene_objects(emojis: Sequence[Emoji], held_out_emoji: Sequence[str] = ()) -> List[SceneObject]:
+    """The objects of the scenes: seen single emoji named by one word that is a drawable thing."""
+    held = set(held_out_emoji)
+    return [SceneObject(e.caption, i, e.code) for i, e in enumerate(emojis)
+            if e.family == "single emoji" and " " not in e.caption and ":" not in e.caption
+            and e.caption not in NOT_OBJECTS and e.caption not in held and e.caption.replace("-", "").isalpha()]
+
+
+# ----- what is held out --------------------------------------------------------------------------------------
+def _hash01(*parts) -> float:
+    text = "scenes-held-out:" + "|".join(str(p) for p in parts)
+    return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The rule that keeps combinations out of training (a hash of each combination's parts)."""
+
+    fraction: float = 0.15  # of pairs, object x count, object x colour, ordered pair x relation
+    alone_fraction: float = 0.06  # of objects: shown in training only alone
+
+    def alone_only(self, obj: str) -> bool:
+        return _hash01("alone", obj) < self.alone_fraction
+
+    def pair(self, a: str, b: str) -> bool:
+        return _hash01("pair", *sorted((a, b))) < self.fraction
+
+    def count(self, obj: str, n: int) -> bool:
+        return _hash01("count", obj, n) < self.fraction
+
+    def colour(self, obj: str, colour: str) -> bool:
+        return _hash01("colour", obj, colour) < self.fraction
+
+    def relation(self, a: str, relation: str, b: str) -> bool:
+        # "a left of b" and "b right of a" are one layout: hold out both or neither.
+        if relation in ("right of", "below"):
+            a, b, relation = b, a, {"right of": "left of", "below": "above"}[relation]
+        return _hash01("relation", a, relation, b) < self.fraction
+
+    def is_held_out(self, spec: "SceneSpec") -> bool:
+        """True when `spec` uses any held-out combination (or puts an alone-only object in a scene)."""
+        names = [o for o, _ in spec.objects]
+        if spec.task != "single object" and any(self.alone_only(o) for o in names):
+            return True
+        if len(names) == 2 and (self.pair(*names) or (spec.relation and self.relation(names[0], spec.relation, names[1]))):
+            return True
+        if spec.count > 1 and self.count(names[0], spec.count):
+            return True
+        return any(c is not None and self.colour(o, c) for o, c in spec.objects)
+
+
+# ----- scene specifications and captions -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class SceneSpec:
+    """What a scene shows: one task, its objects (name, colour or None), a count, a relation of the first object
+    to the second."""
+
+    task: str
+    objects: Tuple[Tuple[str, Optional[str]], ...]
+    count: int = 1
+    relation: Optional[str] = None
+
+    def prompt(self) -> str:
+        """The evaluation's phrasing, GenEval's forms ("a photo of" dropped: these are drawings)."""
+        return self.captions()[0]
+
+    def captions(self) -> List[str]:
+        """The forms people write for this scene, the plainest first."""
+        def np_(name, colour):  # noun phrase: "a purple carrot"
+            words = f"{colour} {name}" if colour else name
+            return f"{article(words)} {words}"
+
+        (a, ca), *rest = self.objects
+        if self.task in ("single object", "colours"):
+            bare = f"{ca} {a}" if ca else a
+            return [np_(a, ca), bare, f"the {bare}", f"a picture of {np_(a, ca)}"]
+        if self.task == "counting":
+            plural = pluralize(a)
+            return [f"{COUNT_WORDS[self.count]} {plural}", f"{self.count} {plural}",
+                    f"a picture of {COUNT_WORDS[self.count]} {plural}"]
+        b, cb = rest[0]
+        if self.task in ("two objects", "colour attribution"):
+            return [f"{np_(a, ca)} and {np_(b, cb)}", f"{ca + ' ' if ca else ''}{a} and {cb + ' ' if cb else ''}{b}",
+                    f"a picture of {np_(a, ca)} and {np_(b, cb)}"]
+        rel = self.relation
+        forms = [f"{np_(a, None)} {rel} {np_(b, None)}"]
+        if rel in ("left of", "right of"):
+            forms += [f"{np_(a, None)} to the {rel} {np_(b, None)}", f"{np_(a, None)} on the {rel} {np_(b, None)}"]
+        else:
+            forms += [f"{np_(a, None)} is {rel} {np_(b, None)}", f"{a} {rel} {b}"]
+        return forms
+
+
+def random_spec(task: str, objects: Sequence[str], colours_of: Dict[str, List[str]], rng: random.Random) -> SceneSpec:
+    """One scene of `task` with objects drawn from `objects` (colours only for objects in `colours_of`)."""
+    if task == "single object":
+        return SceneSpec(task, ((rng.choice(objects), None),))
+    if task == "colours":
+        a = rng.choice(sorted(colours_of))
+        return SceneSpec(task, ((a, rng.choice(colours_of[a])),))
+    if task == "counting":
+        return SceneSpec(task, ((rng.choice(objects), None),), count=rng.choice(sorted(COUNT_WORDS)))
+    if task == "colour attribution":
+        a, b = rng.sample(sorted(colours_of), 2)
+        ca = rng.choice(colours_of[a])
+        cb = rng.choice([c for c in colours_of[b] if c != ca])  # two colours, so each must go to its object
+        return SceneSpec(task, ((a, ca), (b, cb)))
+    a, b = rng.sample(list(objects), 2)
+    if task == "two objects":
+        return SceneSpec(task, ((a, None), (b, None)))
+    return SceneSpec(task, ((a, None), (b, None)), relation=rng.choice(RELATIONS))
+
+
+# ----- composing the pixels -------------------------------------------------------------------------------------
+class Renders:
+    """Emoji renders cropped to their ink, at any size, recoloured on request (cached)."""
+
+    def __init__(self, objects: Sequence[SceneObject], palette: Dict[str, np.ndarray], source_colour: Dict[str, str]):
+        self.by_name = {o.name: o for o in objects}
+        self.palette, self.source_colour = palette, source_colour
+        self._cache: Dict[Tuple[str, int, Optional[str]], np.ndarray] = {}
+
+    def get(self, name: str, size: int, colour: Optional[str] = None) -> np.ndarray:
+        """(h, w, 3) uint8: `name` drawn to fit a `size` x `size` box, cropped to its ink, in `colour`."""
+        key = (name, size, colour)
+        if key not in self._cache:
+            img = render(self.by_name[name].code, size)
+            source = self.source_colour.get(name)
+            if colour is not None and colour != source:
+                if source is None:
+                    raise ValueError(f"{name!r} has no main palette colour, so it cannot be drawn {colour}")
+                img = recolour(img, self.palette[source], self.palette[colour])
+            ink = np.where((255 - img.astype(int)).max(axis=2) > 24)
+            if len(ink[0]):
+                img = img[ink[0].min(): ink[0].max() + 1, ink[1].min(): ink[1].max() + 1]
+            self._cache[key] = img
+        return self._cache[key]
+
+
+# The size of each object in a scene, as a fraction of the image side: (smallest, largest).
+SIZE_RANGE = {"single object": (0.4, 0.9), "colours": (0.4, 0.9), "two objects": (0.34, 0.5),
+              "colour attribution": (0.34, 0.5), "position": (0.34, 0.5), 2: (0.32, 0.46), 3: (0.3, 0.4),
+              4: (0.28, 0.36)}
+MIN_COLOUR_SHARE = 0.3  # an object recolours when one palette colour fills this share of its coloured pixels
+GAP = 1 / 16  # the least distance between two objects' boxes, as a fraction of the side
+
+
+def relation_holds(relation: str, a_centre, b_centre, side: int) -> bool:
+    """Whether object a is `relation` object b: its centre lies at least a fifth of the image that way, and
+    further that way than across."""
+    dx, dy = b_centre[0] - a_centre[0], b_centre[1] - a_centre[1]  # from a to b; y grows downwards
+    along, across = {"left of": (dx, dy), "right of": (-dx, dy), "above": (dy, dx), "below": (-dy, dx)}[relation]
+    return along >= 0.2 * side and abs(across) <= along
+
+
+def _layout(sizes: Sequence[Tuple[int, int]], side: int, rng: random.Random, relation: Optional[str] = None,
+            tries: int = 200) -> Optional[List[Tuple[int, int]]]:
+    """Top-left corners for boxes of `sizes` (h, w) in a side x side image, apart by GAP (and, for two boxes,
+    the first `relation` the second), or None when no layout was found."""
+    gap = max(1, round(GAP * side))
+    for _ in range(tries):
+        corners, ok = [], True
+        for h, w in sizes:
+            if h > side or w > side:
+                return None
+            y, x = rng.randint(0, side - h), rng.randint(0, side - w)
+            for (y2, x2), (h2, w2) in zip(corners, sizes):
+                if not (x + w + gap <= x2 or x2 + w2 + gap <= x or y + h + gap <= y2 or y2 + h2 + gap <= y):
+                    ok = False
+                    break
+            if not ok:
+                break
+            corners.append((y, x))
+        if ok and relation:
+            (ya, xa), (yb, xb) = corners
+            (ha, wa), (hb, wb) = sizes
+            ok = relation_holds(relation, (xa + wa / 2, ya + ha / 2), (xb + wb / 2, yb + hb / 2), side)
+        if ok:
+            return corners
+    return None
+
+
+def compose(spec: SceneSpec, side: int, renders: Renders, rng: random.Random):
+    """(side, side, 3) uint8 image of `spec`, and its boxes [(name, colour, (x0, y0, x1, y1))], or None when the
+    objects did not fit."""
+    names = [spec.objects[0]] * spec.count if spec.task == "counting" else list(spec.objects)
+    low, high = SIZE_RANGE[spec.count if spec.task == "counting" else spec.task]
+    base = rng.uniform(low, high)  # objects of one scene have similar sizes (+-15%)
+    for _ in range(4):  # when they do not fit, smaller
+        pieces = [renders.get(n, max(4, round(side * base * rng.uniform(0.85, 1.15))), c) for n, c in names]
+        corners = _layout([p.shape[:2] for p in pieces], side, rng, spec.relation)
+        if corners is not None:
+            break
+        base *= 0.9
+    else:
+        return None
+    canvas = np.full((side, side, 3), 255, np.uint8)
+    boxes = []
+    for (name, colour), piece, (y, x) in zip(names, pieces, corners):
+        h, w = piece.shape[:2]
+        canvas[y:y + h, x:x + w] = np.minimum(canvas[y:y + h, x:x + w], piece)
+        boxes.append((name, colour, (x, y, x + w, y + h)))
+    return canvas, boxes
+
+
+@dataclass
+class SceneWorld:
+    """Everything the scenes are made of: the objects, which colours each can be drawn in, the renders, and the
+    held-out rule."""
+
+    objects: List[SceneObject]
+    colours_of: Dict[str, List[str]]  # recolourable object -> the colour words it can be drawn in
+    renders: Renders
+    rule: HeldOut = field(default_factory=HeldOut)
+
+    @property
+    def names(self) -> List[str]:
+        return [o.name for o in self.objects]
+
+    def specs(self, task: str, n: int, held_out: bool, seed: int) -> List[SceneSpec]:
+        """`n` distinct specs of `task`, all held out (evaluation) or all seen (training), drawn with `seed`."""
+        rng = random.Random(f"{task}:{seed}:{held_out}")
+        names = self.names
+        if task != "single object":
+            if held_out:
+                pool = names  # held-out scenes may show alone-only objects: that is the hardest case
+            else:
+                pool = [o for o in names if not self.rule.alone_only(o)]
+        else:
+            pool = names
+        colours = {o: c for o, c in self.colours_of.items() if o in pool}
+        out, seen = [], set()
+        for _ in range(200 * n):
+            if len(out) >= n:
+                break
+            spec = random_spec(task, pool, colours, rng)
+            held = self.rule.is_held_out(spec) if task != "single object" else self.rule.alone_only(spec.objects[0][0])
+            if held != held_out or spec in seen:
+                continue
+            seen.add(spec)
+            out.append(spec)
+        return out
+
+
+def scene_world(emojis: Sequence[Emoji], images32: np.ndarray, held_out_emoji: Sequence[str],
+                rule: Optional[HeldOut] = None) -> SceneWorld:
+    """The scene objects of the emoji corpus (`images32`: its 32 px renders) and the colours each can take."""
+    from .recolour import palette
+
+    objects = scene_objects(emojis, held_out_emoji)
+    colours = palette(emojis, images32, held_out_emoji)
+    source, colours_of = {}, {}
+    for o in objects:
+        # Objects are not faces or hands, so yellow ones recolour too (the emoji recipe skips yellow: skin).
+        c = main_colour(np.asarray(images32[o.index]), colours, min_share=MIN_COLOUR_SHARE)
+        if c is not None:
+            source[o.name] = c
+            colours_of[o.name] = [w for w in COLOUR_WORDS if w in colours]
+    return SceneWorld(objects, colours_of, Renders(objects, colours, source), rule or HeldOut())
+
+
+def load_scene_world(rule: Optional[HeldOut] = None) -> SceneWorld:
+    from .data import held_out_split, load_emoji, rendered_corpus
+
+    emojis = load_emoji()
+    return scene_world(emojis, np.asarray(rendered_corpus(emojis, 32)), held_out_split(emojis), rule)
+
+
+def scene_dataset(world: SceneWorld, size: int, per_task: int, seed: int = 0,
+                  tasks: Sequence[str] = TASKS) -> CaptionedImages:
+    """`per_task` training scenes (no held-out combination) of each task at `size` px, every image captioned in
+    all the forms of its spec; family "scenes: <task>"."""
+    images, captions, families = [], [], []
+    for task in tasks:
+        rng = random.Random(f"compose:{task}:{seed}")
+        specs = world.specs(task, per_task, held_out=False, seed=seed)
+        for k in range(per_task):
+            spec = specs[k % len(specs)]
+            made = compose(spec, size, world.renders, rng)
+            if made is None:
+                continue
+            images.append(made[0])
+            captions.append(spec.captions())
+            families.append(FAMILY_PREFIX + task)
+    return CaptionedImages(np.stack(images), captions, families)
+
+
+def held_out_lines(world: SceneWorld, per_task: int = 32, seed: int = 0) -> List[str]:
+    """The held-out list shipped with the weights: the rule, the alone-only objects, and the evaluation's held-out
+    prompts by task."""
+    rule = world.rule
+    lines = [f"# Scene combinations kept out of training: a hash of each combination's parts below "
+             f"{rule.fraction:g} (object pairs, object x count, object x colour, ordered pair x relation), and the "
+             f"objects shown only alone (hash below {rule.alone_fraction:g}). imagen_app/training/scenes.py: HeldOut.",
+             "[objects shown only alone]"]
+    lines += [o for o in world.names if rule.alone_only(o)]
+    for task in TASKS:
+        lines.append(f"[{task}]")
+        lines += [s.prompt() for s in world.specs(task, per_task, held_out=True, seed=seed)]
+    return lines
+
+
+# ----- the training folder ---------------------------------------------------------------------------------------
+def scene_texts(world: SceneWorld) -> Tuple[List[str], Dict[str, str]]:
+    """Every word the scene captions use (held-out prompts included: text only, no image), and the old word each
+    new one stands for (a plural for its singular, a digit for its number word): what the text encoder is
+    extended with (text_extension.py)."""
+    texts = [o.plural for o in world.objects]
+    for task in TASKS:
+        for spec in world.specs(task, 8, held_out=False, seed=0):
+            texts += spec.captions()
+    texts += [f"{a} {r} {b}" for a, b in [("a cat", "a dog")] for r in ("to the left of", "to the right of", "is above",
+                                                                       "is below", "on the left of")]
+    stands_for = {o.plural: o.name for o in world.objects if o.plural != o.name}
+    stands_for.update({str(n): w for n, w in COUNT_WORDS.items()})
+    return texts, stands_for
+
+
+def write_scene_training_folder(out: str, size: int = 32, per_task: int = 3000, seed: int = 0) -> Dict[str, int]:
+    """The base stage's training images as one image folder (`data.image_folder_dataset` reads it): the emoji
+    corpus's training split (CLDR names), its recoloured emoji (minus any that would show a held-out object x
+    colour), and `per_task` scenes of each task; each row carries its family. Returns images per family."""
+    from .data import emoji_dataset, write_image_folder
+    from .recolour import FAMILY, with_recoloured
+
+    world = load_scene_world()
+    emoji = with_recoloured(emoji_dataset(size, "train", templates=False), size)
+    keep = [i for i, (caps, fam) in enumerate(zip(emoji.captions, emoji.families))
+            if fam != FAMILY or not _shows_held_out_colour(caps[0], world)]
+    scenes = scene_dataset(world, size, per_task, seed)
+    data = CaptionedImages(np.concatenate([np.asarray(emoji.images)[keep], scenes.images]),
+                           [emoji.captions[i] for i in keep] + scenes.captions,
+                           [emoji.families[i] for i in keep] + scenes.families)
+    write_image_folder(data, out)
+    counts: Dict[str, int] = {}
+    for f in data.families:
+        counts[f] = counts.get(f, 0) + 1
+    return counts
+
+
+def _shows_held_out_colour(caption: str, world: SceneWorld) -> bool:
+    """A recoloured emoji's caption ("green bear") that is a held-out scene object x colour."""
+    colour, _, name = caption.partition(" ")
+    return name in world.renders.by_name and world.rule.colour(name, colour)

@@ -1,0 +1,82 @@
+"""New words for the frozen text encoder, without changing what it says about the old ones.
+
+The shipped tokenizer is word-level over the emoji captions: "above", "below", "to" and plurals ("foxes",
+"mice") are not in it. Sentences need them. Re-training the tokenizer and T5 would change every caption's
+embedding, and with it everything the U-Nets learned. Instead the vocabulary is extended: new words get new ids
+after the old ones and new rows in T5's embedding table; every old id and weight stays as it is, so every
+caption made of old words encodes to exactly the same embeddings (a test checks it).
+
+A new word's row starts as a copy of a word it stands for ("foxes" <- "fox", "3" <- "three": the number is
+carried by the count word of the sentence, and the U-Net learns what a plural looks like from the images), or
+else as a random draw at the scale of the table ("above", "below", "to"), which the frozen encoder maps to its
+own contextual embeddings that the U-Net learns from the images. Imagen keeps its text encoder frozen (§2.1);
+so does this.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Iterable, List, Optional
+
+import torch
+
+
+def new_words(tokenizer, texts: Iterable[str]) -> List[str]:
+    """The words of `texts` (as the tokenizer splits them) that its vocabulary lacks, sorted."""
+    backend = tokenizer.backend_tokenizer
+    vocab = tokenizer.get_vocab()
+    found = set()
+    for text in texts:
+        for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)):
+            if word not in vocab:
+                found.add(word)
+    return sorted(found)
+
+
+def extended_tokenizer(tokenizer, words: List[str]):
+    """A copy of the word-level `tokenizer` with `words` appended (old ids unchanged)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab: Dict[str, int] = dict(state["model"]["vocab"])
+    for w in words:
+        if w not in vocab:
+            vocab[w] = len(vocab)
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.model = models.WordLevel(vocab=vocab, unk_token=state["model"].get("unk_token", "<unk>"))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token,
+        unk_token=tokenizer.unk_token, additional_special_tokens=[t for t in tokenizer.all_special_tokens if t.startswith("<extra_id_")],
+        model_max_length=tokenizer.model_max_length)
+
+
+@torch.no_grad()
+def extend_text_encoder(src: str, out: str, texts: Iterable[str], stands_for: Optional[Dict[str, str]] = None,
+                        seed: int = 0) -> List[str]:
+    """Writes `out/tokenizer` and `out/text_encoder`: the ones in `src` with the words of `texts` that they lack.
+    `stands_for` maps a new word to an old one whose embedding row it starts from. Returns the new words."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(src, "tokenizer"))
+    encoder = T5EncoderModel.from_pretrained(os.path.join(src, "text_encoder"))
+    words = new_words(tokenizer, texts)
+    bigger = extended_tokenizer(tokenizer, words)
+    old = encoder.get_input_embeddings().weight.detach().clone()  # (V, D)
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    vocab = tokenizer.get_vocab()
+    for w in words:
+        like = (stands_for or {}).get(w)
+        if like is not None and like in vocab:
+            rows.append(old[vocab[like]])
+        else:  # a fresh direction at the table's own scale
+            rows.append(torch.randn(old.shape[1], generator=generator) * old.std())
+    table = torch.nn.Embedding(old.shape[0] + len(words), old.shape[1])
+    table.weight.copy_(torch.cat([old, torch.stack(rows)]) if rows else old)
+    encoder.set_input_embeddings(table)
+    encoder.config.vocab_size = table.num_embeddings
+    os.makedirs(out, exist_ok=True)
+    bigger.save_pretrained(os.path.join(out, "tokenizer"))
+    encoder.save_pretrained(os.path.join(out, "text_encoder"), safe_serialization=True)
+    return words

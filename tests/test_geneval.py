@@ -1,0 +1,86 @@
+"""The GenEval-style evaluation: its detector, its rules, and its run over a pipeline."""
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagen_app.evaluation.geneval import Blob, Detector, detector_ceiling, judge, run_geneval
+from imagen_app.training.scenes import TASKS, SceneSpec, compose, load_scene_world
+
+
+@pytest.fixture(scope="module")
+def world():
+    return load_scene_world()
+
+
+@pytest.fixture(scope="module")
+def detector(world):
+    return Detector(world)
+
+
+def blob(label, x, y, colour=None):
+    return Blob((x - 5, y - 5, x + 5, y + 5), (x, y), label, colour)
+
+
+def test_rules_of_each_task():
+    cats = [blob("cat", 20, 60), blob("cat", 100, 60)]
+    assert judge(SceneSpec("counting", (("cat", None),), count=2), cats)
+    assert not judge(SceneSpec("counting", (("cat", None),), count=3), cats)
+    left = SceneSpec("position", (("cat", None), ("pizza", None)), relation="left of")
+    assert judge(left, [blob("cat", 20, 60), blob("pizza", 100, 64)])
+    assert not judge(left, [blob("cat", 100, 60), blob("pizza", 20, 64)])
+    assert not judge(left, [blob("cat", 60, 20), blob("pizza", 64, 100)])  # above, not left of
+    bound = SceneSpec("colour attribution", (("cat", "red"), ("rocket", "blue")))
+    assert judge(bound, [blob("cat", 20, 60, "red"), blob("rocket", 100, 60, "blue")])
+    assert not judge(bound, [blob("cat", 20, 60, "blue"), blob("rocket", 100, 60, "red")])  # colours swapped
+    assert not judge(SceneSpec("two objects", (("cat", None), ("rocket", None))), [blob("cat", 20, 60)])
+
+
+def test_detector_reads_composed_scenes(world, detector):
+    rng = random.Random(0)
+    spec = SceneSpec("counting", (("fox", None),), count=3)
+    image, boxes = compose(spec, 128, world.renders, rng)
+    blobs = detector.detect(image)
+    assert [b.label for b in blobs] == ["fox"] * 3
+    image, _ = compose(SceneSpec("colours", (("crab", "blue"),)), 128, world.renders, rng)
+    assert [(b.label, b.colour) for b in detector.detect(image)] == [("crab", "blue")]
+
+
+def test_a_blank_image_is_wrong_for_every_task(world, detector):
+    blank = Image.new("RGB", (128, 128), "white")
+    assert detector.detect(blank) == []
+    for task in TASKS:
+        spec = world.specs(task, 1, held_out=True, seed=0)[0]
+        assert not judge(spec, detector.detect(blank))
+
+
+def test_the_detector_ceiling_is_near_one_at_128_px(world, detector):
+    ceiling = detector_ceiling(world, detector, per_task=3, images_per_prompt=2, size=128)
+    assert ceiling["held out"]["overall"] >= 0.85 and ceiling["seen"]["overall"] >= 0.85
+
+
+def test_run_geneval_scores_what_the_pipeline_draws(world, detector):
+    """A pipeline that draws the asked scene scores near the ceiling; one that draws a single object fails the
+    compositions."""
+    specs = {s.prompt(): s for task in TASKS for split in (True, False)
+             for s in world.specs(task, 2, held_out=split, seed=0)}
+
+    def perfect(prompt, num_images_per_prompt, generator, stop_at_stage):
+        rng = random.Random(prompt)
+        return SimpleNamespace(images=[Image.fromarray(compose(specs[prompt], 128, world.renders, rng)[0])
+                                       for _ in range(num_images_per_prompt)])
+
+    def one_object(prompt, num_images_per_prompt, generator, stop_at_stage):
+        rng = random.Random(prompt)
+        single = SceneSpec("single object", (specs[prompt].objects[0][0:1] + (None,),))
+        return SimpleNamespace(images=[Image.fromarray(compose(single, 128, world.renders, rng)[0])
+                                       for _ in range(num_images_per_prompt)])
+
+    good = run_geneval(perfect, world, per_task=2, images_per_prompt=2, detector=detector)
+    bad = run_geneval(one_object, world, per_task=2, images_per_prompt=2, detector=detector)
+    assert good["held out"]["overall"] >= 0.8
+    for task in ("two objects", "counting", "position", "colour attribution"):
+        assert bad["held out"][task] == 0.0
+    assert len(good["held out prompts"]) == 2 * len(TASKS)

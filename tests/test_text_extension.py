@@ -1,0 +1,26 @@
+"""New words for the frozen text encoder leave every old caption's embedding exactly as it was."""
+import torch
+
+from imagen_app.models.text_encoder import PromptEncoder, load_text_encoder
+from imagen_app.training.text_extension import extend_text_encoder
+
+
+def test_extension_keeps_old_embeddings_and_starts_plurals_at_their_singular(tmp_path, tiny_pipe):
+    src, out = tmp_path / "src", tmp_path / "out"
+    tiny_pipe.tokenizer.save_pretrained(src / "tokenizer")
+    tiny_pipe.text_encoder.save_pretrained(src / "text_encoder")
+    known = tiny_pipe.tokenizer.get_vocab()
+    assert "heart" in known and "hearts" not in known and "above" not in known
+    new = extend_text_encoder(str(src), str(out), ["two hearts above a panda", "3 hearts"], {"hearts": "heart"})
+    assert {"hearts", "above", "3"} <= set(new) and not set(new) & set(known)
+    old = PromptEncoder(*load_text_encoder(str(src)))
+    ext = PromptEncoder(*load_text_encoder(str(out)))
+    captions = ["red heart", "panda", "red heart panda"]
+    (e0, m0), (e1, m1) = old.encode(captions), ext.encode(captions)
+    assert torch.equal(e0, e1) and torch.equal(m0, m1)
+    vocab = ext.tokenizer.get_vocab()
+    assert min(vocab[w] for w in new) >= len(old.tokenizer.get_vocab())
+    table = ext.text_encoder.get_input_embeddings().weight
+    assert torch.equal(table[vocab["hearts"]], table[vocab["heart"]])
+    assert "<unk>" not in ext.tokenizer.tokenize("two hearts above a panda")
+    assert "<unk>" in old.tokenizer.tokenize("two hearts above a panda")
