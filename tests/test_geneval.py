@@ -2,7 +2,6 @@
 import random
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from PIL import Image
 
