@@ -1,9 +1,11 @@
 #!/bin/bash
-# Base-stage fine-tunes side by side on one GPU, one per config given (prepared by scripts/device_prepare.sh),
+# Base-stage runs side by side on one GPU, one per config given (prepared by scripts/device_prepare.sh),
 # each for M minutes (or its max_steps), then each EMA exported in float16 and sent back under $OUT in pieces
-# of 15 MiB (the device tool returns files of at most 16 MiB). Unpack here with:
+# of 15 MiB (the device tool returns files of at most 16 MiB). ARGS: more `train` options for every run
+# (e.g. ARGS='--data runs/emoji32' for a config that trains on the emoji corpus, which needs the SVG renderer).
+# Unpack here with:
 #   cat FILES_AT/res.tar.* | tar xf - -C runs/device
-PY=${PY:-python3}; M=${M:-7.5}; OUT=${OUT:-/tmp/out}; R=/tmp/device_results
+PY=${PY:-python3}; M=${M:-7.5}; OUT=${OUT:-/tmp/out}; R=/tmp/device_results; ARGS=${ARGS:-}
 rm -rf $R; mkdir -p $OUT $R
 if ! $PY -c "import diffusers" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site runs/wheels/*.whl || exit 1
@@ -14,11 +16,12 @@ nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null
 $PY -c "import diffusers, torch; print('diffusers', diffusers.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 for cfg in "$@"; do
   name=$(basename $cfg .json)
-  $PY -m imagen_app train $cfg --max-minutes $M > $R/$name.log 2>&1 &
+  $PY -m imagen_app train $cfg --max-minutes $M $ARGS > $R/$name.log 2>&1 &
 done
 wait
 for cfg in "$@"; do
-  name=$(basename $cfg .json); run=$($PY -c "import json; print(json.load(open('$cfg'))['run_dir'])")
+  name=$(basename $cfg .json)
+  run=$($PY -c "import sys; from imagen_app.training.config import read_config; print(read_config(sys.argv[1])['run_dir'])" $cfg)
   tail -2 $R/$name.log
   $PY -m imagen_app export-stage --fp16 $run $R/$name && cp $run/curriculum.json $run/text_use.jsonl $R/$name/ 2>/dev/null
 done

@@ -1,3 +1,4 @@
+import glob
 import json
 import os
 import subprocess
@@ -9,9 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from imagen_app.training.train import (CHECKPOINT, TrainConfig, checkpoint_path, export_stage, read_checkpoint,
-                              read_checkpoint_step, train)
 from imagen_app.models.unet import ImagenUNet
+from imagen_app.training.checkpoints import CHECKPOINT, checkpoint_path, read_checkpoint, read_checkpoint_step
+from imagen_app.training.config import TrainConfig
+from imagen_app.training.export import export_stage
+from imagen_app.training.train import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_UNET = dict(block_out_channels=[8, 16], layers_per_block=[1, 1], cross_attention_levels=[False, True],
                  self_attention_levels=[False, True], attention_head_dim=8, norm_num_groups=4)
@@ -150,7 +155,7 @@ def test_assemble_exported_stages_into_a_pipeline(tmp_path, text_encoder_dir, im
     from safetensors import safe_open
 
     from imagen_app import ImagenPipeline
-    from imagen_app.training.train import assemble_pipeline
+    from imagen_app.training.export import assemble_pipeline
 
     base = config(tmp_path / "base", text_encoder_dir, image_folder, resolution=8, max_steps=1)
     sr = config(tmp_path / "sr", text_encoder_dir, image_folder, resolution=32, lowres_resolution=8, crop_size=16,
@@ -330,7 +335,7 @@ def test_sample_grid_is_one_row_of_the_sample_prompts(tmp_path):
 
     from imagen_app.models.text_encoder import PromptEncoder
     from imagen_app.training.tiny import tiny_pipeline
-    from imagen_app.training.train import write_sample_grid
+    from imagen_app.training.export import write_sample_grid
 
     pipe = tiny_pipeline()
     cfg = TrainConfig(run_dir=str(tmp_path), text_encoder="", resolution=8, sample_prompts=["red heart", "panda", "flag: japan"])
@@ -375,3 +380,73 @@ def test_pixel_coordinates_join_the_word_order_group(tmp_path, text_encoder_dir,
     rest, order = parameter_groups(unet, cfg)
     assert {id(p) for p in order["params"]} == {id(unet.text_positions)} | {id(p) for p in coordinates}
     assert len(rest["params"]) + len(order["params"]) == len(list(unet.parameters()))
+
+
+# --- config files ----------------------------------------------------------------------------------------------
+
+def test_a_config_extends_another_with_only_the_keys_that_differ(tmp_path):
+    base = dict(run_dir="runs/base", text_encoder="weights", resolution=32, lr=1e-3, threads=2,
+                unet=dict(block_out_channels=[8, 16], norm_num_groups=4),
+                curriculum=dict(keep={"flags": 0.2}, measure_every=100))
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "a.json").write_text(json.dumps({  # a path relative to the file that names it
+        "extends": "../base.json", "run_dir": "runs/a", "threads": None, "unet": {"norm_num_groups": 8},
+        "curriculum": {"keep": {"recoloured": 0.3}}}))
+    (tmp_path / "experiments" / "b.json").write_text(json.dumps({"extends": "a.json", "unet": {"block_out_channels": [16]}}))
+    cfg = TrainConfig.load(str(tmp_path / "experiments" / "b.json"), lr=5e-4, max_steps=None)  # as the CLI passes them
+    assert cfg.run_dir == "runs/a" and cfg.resolution == 32 and cfg.lr == 5e-4 and cfg.max_steps == 100_000
+    assert cfg.threads is None  # null replaces
+    assert cfg.unet == dict(block_out_channels=[16], norm_num_groups=8)  # objects merge key by key, lists replace
+    assert cfg.curriculum == dict(keep={"flags": 0.2, "recoloured": 0.3}, measure_every=100)
+    assert TrainConfig.load(str(tmp_path / "base.json")) == TrainConfig(**base)  # a file without `extends`
+    (tmp_path / "c.json").write_text(json.dumps({"extends": "d.json"}))
+    (tmp_path / "d.json").write_text(json.dumps({"extends": "c.json"}))
+    with pytest.raises(ValueError, match="circle"):
+        TrainConfig.load(str(tmp_path / "c.json"))
+
+
+def config_files():
+    return sorted(os.path.relpath(p, ROOT) for folder in ("configs", os.path.join("configs", "experiments"))
+                  for p in glob.glob(os.path.join(ROOT, folder, "*.json")))
+
+
+def architecture(config) -> dict:
+    """A U-Net config without the keys that only record where it came from; lists and tuples alike."""
+    return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
+
+
+def test_the_configs_are_the_shipped_recipes_and_experiments():
+    names = config_files()
+    assert {"configs/base32.json", "configs/base32_gpu.json", "configs/sr128.json", "configs/sr512.json"} <= set(names)
+    run_dirs = [TrainConfig.load(os.path.join(ROOT, name)).run_dir for name in names]
+    assert len(set(run_dirs)) == len(run_dirs), "two configs would resume each other's checkpoints"
+    for name in ("base32.json", "base32_gpu.json"):  # the base stage from scratch
+        assert TrainConfig.load(os.path.join(ROOT, "configs", name)).init_from is None
+
+
+@pytest.mark.parametrize("name", config_files())
+def test_every_config_builds_the_unet_of_the_weights_it_starts_from(name, monkeypatch):
+    """The U-Net that resuming and export_stage build from the config (its `unet` section) has the architecture
+    and the very state dict keys of the one the run starts with: the stage `init_from`, or for a recipe from
+    scratch the shipped stage of its resolution. Paths are relative to the repository, and none is under runs/
+    (a clean clone has none)."""
+    from imagen_app.training.export import text_embed_dim
+    from imagen_app.training.train import initial_unet
+
+    monkeypatch.chdir(ROOT)
+    cfg = TrainConfig.load(name)
+    assert not (cfg.init_from or "").startswith("runs"), f"{name} starts from a run that a clean clone has not"
+    dim = text_embed_dim(cfg.text_encoder)
+    own = ImagenUNet(**dict(cfg.unet, sample_size=cfg.resolution, text_embed_dim=dim,
+                            lowres_cond=cfg.lowres_resolution is not None))
+    if cfg.init_from:
+        start = initial_unet(cfg, dim, use_init_from=True, log=lambda *_: None)
+    else:
+        stage = [d for d in sorted(glob.glob(os.path.join(ROOT, "weights", "unet_*")))
+                 if json.load(open(os.path.join(d, "config.json")))["sample_size"] == cfg.resolution]
+        assert len(stage) == 1, f"no shipped stage at {cfg.resolution} px for {name}"
+        start = ImagenUNet.from_pretrained(stage[0])
+    assert architecture(own.config) == architecture(start.config)
+    assert {k: v.shape for k, v in own.state_dict().items()} == {k: v.shape for k, v in start.state_dict().items()}
+    own.load_state_dict(start.state_dict())  # strict: no missing or unexpected keys

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from ..pipeline.pipeline import ImagenPipeline
 from ..models.unet import upsample_lowres
+from ..pipeline.pipeline import ImagenPipeline
 
 
 def n_params(model: nn.Module) -> int:

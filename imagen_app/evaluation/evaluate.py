@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..images import pil_to_tensor, pixels_to_tensor
-from ..pipeline.pipeline import ImagenPipeline
 from ..models.unet import upsample_lowres
+from ..pipeline.pipeline import ImagenPipeline
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:

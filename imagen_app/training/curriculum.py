@@ -19,11 +19,16 @@ import json
 import os
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+
+from ..images import pixels_to_tensor
+from ..pipeline.guidance import x0_from_output
+from .distributed import unwrap
 
 
 @torch.no_grad()
@@ -34,7 +39,7 @@ def text_use(unet, scheduler, encoder, images: torch.Tensor, captions: Sequence[
     images: (N, 3, S, S) in [-1, 1]. Fixed noise (from `seed`), so two checkpoints are measured alike."""
     unet_device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
-    config = getattr(unet, "module", unet).config
+    prediction_type = unwrap(unet).config.prediction_type
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(images.shape, generator=gen)
     errors = np.zeros((3, len(captions)))  # right, wrong, null
@@ -50,10 +55,7 @@ def text_use(unet, scheduler, encoder, images: torch.Tensor, captions: Sequence[
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise[sl]
             inp = noisy.repeat(3, 1, 1, 1).to(unet_device, dtype)
             out = unet(inp, torch.full((3 * n,), t, device=unet_device), embeds, mask).sample.float().cpu()
-            if config.prediction_type == "epsilon":
-                x0_pred = (inp.float().cpu() - (1 - a).sqrt() * out) / a.sqrt()
-            else:  # v-prediction: x0 = sqrt(a) x_t - sqrt(1 - a) v
-                x0_pred = a.sqrt() * inp.float().cpu() - (1 - a).sqrt() * out
+            x0_pred = x0_from_output(a, out, inp.float().cpu(), prediction_type)
             err = (x0_pred - x0.repeat(3, 1, 1, 1)).pow(2).flatten(1).mean(1).view(3, n)
             errors[:, sl] += err.numpy()
     right, wrong, null = errors
@@ -224,3 +226,54 @@ class BlockCurriculum:
         out = out[:batch_size]
         out += [rng.randrange(len(self.families)) for _ in range(batch_size - len(out))]
         return out
+
+
+# --- in the training loop (train.py) ----------------------------------------------------------------------------
+
+def make_curriculum(cfg, data, log, main: bool = True) -> Optional[BlockCurriculum]:
+    """The block curriculum of a TrainConfig's `curriculum` (None without one; it needs the emoji corpus's
+    families). Only the main process's copy saves the plan (curriculum.json); `distributed.share_curriculum` sends
+    it to the others."""
+    if not cfg.curriculum:
+        return None
+    if data.families is None:
+        log("curriculum ignored: it needs the emoji corpus (families of emoji)")
+        return None
+    path = os.path.join(cfg.run_dir, "curriculum.json")
+    return BlockCurriculum(CurriculumConfig(**cfg.curriculum), data.families, path if main else None,
+                           captions=[caps[0] for caps in data.captions])
+
+
+def _images(data, idx) -> torch.Tensor:
+    return pixels_to_tensor([data.images[i] for i in idx])
+
+
+def _measure(unet, scheduler, encoder, data, idx):
+    captions = [data.captions[i][0] for i in idx]  # the plain CLDR name
+    wrong = wrong_captions_within_family(captions, [data.families[i] for i in idx])
+    return text_use(unet, scheduler, encoder, _images(data, idx), captions, wrong)
+
+
+def plan_next_pass(curriculum: BlockCurriculum, unet, scheduler, encoder, data, step: int, log) -> None:
+    """Measures every drilled emoji (weakest first, the ones that hold leave) and plans the next pass at `step`."""
+    t0 = time.time()
+    idx = [i for i, f in enumerate(data.families) if f in curriculum.cfg.families]
+    specificity = np.full(len(data), np.inf)
+    specificity[idx] = _measure(unet, scheduler, encoder, data, idx)["specificity"]
+    n = curriculum.plan_pass(step, specificity)
+    log(f"curriculum: pass {len(curriculum.passes)} from step {step} drills {n} emoji "
+        f"until step {curriculum.end_step} (planned in {time.time() - t0:.0f} s)")
+
+
+def log_text_use(curriculum: BlockCurriculum, unet, scheduler, encoder, data, step: int, run_dir: str, log) -> None:
+    """The quick by-family measure of how much the right caption helps, logged and appended to text_use.jsonl."""
+    idx = family_sample(data.families, curriculum.cfg.measure_per_family)
+    summary = summarize_by_family(_measure(unet, scheduler, encoder, data, idx), [data.families[i] for i in idx])
+    two_tones = two_tone_sample([c[0] for c in data.captions], curriculum.cfg.measure_per_family)
+    if two_tones:
+        summary["two-tone order"] = word_order_use(unet, scheduler, encoder, _images(data, two_tones),
+                                                   [data.captions[i][0] for i in two_tones])
+    log(f"text use at step {step}: " + "; ".join(f"{f} gain {v['gain']:.2f} specificity {v['specificity']:.2f}"
+                                                  for f, v in summary.items()))
+    with open(os.path.join(run_dir, "text_use.jsonl"), "a") as f:
+        f.write(json.dumps(dict(step=step, families=summary)) + "\n")

@@ -1,9 +1,9 @@
 """Weight averaging of exported stages ("model soup": Wortsman et al. 2022, "Model soups: averaging weights of
 multiple fine-tuned models improves accuracy without increasing inference time").
 
-Two fine-tunes of one base stage lie close enough in weight space that their mean is a model of its own. The base
-stage shipped in session 10 was such a mean: a run that taught colour words (and lost a little elsewhere) averaged
-with the stage it started from kept most of the colour and none of the loss. Later colour rounds washed out of
+Two fine-tunes of one base stage lie close enough in weight space that their mean is a model of its own. An earlier
+shipped base stage was such a mean: a run that taught colour words (and lost a little elsewhere) averaged with the
+stage it started from kept most of the colour and none of the loss. Later colour rounds washed out of
 such means (README, "Colour words").
 """
 from __future__ import annotations

@@ -6,10 +6,10 @@ from typing import Sequence
 import torch
 from transformers import T5EncoderModel
 
-from ..pipeline.pipeline import ImagenPipeline, noise_schedule
 from ..models.text_encoder import freeze
-from .text_pretrain import small_t5_config, train_caption_tokenizer
 from ..models.unet import ImagenUNet
+from ..pipeline.pipeline import ImagenPipeline, noise_schedule
+from .text_pretrain import small_t5_config, train_caption_tokenizer
 
 TINY_CAPTIONS = ["red heart", "blue heart", "green circle", "woman firefighter: dark skin tone",
                  "man firefighter", "flag: japan", "panda", "grinning face"]

@@ -1,0 +1,145 @@
+"""A run's checkpoint: one safetensors file that a killed or stopped run resumes from exactly.
+
+The tensors are the U-Net's weights, the EMA weights, the optimizer state and every rank's torch RNG states; the
+header holds a JSON of the rest (step, EMA updates, learning-rate schedule, optimizer groups, the Python RNG
+states). Written atomically (temp file + rename) so that a kill mid-write leaves the previous checkpoint intact.
+A legacy `checkpoint.pt` (the pickled format written before) still resumes; it is never written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from typing import Optional
+
+import torch
+
+from .distributed import unwrap
+
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "checkpoint.pt"  # the pickled format written before; read, never written
+
+
+def checkpoint_path(run_dir: str) -> Optional[str]:
+    """The checkpoint to resume from: checkpoint.safetensors, or a legacy checkpoint.pt (the newer if both exist)."""
+    paths = [os.path.join(run_dir, name) for name in (CHECKPOINT, LEGACY_CHECKPOINT)]
+    paths = [p for p in paths if os.path.exists(p)]
+    return max(paths, key=os.path.getmtime) if paths else None
+
+
+def save_checkpoint(path: str, accelerator, step: int, unet, ema, opt, lr_scheduler, rng: random.Random,
+                    collective: bool = True) -> None:
+    """Gathers every rank's RNG states (a collective call, unless `collective` is False: then this rank's alone),
+    and the main process writes the checkpoint. `ema`: the EMA weights (`model()`, `updates`)."""
+    from accelerate.utils import gather_object
+
+    states = gather_object([rng_state(rng)]) if collective else [rng_state(rng)]
+    if accelerator.is_main_process:
+        write_checkpoint(path, dict(step=step, unet=unwrap(unet).state_dict(), ema=ema.model().state_dict(),
+                                    ema_updates=ema.updates, opt=opt.state_dict(),
+                                    lr_scheduler=lr_scheduler.state_dict(), rng=states))
+
+
+def resume(path: str, unet, opt, lr_scheduler, rng: random.Random, rank: int, processes: int, log) -> dict:
+    """Reads the checkpoint at `path` (either format) into this rank's U-Net, optimizer, schedule and RNGs, and
+    returns it: its EMA weights (`ema`, `ema_updates`) are the caller's to load."""
+    ckpt = read_checkpoint(path)
+    unet.load_state_dict(ckpt["unet"])
+    opt.load_state_dict(ckpt["opt"])
+    restore_lr_schedule(lr_scheduler, opt, ckpt["lr_scheduler"], ckpt["step"])
+    if rank < len(ckpt["rng"]):  # a rank the checkpoint did not know keeps its fresh, offset seed
+        set_rng_state(rng, ckpt["rng"][rank])
+    log(f"resumed from {path} at step {ckpt['step']}")
+    if len(ckpt["rng"]) != processes:
+        log(f"the checkpoint holds the RNG states of {len(ckpt['rng'])} process(es), this run has "
+            f"{processes}: ranks without a saved state draw from their fresh seed")
+    return ckpt
+
+
+def write_checkpoint(path: str, ckpt: dict) -> None:
+    """Writes `ckpt` (as `read_checkpoint` returns it) as one safetensors file: the tensors, and in the header
+    a JSON of the rest. Atomic: a kill mid-write leaves the previous checkpoint intact."""
+    from safetensors.torch import save_file
+
+    tensors = {f"unet.{k}": v for k, v in ckpt["unet"].items()}
+    tensors.update({f"ema.{k}": v for k, v in ckpt["ema"].items()})
+    for i, state in ckpt["opt"]["state"].items():
+        tensors.update({f"opt.{i}.{k}": v for k, v in state.items()})
+    rng = []
+    for r, states in enumerate(ckpt["rng"]):
+        tensors[f"rng.{r}.torch"] = states["torch"]
+        if states.get("cuda") is not None:
+            tensors[f"rng.{r}.cuda"] = states["cuda"]
+        rng.append(dict(python=states["python"]))
+    meta = dict(format=1, step=ckpt["step"], ema_updates=ckpt["ema_updates"], lr_scheduler=ckpt["lr_scheduler"],
+                opt_param_groups=ckpt["opt"]["param_groups"], rng=rng)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata={"imagen_app": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str) -> dict:
+    """step, unet and ema state dicts, ema_updates, opt (optimizer state dict), lr_scheduler (None from a legacy
+    file) and rng (one {python, torch, cuda} per rank that wrote it), from either checkpoint format."""
+    if path.endswith(".pt"):
+        return _read_legacy_checkpoint(path)
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        meta = json.loads(f.metadata()["imagen_app"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+
+    def group(prefix):
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    opt_state = {}
+    for key, v in group("opt.").items():
+        i, name = key.split(".", 1)
+        opt_state.setdefault(int(i), {})[name] = v
+    rng = [dict(python=r["python"], torch=tensors[f"rng.{k}.torch"], cuda=tensors.get(f"rng.{k}.cuda"))
+           for k, r in enumerate(meta["rng"])]
+    return dict(step=meta["step"], unet=group("unet."), ema=group("ema."), ema_updates=meta["ema_updates"],
+                opt=dict(state=opt_state, param_groups=meta["opt_param_groups"]), lr_scheduler=meta["lr_scheduler"],
+                rng=rng)
+
+
+def read_checkpoint_step(path: str) -> int:
+    """The step of a checkpoint, reading only the header of the new format."""
+    if path.endswith(".pt"):
+        return _read_legacy_checkpoint(path)["step"]
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        return json.loads(f.metadata()["imagen_app"])["step"]
+
+
+def _read_legacy_checkpoint(path: str) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)  # tensors, numbers and tuples: no code runs
+    return dict(step=state["step"], unet=state["unet"], ema=state["ema"], ema_updates=state["ema_updates"],
+                opt=state["opt"], lr_scheduler=None,
+                rng=[dict(python=state["python_rng"], torch=state["torch_rng"], cuda=None)])
+
+
+def rng_state(rng: random.Random) -> dict:
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+    return dict(python=rng.getstate(), torch=torch.get_rng_state(), cuda=cuda)
+
+
+def set_rng_state(rng: random.Random, states: dict) -> None:
+    version, internal, gauss = states["python"]  # JSON turned the tuples into lists
+    rng.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+def restore_lr_schedule(lr_scheduler, opt, saved: Optional[dict], step: int) -> None:
+    """Loads the schedule's state; a legacy checkpoint has none, so the schedule is placed at `step`."""
+    if saved is None:
+        saved = lr_scheduler.state_dict()
+        lrs = [base * f(step) for base, f in zip(lr_scheduler.base_lrs, lr_scheduler.lr_lambdas)]
+        saved.update(last_epoch=step, _step_count=step + 1, _last_lr=lrs)
+        for g, lr in zip(opt.param_groups, lrs):
+            g["lr"] = lr
+    lr_scheduler.load_state_dict(saved)

@@ -1,0 +1,87 @@
+"""A training run's settings (`TrainConfig`) and the JSON files they come from.
+
+A config file holds TrainConfig's fields, or extends another file and gives only the keys that differ:
+
+    {"extends": "../base32_finetune.json", "run_dir": "runs/cpu_recoloured_round4", "lr": 5e-05}
+
+`extends` is a path relative to the file that names it, and the file it names may extend another. Objects (the
+`unet` and `curriculum` sections) merge key by key; anything else, lists and null included, replaces the
+inherited value.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str  # checkpoints, sample grids and logs (an ignored folder)
+    text_encoder: str  # folder with tokenizer/ and text_encoder/ (or a T5 checkpoint)
+    resolution: int  # the stage's output size
+    unet: dict = field(default_factory=dict)  # ImagenUNet arguments
+    data: str = "emoji"  # "emoji" or a folder of captioned images
+    lowres_resolution: Optional[int] = None  # set for super-resolution stages
+    crop_size: Optional[int] = None  # SR: train on random crops of this size
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine (base, first SR) or "linear"
+    batch_size: int = 32  # per process: the global batch is batch_size x processes
+    lr: float = 1e-3  # not scaled with the number of processes
+    lr_schedule: str = "constant_with_warmup"  # a diffusers get_scheduler name: "constant_with_warmup", "cosine", ...
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    # lr of the U-Net's word-order parameters, text position embeddings and pixel coordinates (None: `lr`). Added to a
+    # trained stage at zero, at the fine-tuning lr (1e-4) positions grew to a norm of 0.01 in 400 steps, while the
+    # layer-normed text tokens they add to have ~8.
+    text_positions_lr: Optional[float] = None
+    ema_decay: float = 0.999
+    cond_drop_prob: float = 0.1
+    min_snr_gamma: Optional[float] = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None = plain MSE
+    max_aug_level: float = 0.5
+    max_steps: int = 100_000  # also the length of a cosine schedule
+    checkpoint_every: int = 200
+    sample_every: int = 1000
+    log_every: int = 20  # a log line every so many steps when there is no progress bar (not a TTY)
+    sample_prompts: list = field(default_factory=lambda: ["red heart", "panda", "flag: japan", "woman firefighter: dark skin tone"])
+    init_from: Optional[str] = None  # an exported stage folder to start from when there is no checkpoint
+    threads: Optional[int] = None  # CPU threads per process
+    mixed_precision: str = "no"  # accelerate's "no", "fp16" or "bf16" (bf16 on a recent GPU)
+    curriculum: Optional[dict] = None  # CurriculumConfig fields: massed blocks of the weakest emoji (emoji corpus only)
+    # Emoji corpus: also train on caption templates and aliases ("an emoji of X", "X emoji", ...). False: the CLDR
+    # name only, which a 400-step block learned twice as fast (specificity 0.11 -> 0.37 vs 0.19; README).
+    # On an image folder, False keeps each image's first caption (an exported corpus's CLDR name).
+    caption_variants: bool = True
+    record_ranks: bool = False  # for tests: ranks.jsonl gets every rank's batch indices and weight hash at every step
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path: str, **overrides) -> "TrainConfig":
+        """The config of a file (its `extends` resolved), with the `overrides` that are not None on top."""
+        cfg = read_config(path)
+        cfg.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**cfg)
+
+
+def read_config(path: str, _seen: tuple = ()) -> dict:
+    """The keys of a config file with its `extends` chain resolved (the file's own keys win)."""
+    path = os.path.abspath(path)
+    if path in _seen:
+        raise ValueError("config files extend each other in a circle: " + " -> ".join(_seen + (path,)))
+    with open(path) as f:
+        cfg = json.load(f)
+    parent = cfg.pop("extends", None)
+    if parent is None:
+        return cfg
+    return merge(read_config(os.path.join(os.path.dirname(path), parent), _seen + (path,)), cfg)
+
+
+def merge(base: dict, override: dict) -> dict:
+    """`base` with `override` on top: dicts merge recursively, other values replace."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
