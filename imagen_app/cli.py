@@ -5,6 +5,9 @@ import argparse
 import json
 import os
 import sys
+from typing import Dict, Sequence
+
+from .pipeline.settings import SETTING, SETTING_NAMES  # the table of per-stage settings (no torch: --help stays fast)
 
 DEFAULT_WEIGHTS = os.environ.get("IMAGEN_WEIGHTS", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights"))
 
@@ -27,10 +30,26 @@ def _stage_values(text: str | None, kind=float):
     return values[0] if len(values) == 1 else values
 
 
+def add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str] = SETTING_NAMES, note: str = "") -> None:
+    """One flag per per-stage setting named (the pipeline's table, settings.SETTINGS): --steps,
+    --guidance-scale, ..., each taking one value or one per stage, comma-separated."""
+    for name in names:
+        setting = SETTING[name]
+        parser.add_argument("--" + setting.flag.replace("_", "-"), dest=name, default=None, metavar=setting.flag.upper(),
+                            help=f"{setting.help}: {setting.accepted()}; one value, or one per stage, comma-separated"
+                                 + (f" ({note})" if note else ""))
+
+
+def setting_values(args, names: Sequence[str] = SETTING_NAMES) -> Dict[str, object]:
+    """The per-stage settings given by add_setting_flags' flags, as keyword arguments of the pipeline (None: its
+    default)."""
+    return {name: _stage_values(getattr(args, name), str if SETTING[name].kind is str else float) for name in names}
+
+
 def cmd_generate(args) -> int:
     import torch
 
-    from .pipeline.pipeline import ImagenPipeline, settings_kwargs
+    from .pipeline.pipeline import ImagenPipeline
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.deepfloyd_if:  # DeepFloyd IF's stage I (and II) folders or hub ids; fp16 on CUDA
@@ -43,17 +62,12 @@ def cmd_generate(args) -> int:
         pipe = ImagenPipeline.from_pretrained(args.weights)
         pipe.to(device)
     # Checked before any work; a ValueError names the setting (main() prints it).
-    stages = pipe.resolve_settings(num_inference_steps=_stage_values(args.steps, float),
-                                   guidance_scale=_stage_values(args.guidance_scale),
-                                   scheduler=_stage_values(args.scheduler, str),
-                                   dynamic_thresholding_percentile=_stage_values(args.dynamic_thresholding_percentile),
-                                   dynamic_thresholding_max=_stage_values(args.dynamic_thresholding_max),
-                                   noise_aug_level=_stage_values(args.noise_aug_level), stop_at_stage=args.stop_at_stage)
+    stages = pipe.resolve_settings(stop_at_stage=args.stop_at_stage, **setting_values(args))
     for warning in pipe.check_prompt(args.prompt).warnings():
         print("warning:", warning, file=sys.stderr)
     out = pipe(args.prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images,
                generator=torch.Generator().manual_seed(args.seed), image=args.image, mask_image=args.mask,
-               strength=args.strength, **settings_kwargs(stages))
+               strength=args.strength, stage_settings=stages)
     root, ext = os.path.splitext(args.out)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for i, image in enumerate(out.images):
@@ -76,8 +90,7 @@ def cmd_upscale(args) -> int:
     pipe = ImagenPipeline.from_pretrained(args.weights)
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     out = pipe(args.prompt, image=args.image, start_at_stage=args.start_at_stage, stop_at_stage=args.stop_at_stage,
-               num_inference_steps=_stage_values(args.steps, float), noise_aug_level=_stage_values(args.noise_aug_level),
-               generator=torch.Generator().manual_seed(args.seed))
+               generator=torch.Generator().manual_seed(args.seed), **setting_values(args, UPSCALE_SETTINGS))
     root, ext = os.path.splitext(args.out)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     out.images[0].save(args.out)
@@ -87,6 +100,9 @@ def cmd_upscale(args) -> int:
         json.dump(dict(out.settings, seed=args.seed, image=args.image, start_at_stage=args.start_at_stage), f, indent=2)
     print(args.out, f"{out.images[0].size[0]} px")
     return 0
+
+
+UPSCALE_SETTINGS = ("num_inference_steps", "noise_aug_level")
 
 
 def cmd_train(args) -> int:
@@ -216,12 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="out.png")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--negative-prompt", default=None)
-    g.add_argument("--steps", help="one value, or one per stage: 16,8,4")
-    g.add_argument("--guidance-scale", help="one value, or one per stage")
-    g.add_argument("--scheduler", help="ddpm, ddim, dpm++, euler, euler-ancestral, unipc (or one per stage)")
-    g.add_argument("--dynamic-thresholding-percentile", help="0 (off) or 50-100, one value or one per stage")
-    g.add_argument("--dynamic-thresholding-max", help="the largest s dynamic thresholding divides by (>= 1)")
-    g.add_argument("--noise-aug-level")
+    add_setting_flags(g)
     g.add_argument("--num-images", type=int, default=1)
     g.add_argument("--stop-at-stage", type=int, default=None)
     g.add_argument("--deepfloyd-if", metavar="STAGE_1", default=None,
@@ -244,8 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--start-at-stage", type=int, default=2,
                    help="the first stage run; the image is resized to the resolution of the stage before it")
     u.add_argument("--stop-at-stage", type=int, default=None)
-    u.add_argument("--steps", help="one value, or one per stage (stages 1..N; the ones before the start are unused)")
-    u.add_argument("--noise-aug-level")
+    add_setting_flags(u, UPSCALE_SETTINGS, note="stages 1..N: the ones before the start are unused")
     u.set_defaults(func=cmd_upscale)
 
     b = sub.add_parser("bench", help="ms per U-Net evaluation and end-to-end seconds, beside a diffusers UNet2DConditionModel")

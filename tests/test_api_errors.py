@@ -1,5 +1,5 @@
 """Every input of the app's endpoints named in its error message; quiet logs for input errors; the disk
-given back (Gradio's cache and the app's PNG downloads); weights faults named (issues 13 and 16)."""
+given back (Gradio's cache and the app's PNG downloads); weights faults named."""
 import json
 import os
 import shutil
@@ -11,6 +11,13 @@ import pytest
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
+
+from imagen_app.app.ui import generate_outputs  # noqa: E402  (after the skip: it imports gradio)
+
+
+def named(result) -> dict:
+    """A result of /generate by name (the app under test has 3 stages)."""
+    return generate_outputs(result, 3)
 
 
 @pytest.fixture()
@@ -82,7 +89,7 @@ def test_every_bad_generate_input_is_named_and_logs_no_traceback(client, capfd):
     logged = capfd.readouterr()
     assert "Traceback" not in logged.out + logged.err
     ok = client.predict("red heart", api_name="/generate")  # and the server still works
-    assert np.asarray(Image.open(ok[3][0]["image"])).shape == (128, 128, 3)
+    assert np.asarray(Image.open(named(ok)["images"][0]["image"])).shape == (128, 128, 3)
 
 
 def test_messages_say_what_is_accepted(client):
@@ -96,10 +103,11 @@ def test_none_for_every_optional_input_is_its_default(client, tiny_pipe):
 
     names = [p.name for p in generate_parameters(tiny_pipe.num_stages)][1:-2]  # all but prompt, progress and request
     nones = {name: None for name in names}
-    result = client.predict("red heart", **nones, api_name="/generate")
-    default = client.predict("red heart", api_name="/generate")
-    assert np.array_equal(np.asarray(Image.open(result[3][0]["image"])), np.asarray(Image.open(default[3][0]["image"])))
-    used = result[5]
+    result = named(client.predict("red heart", **nones, api_name="/generate"))
+    default = named(client.predict("red heart", api_name="/generate"))
+    assert np.array_equal(np.asarray(Image.open(result["images"][0]["image"])),
+                          np.asarray(Image.open(default["images"][0]["image"])))
+    used = result["settings"]
     assert used["num_inference_steps"] == [s.num_inference_steps for s in tiny_pipe.resolve_settings()]
 
 
@@ -169,16 +177,17 @@ def test_every_bad_compare_input_is_named_and_logs_no_traceback(client, capfd):
 
 
 def test_none_for_every_optional_compare_input_is_its_default(client):
-    nones = client.predict("red heart", guidance_text=None, row_kind=None, stage=None, seed=None, api_name="/compare")
-    default = client.predict("red heart", api_name="/compare")
-    assert nones[2] == default[2] == "Done: 12 cells, seed 0."
-    assert np.array_equal(np.asarray(Image.open(nones[0])), np.asarray(Image.open(default[0])))
+    grid, _, status = client.predict("red heart", guidance_text=None, row_kind=None, stage=None, seed=None,
+                                     api_name="/compare")
+    default_grid, _, default_status = client.predict("red heart", api_name="/compare")
+    assert status == default_status == "Done: 12 cells, seed 0."
+    assert np.array_equal(np.asarray(Image.open(grid)), np.asarray(Image.open(default_grid)))
 
 
 @pytest.mark.parametrize("api_name, args", [("/generate", ["red heart", "", 0, False] + [None] * 16),
                                             ("/compare", ["red heart", "1", "thresholding", 1, 0])])
 def test_an_extra_positional_argument_is_refused_by_name(client, capfd, api_name, args):
-    """Gradio 6.31 would drop it before the function runs (it checks only too few); ui_inputs.refuse_extra_inputs."""
+    """Gradio 6.31 would drop it before the function runs (it checks only too few); inputs.refuse_extra_inputs."""
     capfd.readouterr()
     with pytest.raises(Exception) as err:
         client.predict(*args, "one too many", api_name=api_name)
@@ -233,7 +242,8 @@ def test_gradio_cache_is_purged_after_cache_minutes(tiny_pipe):
         for i in range(3):  # the first run outlasts the 2 s age (its stage 1 pane is shown until its end)
             result = c.predict("red heart", seed=seed + i, steps_stage_1=40 if i == 0 else 2, steps_stage_2=2,
                                steps_stage_3=2, api_name="/generate")
-            assert result[4].startswith("Done:"), result[4]
+            status = named(result)["status"]
+            assert status.startswith("Done:"), status
         done.set()
         watcher.join()
         written.update(cached_files(folders) - before)

@@ -10,6 +10,8 @@ from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
 
+from imagen_app.app.ui import generate_outputs  # noqa: E402  (after the skip: it imports gradio)
+
 
 @pytest.fixture()
 def client(app_url):
@@ -20,28 +22,32 @@ def image_of(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
+def named(result, n_stages: int = 3) -> dict:
+    """An update or result of /generate by name (the app under test has 3 stages)."""
+    return generate_outputs(result, n_stages)
+
+
 def final_image(result) -> np.ndarray:
-    gallery = result[3]
-    return image_of(gallery[0]["image"])
+    return image_of(named(result)["images"][0]["image"])
 
 
 def test_streams_each_stage_before_final(client):
     job = client.submit("red heart", seed=1, steps_stage_1=3, steps_stage_2=3, steps_stage_3=3, api_name="/generate")
     updates = list(job)
-    statuses = [u[4] for u in updates]
+    statuses = [named(u)["status"] for u in updates]
     stages_previewed = {int(s.split("/")[0].split()[-1]) for s in statuses if s.startswith("Stage ")}
     assert stages_previewed == {1, 2, 3}
     first_final = next(i for i, s in enumerate(statuses) if s.startswith("Done"))
     assert first_final == len(statuses) - 1  # previews of every stage came before the result
     for u in updates[:-1]:  # each preview update carries the image of the stage it names
-        k = int(u[4].split("/")[0].split()[-1])
-        assert u[k - 1] is not None
-    result = job.result()
-    assert [image_of(result[k]).shape[:2] for k in range(3)] == [(8, 8), (32, 32), (128, 128)]
-    assert final_image(result).shape == (128, 128, 3)
-    settings = result[5]
+        k = int(named(u)["status"].split("/")[0].split()[-1])
+        assert named(u)[f"stage_{k}"] is not None
+    result = named(job.result())
+    assert [image_of(result[f"stage_{k}"]).shape[:2] for k in (1, 2, 3)] == [(8, 8), (32, 32), (128, 128)]
+    assert image_of(result["images"][0]["image"]).shape == (128, 128, 3)
+    settings = result["settings"]
     assert settings["prompt"] == "red heart" and settings["seed"] == 1
-    meta = Image.open(result[6]).text  # the PNG download carries the prompt and settings
+    meta = Image.open(result["download"]).text  # the PNG download carries the prompt and settings
     assert meta["prompt"] == "red heart" and json.loads(meta["parameters"])["seed"] == 1
 
 
@@ -54,7 +60,7 @@ def test_same_seed_same_image(client):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(steps_stage_1=0), "steps_stage_1"),  # named as the API calls it (issue 16)
+    (dict(steps_stage_1=0), "steps_stage_1"),  # named as the API calls it
     (dict(prompt="x" * 5000), "too long"),
     (dict(scheduler_stage_2="warp-drive"), "warp-drive"),
     (dict(noise_aug_level_stage_2=3), "noise_aug_level_stage_2"),
@@ -90,12 +96,12 @@ def test_nan_guidance_over_raw_http_is_a_clear_error(app_url, client):
 def test_empty_prompt_is_allowed(client):
     result = client.predict("", api_name="/generate")
     assert final_image(result).shape == (128, 128, 3)
-    assert "unconditional" in result[7]
+    assert "unconditional" in named(result)["understood"]
 
 
 def test_unknown_words_are_reported(client):
-    result = client.predict("red corgi heart", api_name="/generate")
-    assert "doesn't know" in result[7] and "corgi" in result[7]
+    understood = named(client.predict("red corgi heart", api_name="/generate"))["understood"]
+    assert "doesn't know" in understood and "corgi" in understood
 
 
 def test_four_clients_at_once(app_url):
@@ -143,9 +149,22 @@ def test_omitted_settings_are_the_pipeline_defaults(client, tiny_pipe):
 
     expected = used(settings_kwargs(tiny_pipe.resolve_settings()))
     assert expected["guidance_scale"] == [3.0, 2.0, 1.0]
-    assert used(client.predict("red heart", api_name="/generate")[5]) == expected
+    assert used(named(client.predict("red heart", api_name="/generate"))["settings"]) == expected
     *_, final = make_generate(PipelineHolder(tiny_pipe))("red heart")
-    assert used(final[5]) == expected
+    assert used(named(final)["settings"]) == expected
+
+
+def test_generate_resolves_the_settings_once(tiny_pipe, monkeypatch):
+    """The app resolves a request's settings once and streams them as they are (stage_settings=)."""
+    from imagen_app.app.ui import PipelineHolder, make_generate
+
+    calls = []
+    resolve = tiny_pipe.resolve_settings
+    monkeypatch.setattr(tiny_pipe, "resolve_settings", lambda **kwargs: calls.append(kwargs) or resolve(**kwargs))
+    *_, final = make_generate(PipelineHolder(tiny_pipe))("red heart", steps_stage_2=2, guidance_scale_stage_1=5.0)
+    assert len(calls) == 1
+    settings = named(final)["settings"]
+    assert settings["num_inference_steps"] == [3, 2, 3] and settings["guidance_scale"] == [5.0, 2.0, 1.0]
 
 
 @pytest.mark.parametrize("resolutions", [(8,), (8, 32), (8, 32, 128)])
@@ -172,8 +191,7 @@ def test_ui_controls_follow_the_pipeline(resolutions):
     *_, from_controls = make_generate(PipelineHolder(pipe))(*untouched)
     *_, omitted = make_generate(PipelineHolder(pipe))("red heart")
     expected = used(settings_kwargs(pipe.resolve_settings()))
-    settings = n + 2  # outputs: one image per stage, gallery, status, settings, ...
-    assert used(from_controls[settings]) == used(omitted[settings]) == expected
+    assert used(named(from_controls, n)["settings"]) == used(named(omitted, n)["settings"]) == expected
     assert expected["guidance_scale"] == [3.5, 2.5, 1.5][:n] and expected["scheduler"] == ["ddim", "euler", "unipc"][:n]
 
 
@@ -208,7 +226,7 @@ def test_eight_clients_served_in_order_and_the_17th_is_told_the_queue_is_full(ap
         blocker.cancel()
     results = [j.result(timeout=120) for j in jobs]
     assert finished == list(range(16))  # served first come, first served
-    assert [r[5]["seed"] for r in results] == list(range(16))
+    assert [named(r)["settings"]["seed"] for r in results] == list(range(16))
     assert all(final_image(r).shape == (128, 128, 3) for r in results)
 
 

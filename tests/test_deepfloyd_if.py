@@ -118,6 +118,17 @@ def test_loads_if_folders_with_ifs_defaults(if_pipe):
     assert sched.config.sample_max_value == 1.5 and sched.config.variance_type == "learned_range"
 
 
+def test_if_stages_run_through_their_adapter(if_pipe):
+    """The cascade's loop asks each stage's adapter: IF's denoises 3 channels (stage II's U-Net also takes the
+    upscaled image) with IF's scheduler, which thresholds itself."""
+    stages = if_pipe.resolve_settings()
+    adapters = [if_pipe.stage(k) for k in range(2)]
+    assert all(isinstance(a, deepfloyd_if.DeepFloydIFStage) for a in adapters) and if_pipe.is_deepfloyd_if
+    assert [a.unet.config.in_channels for a in adapters] == [3, 6] and [a.sample_channels for a in adapters] == [3, 3]
+    sched = adapters[1].scheduler(stages[1])
+    assert sched.config.thresholding and sched.config.sample_max_value == 1.0
+
+
 def test_stage_1_equals_diffusers_ifpipeline(if_pipe, reference):
     ours = if_pipe(PROMPT, num_inference_steps=20, guidance_scale=7.0, stop_at_stage=1, generator=seeded(3))
     theirs = reference[0](PROMPT, num_inference_steps=20, guidance_scale=7.0, generator=seeded(3)).images
@@ -240,15 +251,16 @@ def test_app_starts_on_if(if_folders):
 
 
 def test_app_generate_streams_if(if_pipe):
-    from imagen_app.app.ui import PipelineHolder, make_generate
+    from imagen_app.app.ui import PipelineHolder, generate_outputs, make_generate
 
     generate = make_generate(PipelineHolder(if_pipe))
-    updates = list(generate(PROMPT, seed=4, steps_stage_1=2, steps_stage_2=2, progress=lambda *a, **k: None))
-    statuses = [u[3] for u in updates]
+    updates = [generate_outputs(u, 2) for u in generate(PROMPT, seed=4, steps_stage_1=2, steps_stage_2=2,
+                                                         progress=lambda *a, **k: None)]
+    statuses = [u["status"] for u in updates]
     assert statuses[0].startswith("Stage 1/2") and any(s.startswith("Stage 2/2") for s in statuses)
     final = updates[-1]
-    assert statuses[-1].startswith("Done") and final[0].size == (16, 16) and final[1].size == (32, 32)
-    assert final[4]["scheduler"] == ["ddpm", "ddpm"] and final[4]["num_inference_steps"] == [2, 2]
+    assert statuses[-1].startswith("Done") and final["stage_1"].size == (16, 16) and final["stage_2"].size == (32, 32)
+    assert final["settings"]["scheduler"] == ["ddpm", "ddpm"] and final["settings"]["num_inference_steps"] == [2, 2]
 
 
 def test_half_precision_loads_and_runs(if_folders):

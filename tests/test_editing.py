@@ -288,6 +288,13 @@ def client(app_url):
     return gradio_client.Client(app_url, verbose=False)
 
 
+def edit_outputs(values, first_pane, n_stages):
+    """An update or result of /edit or /upscale by name (edit_tabs.edit_outputs)."""
+    from imagen_app.app.edit_tabs import edit_outputs as by_name
+
+    return by_name(values, first_pane, n_stages)
+
+
 def save(image, path):
     image.save(path)
     return str(path)
@@ -303,34 +310,35 @@ def test_edit_endpoint_inpaints_and_streams(client, tmp_path):
                   layers=[handle_file(save(Image.fromarray(layer, "RGBA"), tmp_path / "layer.png"))], composite=None)
     job = client.submit(editor, "blue heart", strength=1.0, seed=1, api_name="/edit")
     updates = list(job)
-    statuses = [u[4] for u in updates]
+    statuses = [edit_outputs(u, 1, 3)["status"] for u in updates]
     assert any(s.startswith("Inpainting: stage 1/3") for s in statuses) and statuses[-1].startswith("Done")
-    result = job.result()
-    sizes = [np.asarray(Image.open(result[k])).shape[:2] for k in range(3)]
+    result = edit_outputs(job.result(), 1, 3)
+    sizes = [np.asarray(Image.open(result[f"stage_{k}"])).shape[:2] for k in (1, 2, 3)]
     assert sizes == [(8, 8), (32, 32), (128, 128)]
-    out = Image.open(result[3])
+    out = Image.open(result["image"])
     kept, repainted = regions([out], init, Image.fromarray(layer, "RGBA"), 128)
     assert kept <= TOL and repainted > 0.05
-    assert result[5]["edit"] == "inpaint" and result[5]["prompt"] == "blue heart"
+    assert result["settings"]["edit"] == "inpaint" and result["settings"]["prompt"] == "blue heart"
 
 
 def test_edit_endpoint_without_a_mask_is_image_to_image(client, tmp_path):
     from gradio_client import handle_file
 
     editor = dict(background=handle_file(save(init_image(), tmp_path / "init.png")), layers=[], composite=None)
-    result = client.predict(editor, "panda", strength=0.5, seed=0, last_stage=2, api_name="/edit")
-    assert result[5]["edit"] == "img2img" and result[5]["strength"] == 0.5
-    assert np.asarray(Image.open(result[3])).shape[:2] == (32, 32) and result[2] is None
+    result = edit_outputs(client.predict(editor, "panda", strength=0.5, seed=0, last_stage=2, api_name="/edit"), 1, 3)
+    assert result["settings"]["edit"] == "img2img" and result["settings"]["strength"] == 0.5
+    assert np.asarray(Image.open(result["image"])).shape[:2] == (32, 32) and result["stage_3"] is None
 
 
 def test_upscale_endpoint(client, tmp_path):
     from gradio_client import handle_file
 
     job = client.submit(handle_file(save(init_image(10, 10), tmp_path / "small.png")), "red heart", api_name="/upscale")
-    statuses = [u[3] for u in job]
+    statuses = [edit_outputs(u, 2, 3)["status"] for u in job]
     assert any("stage 2/3" in s for s in statuses) and any("stage 3/3" in s for s in statuses)
-    result = job.result()
-    assert [np.asarray(Image.open(result[k])).shape[:2] for k in range(3)] == [(32, 32), (128, 128), (128, 128)]
+    result = edit_outputs(job.result(), 2, 3)
+    images = [result["stage_2"], result["stage_3"], result["image"]]
+    assert [np.asarray(Image.open(path)).shape[:2] for path in images] == [(32, 32), (128, 128), (128, 128)]
 
 
 @pytest.mark.parametrize("api, args, kwargs, message", [

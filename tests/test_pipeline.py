@@ -1,3 +1,5 @@
+import inspect
+import json
 import math
 
 import numpy as np
@@ -285,6 +287,99 @@ def test_default_settings_are_saved_and_loaded(tiny_pipe, tmp_path):
     assert [s.guidance_scale for s in loaded.resolve_settings()] == [7.0, 1.5]
 
 
+# ----- settings: one table, resolved once -----------------------------------------------------------------
+def test_the_settings_table_is_what_the_pipeline_takes():
+    from dataclasses import fields
+
+    from imagen_app.pipeline.settings import SETTINGS, StageSettings
+
+    names = [s.name for s in SETTINGS]
+    assert [f.name for f in fields(StageSettings)] == ["stage", *names]
+    for method in (ImagenPipeline.stream, ImagenPipeline.__call__, ImagenPipeline.resolve_settings):
+        assert set(names) <= set(inspect.signature(method).parameters), method.__name__
+    # __call__ forwards every argument to stream: the two take the same ones
+    call, stream = (inspect.signature(m).parameters.keys() for m in (ImagenPipeline.__call__, ImagenPipeline.stream))
+    assert call == stream
+
+
+def test_cli_flags_come_from_the_settings_table():
+    from imagen_app.cli import build_parser, setting_values
+    from imagen_app.pipeline.settings import SETTINGS
+
+    args = build_parser().parse_args(["generate", "red heart", "--steps", "4,2", "--guidance-scale", "5",
+                                      "--dynamic-thresholding-percentile", "0", "--dynamic-thresholding-max", "1.5",
+                                      "--noise-aug-level", "0.2,0.3", "--scheduler", "ddim,euler"])
+    assert setting_values(args) == dict(num_inference_steps=[4.0, 2.0], guidance_scale=5.0,
+                                        dynamic_thresholding_percentile=0.0, dynamic_thresholding_max=1.5,
+                                        noise_aug_level=[0.2, 0.3], scheduler=["ddim", "euler"])
+    assert set(setting_values(args)) == {s.name for s in SETTINGS}
+    upscale = build_parser().parse_args(["upscale", "small.png", "--steps", "3"])
+    assert setting_values(upscale, ["num_inference_steps", "noise_aug_level"]) == dict(num_inference_steps=3.0,
+                                                                                        noise_aug_level=None)
+
+
+def test_resolved_stage_settings_run_as_they_are(tiny_pipe):
+    kwargs = dict(num_inference_steps=[2, 1, 1], guidance_scale=5.0, scheduler="ddim", stop_at_stage=2)
+    stages = tiny_pipe.resolve_settings(**kwargs)
+    given = tiny_pipe("red heart", stage_settings=stages, generator=seeded(4))
+    resolved_here = tiny_pipe("red heart", generator=seeded(4), **kwargs)
+    assert given.settings == resolved_here.settings and len(given.stage_images) == 2
+    for a, b in zip(given.stage_images, resolved_here.stage_images):
+        assert np.array_equal(pixels(a[0]), pixels(b[0]))
+    with pytest.raises(ValueError, match="guidance_scale"):  # resolved settings, or settings to resolve: not both
+        tiny_pipe("red heart", stage_settings=stages, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="stop_at_stage"):
+        tiny_pipe("red heart", stage_settings=stages, stop_at_stage=1)
+    with pytest.raises(ValueError, match="stage_settings"):
+        tiny_pipe("red heart", stage_settings=stages[1:])  # stage 2 without stage 1
+    with pytest.raises(ValueError, match="stage_settings"):
+        tiny_pipe("red heart", stage_settings=[dict(guidance_scale=5.0)])
+
+
+def test_native_stages_run_through_their_adapter(tiny_pipe):
+    from imagen_app.pipeline.guidance import StageDenoiser
+    from imagen_app.pipeline.stages import NativeStage
+
+    stages = tiny_pipe.resolve_settings(scheduler="ddim")
+    for k, s in enumerate(stages):
+        stage = tiny_pipe.stage(k)
+        assert isinstance(stage, NativeStage) and stage.unet is tiny_pipe.unets[k] and stage.sample_channels == 3
+        sched = stage.scheduler(s)
+        assert type(sched).__name__ == "DDIMScheduler" and sched is not tiny_pipe.schedulers[k]  # fresh per run
+    embeds = tiny_pipe.prompt_encoder.encode(["red heart"])
+    denoise = tiny_pipe.stage(0).denoiser(stages[0], tiny_pipe.stage(0).scheduler(stages[0]), None, embeds, embeds,
+                                          torch.randn, "cpu")
+    assert isinstance(denoise, StageDenoiser) and denoise.guidance_scale == stages[0].guidance_scale
+    assert not tiny_pipe.is_deepfloyd_if
+
+
+# ----- loading ------------------------------------------------------------------------------------------
+def test_pipeline_saved_before_the_folder_split_loads(tmp_path):
+    """model_index.json of a pipeline saved before the package had layer folders names "imagen_app.unet" for its
+    U-Nets (now imagen_app.models.unet); it loads, and gives the same image."""
+    from imagen_app.models.unet import ImagenUNet
+    from imagen_app.training.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(resolutions=(8, 32))
+    pipe.save_pretrained(tmp_path)
+    index_path = tmp_path / "model_index.json"
+    index = json.loads(index_path.read_text())
+    unets = [name for name, spec in index.items() if isinstance(spec, list) and spec[1] == "ImagenUNet"]
+    assert unets == ["unet_1", "unet_2"] and {index[name][0] for name in unets} == {"imagen_app.models.unet"}
+    for name in unets:
+        index[name][0] = "imagen_app.unet"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ImportError):
+        __import__("imagen_app.unet")  # the old module path is gone
+    loaded = ImagenPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.unet_1, ImagenUNet) and loaded.num_stages == 2
+    a = pipe("red heart", generator=seeded(6))
+    b = loaded("red heart", generator=seeded(6))
+    for x, y in zip(a.stage_images, b.stage_images):
+        assert np.array_equal(pixels(x[0]), pixels(y[0]))
+
+
 # ----- generators: each image reproducible alone --------------------------------------------------------------
 @pytest.mark.parametrize("name", ["ddpm", "euler-ancestral"])
 def test_generator_list_makes_each_image_reproducible_alone(tiny_pipe, name):
@@ -328,7 +423,7 @@ SHIPPED_PROMPTS = ["red heart", "grinning face", "flag: japan", "woman firefight
 def test_dynamic_thresholding_at_default_guidance_keeps_the_image(shipped, scheduler):
     """Imagen §2.3 at the paper's p = 99.5 and the default guidance scales keeps the picture: pixel distance
     to the unthresholded result, per prompt and on average (it was 27.8 on average and 67 at worst, a noisy
-    collage, while s could reach 1.5 and grey the white background at every step; issue 13)."""
+    collage, while s could reach 1.5 and grey the white background at every step)."""
     distances = []
     for i, prompt in enumerate(SHIPPED_PROMPTS):
         kwargs = dict(scheduler=scheduler, num_inference_steps=[8, 2], stop_at_stage=2)

@@ -2,8 +2,8 @@
 
 Columns are guidance weights, rows thresholding (none, static, dynamic) or, for a super-resolution
 stage, noise-augmentation levels (§2.5). Every cell has the same seed; the grid image and a table of
-each cell's settings update as each cell finishes. It calls only `imagen_app.compare`; every input of its
-`compare` API endpoint is checked by name with ui_inputs.py's checks, as /generate's are.
+each cell's settings update as each cell finishes. It calls only `imagen_app.evaluation.compare`; every input of its
+`compare` API endpoint is checked by name with inputs.py's checks, as /generate's are.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import List
 import gradio as gr
 
 from ..evaluation.compare import labelled_grid, parse_row, run_cells
-from .inputs import MAX_PROMPT_CHARS, MAX_SEED, choice_input, input_error, text_input, user_facing_errors, whole_input
+from .inputs import (CONTROL, MAX_PROMPT_CHARS, MAX_SEED, choice_input, input_error, text_input, user_facing_errors,
+                     whole_input)
 
 THRESHOLDING_ROWS = ["0", "static", "99.5"]  # the paper's three rows
 NOISE_AUG_ROWS = ["aug=0", "aug=0.1", "aug=0.3", "aug=0.5"]
@@ -20,6 +21,7 @@ ROW_KINDS = ["thresholding", "noise augmentation"]
 DEFAULT_GUIDANCE = "1, 4, 8, 16"
 MAX_CELLS = 24
 GUIDANCE_NAME = "guidance_text (Guidance weights)"  # each input as the API and the UI call it
+GUIDANCE = CONTROL["guidance_scale"].setting  # the pipeline's bounds of a guidance weight
 
 
 def parse_grid(guidance_text, row_kind: str):
@@ -30,8 +32,9 @@ def parse_grid(guidance_text, row_kind: str):
     except ValueError:
         raise input_error(f"{GUIDANCE_NAME}: give numbers separated by commas, e.g. {DEFAULT_GUIDANCE}; "
                           f"got {text!r:.60}") from None
-    if not guidances or any(not 0 <= g <= 100 for g in guidances):
-        raise input_error(f"{GUIDANCE_NAME}: give one or more numbers from 0 to 100, got {text!r:.60}")
+    if not guidances or any(not GUIDANCE.low <= g <= GUIDANCE.high for g in guidances):
+        raise input_error(f"{GUIDANCE_NAME}: give one or more numbers from {GUIDANCE.low:g} to {GUIDANCE.high:g}, "
+                          f"got {text!r:.60}")
     rows = [parse_row(r) for r in (NOISE_AUG_ROWS if row_kind == "noise augmentation" else THRESHOLDING_ROWS)]
     if len(guidances) * len(rows) > MAX_CELLS:
         raise input_error(f"{GUIDANCE_NAME}: at most {MAX_CELLS // len(rows)} guidance weights with these rows "
@@ -57,7 +60,7 @@ def make_compare(holder):
         seed = whole_input(seed, "seed", 0, MAX_SEED, default=0)
         cells: List = []
         total = len(guidances) * len(rows)
-        # A ValueError is bad settings (noise rows on the base stage), named by run_cells (ui_inputs.user_facing_errors).
+        # A ValueError is bad settings (noise rows on the base stage), named by run_cells (inputs.user_facing_errors).
         with user_facing_errors("Compare", lambda e: f"{e} (row_kind {row_kind!r}, stage {stage})"):
             for cell in run_cells(pipe, prompt, guidances, rows, seed=seed, stage=stage):
                 cells.append(cell)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import gradio as gr
 import torch
@@ -21,8 +21,8 @@ from PIL import Image, ImageChops
 from ..pipeline.editing import mask_gray
 from ..images import image_grid
 from .stage_pane import StagePane, stage_pane
-from .inputs import (MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input,
-                        user_facing_errors, whole_input)
+from .inputs import (CONTROL, MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input,
+                     user_facing_errors, whole_input)
 from .stop import ActiveRuns, session_of, wire_stop
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,11 +31,23 @@ EXAMPLES_DIR = os.path.join(REPO, "docs", "examples")
 EDIT_EXAMPLES = [("firefighter", "woman firefighter: light skin tone", 1.0),
                  ("red_heart", "blue heart", 1.0)]
 UPSCALE_EXAMPLES = [("firefighter_32", "woman firefighter: dark skin tone"), ("red_heart_32", "red heart")]
+# The outputs of /edit and /upscale after their stage panes (/edit: one per stage; /upscale: one per stage after
+# the first), in their order in every update and result.
+EDIT_OUTPUTS = ("image", "status", "settings")
+
+
+def edit_outputs(values: Sequence, first_pane: int, n_stages: int) -> Dict[str, Any]:
+    """An update or result of /edit (first_pane 1) or /upscale (first_pane 2) by name: "stage_<first_pane>" ...
+    "stage_<n_stages>" (the stage panes), then EDIT_OUTPUTS."""
+    names = [f"stage_{k}" for k in range(first_pane, n_stages + 1)] + list(EDIT_OUTPUTS)
+    if len(values) != len(names):
+        raise ValueError(f"expected {len(names)} outputs, got {len(values)} values")
+    return dict(zip(names, values))
 
 
 # Inputs whose values reach the function as sent: Gradio's own preprocessing would round a seed of 3.5,
 # stringify a list prompt, or refuse a value without naming the input; the functions below check each value
-# by name (ui_inputs.text_input, ui_inputs.whole_input, the pipeline's resolver). `is_template` keeps the browser's component.
+# by name (inputs.text_input, inputs.whole_input, the pipeline's resolver). `is_template` keeps the browser's component.
 class RawNumber(gr.Number):
     is_template = True
 
@@ -88,12 +100,13 @@ def _prompt(prompt) -> str:
     return text_input(prompt, "prompt")
 
 
-def _resolve(pipe, **settings):
-    """The pipeline's resolver on the given settings (its ValueError, with the inputs named, as a message)."""
+def _resolve(pipe, message=api_message, **settings):
+    """The pipeline's resolver on the given settings (its ValueError as an input error with `message(e)`, which
+    names the inputs), once per run: the stream runs the settings it returns as they are."""
     try:
         return pipe.resolve_settings(**settings)
     except ValueError as e:
-        raise input_error(api_message(e)) from None
+        raise input_error(message(e)) from None
 
 
 def stream_panes(events, n_stages: int, first_pane: int, what: str):
@@ -102,7 +115,7 @@ def stream_panes(events, n_stages: int, first_pane: int, what: str):
     n_panes = n_stages - first_pane + 1
     panes: List = [None] * n_panes  # this run's latest preview per pane; never gr.skip() (see ui._generate)
     t0, last_yield, start = time.time(), 0.0, None
-    with user_facing_errors(what, api_message):  # messages for the user (ui_inputs.py), the memory released
+    with user_facing_errors(what, api_message):  # messages for the user (inputs.py), the memory released
         try:
             for ev in events:
                 start = ev.stage if start is None else start  # the first stage run
@@ -133,7 +146,7 @@ def make_edit(holder, active_runs: Optional[ActiveRuns] = None):
              last_stage: Optional[int] = None, request: gr.Request = None):
         """Edits `image` (an ImageEditor value: background = the image, painted layers = the region to
         repaint) towards `prompt`, streaming every stage. Nothing painted: image-to-image at `strength`."""
-        with active_runs.track(session_of(request)):  # ends when the generator is closed, Stop included (ui_stop.py)
+        with active_runs.track(session_of(request)):  # ends when the generator is closed, Stop included (stop.py)
             pipe = holder.get()
             init, mask = editor_inputs(image)
             prompt, seed = _prompt(prompt), _seed(seed)
@@ -141,10 +154,10 @@ def make_edit(holder, active_runs: Optional[ActiveRuns] = None):
                                          or not 0 < strength <= 1):
                 raise input_error(f"strength must be a number in (0, 1], got {strength!r:.60}")
             guidance = None if guidance_scale is None else [guidance_scale] + [None] * (pipe.num_stages - 1)
-            stop = len(_resolve(pipe, guidance_scale=guidance, stop_at_stage=last_stage))
+            stages = _resolve(pipe, guidance_scale=guidance, stop_at_stage=last_stage)
             what = "Inpainting" if mask is not None else "Image-to-image"
-            events = pipe.stream(prompt, image=init, mask_image=mask, strength=strength, guidance_scale=guidance,
-                                 stop_at_stage=stop, generator=torch.Generator().manual_seed(seed))
+            events = pipe.stream(prompt, image=init, mask_image=mask, strength=strength, stage_settings=stages,
+                                 generator=torch.Generator().manual_seed(seed))
             yield from stream_panes(events, pipe.num_stages, 1, what)
 
     return edit
@@ -152,12 +165,13 @@ def make_edit(holder, active_runs: Optional[ActiveRuns] = None):
 
 def make_upscale(holder, active_runs: Optional[ActiveRuns] = None):
     active_runs = active_runs or ActiveRuns()
+    setting = CONTROL["noise_aug_level"].setting
 
     def upscale(image, prompt: str = "", seed: int = 0, noise_aug_level: Optional[float] = None,
                 start_at_stage: Optional[int] = None, request: gr.Request = None):
         """Super-resolves `image` with the stages after the base one, streaming each. The image is resized
         to the input size of `start_at_stage` (default 2: the base stage's resolution)."""
-        with active_runs.track(session_of(request)):  # ends when the generator is closed, Stop included (ui_stop.py)
+        with active_runs.track(session_of(request)):  # ends when the generator is closed, Stop included (stop.py)
             pipe = holder.get()
             if image is None:
                 raise gr.Error("Upload an image to upscale.")
@@ -165,14 +179,11 @@ def make_upscale(holder, active_runs: Optional[ActiveRuns] = None):
             if pipe.num_stages < 2:
                 raise input_error("This model has no super-resolution stage.")
             start = whole_input(start_at_stage, "start_at_stage", 2, pipe.num_stages, default=2)
-            aug = noise_aug_level
-            if aug is not None:  # one level for every super-resolution stage, checked by the resolver
-                try:
-                    pipe.resolve_settings(noise_aug_level=aug)
-                except ValueError:
-                    raise input_error(f"noise_aug_level (Noise augmentation level) must be a number from 0 "
-                                      f"to 1, got {aug!r:.60}") from None
-            events = pipe.stream(prompt, image=image, start_at_stage=start, noise_aug_level=aug,
+            aug = noise_aug_level  # one level for every super-resolution stage, checked by the resolver
+            bad_aug = (f"{setting.name} ({setting.label}) must be a number from {setting.low:g} to {setting.high:g}, "
+                       f"got {aug!r:.60}")
+            stages = _resolve(pipe, api_message if aug is None else lambda e: bad_aug, noise_aug_level=aug)
+            events = pipe.stream(prompt, image=image, start_at_stage=start, stage_settings=stages,
                                  generator=torch.Generator().manual_seed(seed))
             size = pipe.stage_resolutions[start - 2]
             yield from stream_panes(events, pipe.num_stages, 2, f"Upscaling from {size} px")
@@ -187,7 +198,7 @@ def _example(stem: str) -> dict:
 
 def build_edit_tabs(holder, concurrency_limit: int = 1) -> None:
     """Adds the "Edit" and "Upscale" tabs and their `edit` / `upscale` API endpoints (call inside gr.Blocks). Each
-    tab's Stop ends on "Stopped." as Generate's does: each tab tracks its own runs (ui_stop.py)."""
+    tab's Stop ends on "Stopped." as Generate's does: each tab tracks its own runs (stop.py)."""
     pipe = holder.pipe
     edit_runs, upscale_runs = ActiveRuns(), ActiveRuns()
     n_stages = pipe.num_stages if pipe is not None else 3
@@ -211,8 +222,9 @@ def build_edit_tabs(holder, concurrency_limit: int = 1) -> None:
                 strength = RawSlider(0.05, 1.0, value=1.0, step=0.05, label="Strength (1: repaint from pure noise)")
                 with gr.Row():
                     seed = RawNumber(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-                    guidance = RawSlider(0, 30, value=(pipe.resolve_settings()[0].guidance_scale if pipe else 4.0),
-                                         step=0.5, label="Guidance scale, stage 1")
+                    guidance = CONTROL["guidance_scale"].component(
+                        RawSlider, value=(pipe.resolve_settings()[0].guidance_scale if pipe else 4.0),
+                        label=CONTROL["guidance_scale"].label("stage 1"))
                 last = RawSlider(1, max(n_stages, 2), value=n_stages, step=1, label="Last stage to run",
                                  visible=n_stages > 1)
                 with gr.Row():
@@ -246,8 +258,9 @@ def build_edit_tabs(holder, concurrency_limit: int = 1) -> None:
                 up_prompt = RawTextbox(label="Prompt (optional)", max_lines=2, max_length=MAX_PROMPT_CHARS)
                 with gr.Row():
                     up_seed = RawNumber(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-                    aug = RawSlider(0, 1, value=(pipe.resolve_settings()[1].noise_aug_level if pipe and n_stages > 1 else 0.1),
-                                    step=0.05, label="Noise augmentation level")
+                    aug = CONTROL["noise_aug_level"].component(
+                        RawSlider, value=(pipe.resolve_settings()[1].noise_aug_level if pipe and n_stages > 1 else 0.1),
+                        label=CONTROL["noise_aug_level"].setting.label)
                 with gr.Row():
                     up_run = gr.Button("Upscale", variant="primary")
                     up_stop = gr.Button("Stop", variant="stop")

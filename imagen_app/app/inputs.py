@@ -1,16 +1,18 @@
-"""The app's input checks, shared by every tab: each input checked once and named in its message (as the
-API and the UI call it), expected errors logged as one line without a traceback."""
+"""The app's inputs, shared by every tab: the per-stage controls (`STAGE_CONTROLS`, from the pipeline's table of
+settings) and the input checks: each input checked once and named in its message (as the API and the UI call
+it), expected errors logged as one line without a traceback."""
 from __future__ import annotations
 
 import logging
 import re
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
 
 import gradio as gr
 
 from .memory import release_freed_memory
-from ..pipeline.pipeline import whole_number
+from ..pipeline.settings import SETTING, Setting, whole_number
 
 log = logging.getLogger("imagen_app.ui")
 
@@ -18,11 +20,62 @@ MAX_PROMPT_CHARS = 500
 MAX_SEED = 2**31 - 1
 PREVIEW_INTERVAL_S = 0.1  # at most ~10 preview frames a second reach the browser
 
-# How the API and the UI call each per-stage setting: {pipeline name: (API prefix, control label)}.
-SETTING_NAMES = {"num_inference_steps": ("steps", "Steps"), "guidance_scale": ("guidance_scale", "Guidance scale"),
-                 "scheduler": ("scheduler", "Scheduler"),
-                 "dynamic_thresholding_percentile": ("dynamic_thresholding_percentile", "Dynamic thresholding percentile"),
-                 "noise_aug_level": ("noise_aug_level", "Noise augmentation level")}
+
+@dataclass(frozen=True)
+class StageControl:
+    """A per-stage control of the app: one setting of the pipeline's table (settings.SETTINGS: its name, kind,
+    label, bounds and help), and what only the app decides: a slider's end where it is narrower than the
+    pipeline's bound, the slider's step, and the first stage that has the control."""
+
+    setting: Setting
+    slider_high: Optional[float] = None  # None: the setting's own upper bound
+    step: Optional[float] = None
+    first_stage: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.setting.name
+
+    @property
+    def low(self) -> float:
+        """The slider's start: the setting's "off" value where it has one (0 = no thresholding), else its lower bound."""
+        return self.setting.low if self.setting.off is None else self.setting.off
+
+    @property
+    def high(self) -> float:
+        return self.setting.high if self.slider_high is None else self.slider_high
+
+    def api_name(self, stage: int) -> str:
+        """The input's name in the API, e.g. "steps_stage_2"."""
+        return f"{self.setting.flag}_stage_{stage}"
+
+    def label(self, stage_name: str) -> str:
+        """The control's label, e.g. "Steps, stage 2 (32 px)"; "(0 = off)" for a setting that an "off" value disables."""
+        off = f" ({self.setting.off:g} = off)" if self.setting.off is not None else ""
+        return f"{self.setting.label}, {stage_name}{off}"
+
+    def describe(self, stage: int) -> str:
+        """The input's description for API and MCP clients."""
+        return f"{self.api_name(stage)}: stage {stage}'s {self.setting.help}: {self.setting.accepted(self.slider_high)}."
+
+    def component(self, slider_class=gr.Slider, **kwargs):
+        """The control: a slider (of `slider_class`) over its range, or a gr.Dropdown of a str setting's choices."""
+        if self.setting.kind is str:
+            return gr.Dropdown(list(self.setting.choices), **kwargs)
+        return slider_class(self.low, self.high, step=self.step, **kwargs)
+
+
+# The per-stage inputs of /generate, in the order of the API (and of the UI's inputs): each stage's guidance
+# scale, then each stage's steps, ... The sliders stop at 200 steps and guidance 30; a script may send up to
+# the pipeline's bounds.
+STAGE_CONTROLS = (
+    StageControl(SETTING["guidance_scale"], slider_high=30, step=0.5),
+    StageControl(SETTING["num_inference_steps"], slider_high=200, step=1),
+    StageControl(SETTING["scheduler"]),
+    StageControl(SETTING["dynamic_thresholding_percentile"], step=0.5),
+    StageControl(SETTING["noise_aug_level"], step=0.05, first_stage=2),  # for super-resolution stages
+)
+CONTROL = {c.name: c for c in STAGE_CONTROLS}
 
 
 def input_error(message: str) -> gr.Error:
@@ -35,10 +88,10 @@ def api_message(error: ValueError) -> str:
     """A resolver's message with the inputs named as the API and the UI call them: "num_inference_steps for
     stage 2" -> "steps_stage_2 (Steps, stage 2)", "stop_at_stage" -> "last_stage (Last stage to run)"."""
     def name(m):
-        api, label = SETTING_NAMES[m[1]]
-        return f"{api}_stage_{m[2]} ({label}, stage {m[2]})"
+        control = CONTROL[m[1]]
+        return f"{control.api_name(m[2])} ({control.setting.label}, stage {m[2]})"
 
-    text = re.sub(r"\b(" + "|".join(SETTING_NAMES) + r") for stage (\d+)", name, str(error))
+    text = re.sub(r"\b(" + "|".join(CONTROL) + r") for stage (\d+)", name, str(error))
     return text.replace("stop_at_stage", "last_stage (Last stage to run)")
 
 

@@ -13,7 +13,7 @@ import os
 import random
 import tempfile
 import time
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import gradio as gr
 import torch
@@ -27,16 +27,20 @@ from .compare_tab import build_compare_tab
 from .edit_tabs import build_edit_tabs
 from .stage_pane import StagePane, stage_pane
 from .stop import ActiveRuns, session_of, wire_stop
-from .inputs import (MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, refuse_extra_inputs,
-                        text_input, user_facing_errors, whole_input)
-from ..pipeline.pipeline import SCHEDULERS, ImagenPipeline, StageSettings, resolve_settings, settings_kwargs
+from .inputs import (CONTROL, MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, STAGE_CONTROLS, api_message, input_error,
+                     refuse_extra_inputs, text_input, user_facing_errors, whole_input)
+from ..pipeline.pipeline import ImagenPipeline
+from ..pipeline.settings import StageSettings, resolve_settings
 
 log = logging.getLogger("imagen_app.ui")
 
-SCHEDULER_CHOICES = list(SCHEDULERS)
 # Small stages (32 px) are scaled up to the output's size, pixelated rather than blurred.
 CSS = ".stage-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 
+# The per-stage controls shown above the Advanced section, in their order in each stage's column.
+MAIN_CONTROLS = ("num_inference_steps", "guidance_scale")
+# The outputs of /generate after its stage panes (one per stage), in their order in every update and result.
+GENERATE_OUTPUTS = ("images", "status", "settings", "download", "understood", "seed", "word_maps")
 KEEP_DOWNLOADS = 32  # the PNG downloads the app keeps in its own folder (older ones are deleted)
 
 
@@ -123,18 +127,23 @@ def generate_parameters(n_stages: int) -> List[inspect.Parameter]:
     def param(name, annotation, default=None):
         return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
 
-    stages = range(1, n_stages + 1)
     return [inspect.Parameter("prompt", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),
             param("negative_prompt", Optional[str], ""), param("seed", Optional[int], 0),
             param("randomize_seed", Optional[bool], False),
-            *[param(f"guidance_scale_stage_{k}", Optional[float]) for k in stages],
-            *[param(f"steps_stage_{k}", Optional[int]) for k in stages],
-            *[param(f"scheduler_stage_{k}", Optional[str]) for k in stages],
-            *[param(f"dynamic_thresholding_percentile_stage_{k}", Optional[float]) for k in stages],
-            *[param(f"noise_aug_level_stage_{k}", Optional[float]) for k in stages if k > 1],
+            *[param(c.api_name(k), Optional[c.setting.kind]) for c in STAGE_CONTROLS
+              for k in range(c.first_stage, n_stages + 1)],
             param("num_images", Optional[int], 1), param("last_stage", Optional[int]),
             param("progress", gr.Progress, gr.Progress()),
             param("request", gr.Request, None)]  # filled by Gradio (not an API input): which browser session asks
+
+
+def generate_outputs(values: Sequence, n_stages: int) -> Dict[str, Any]:
+    """An update or result of /generate (a client's too) by name: "stage_1" ... "stage_<n_stages>" (the stage
+    panes), then GENERATE_OUTPUTS."""
+    names = [f"stage_{k}" for k in range(1, n_stages + 1)] + list(GENERATE_OUTPUTS)
+    if len(values) != len(names):
+        raise ValueError(f"/generate has {len(names)} outputs with {n_stages} stage(s), got {len(values)} values")
+    return dict(zip(names, values))
 
 
 def generate_docstring(n_stages: int) -> str:
@@ -152,15 +161,7 @@ def generate_docstring(n_stages: int) -> str:
         f"    seed: the random seed, a whole number from 0 to {MAX_SEED}; the same seed and settings give the same image.",
         "    randomize_seed: true to ignore seed and draw a random one (it is returned with the result).",
     ]
-    for k in range(1, n_stages + 1):
-        lines += [f"    guidance_scale_stage_{k}: classifier-free guidance scale of stage {k}, 0 to 30 (1 = no guidance).",
-                  f"    steps_stage_{k}: denoising steps of stage {k}, a whole number from 1 to 200."]
-    for k in range(1, n_stages + 1):
-        lines += [f"    scheduler_stage_{k}: the sampler of stage {k}, one of {', '.join(SCHEDULER_CHOICES)}.",
-                  f"    dynamic_thresholding_percentile_stage_{k}: dynamic thresholding percentile of stage {k}, "
-                  "0 to 100 (0 = off)."]
-    lines += [f"    noise_aug_level_stage_{k}: noise augmentation of the low-resolution image given to stage {k}, 0 to 1."
-              for k in range(2, n_stages + 1)]
+    lines += [f"    {c.describe(k)}" for c in STAGE_CONTROLS for k in range(c.first_stage, n_stages + 1)]
     lines += ["    num_images: how many images to draw, 1 to 4.",
               f"    last_stage: the last stage to run, 1 to {n_stages} (a smaller image, sooner).",
               "",
@@ -196,9 +197,9 @@ def make_generate(holder: PipelineHolder, active_runs: Optional[ActiveRuns] = No
 def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, seed, randomize_seed, num_images,
               last_stage, progress, **per_stage):
     pipe = holder.get()
-
-    def stage_values(name: str, first: int = 1) -> list:  # None: that stage's default
-        return [None] * (first - 1) + [per_stage.get(f"{name}_stage_{k}") for k in range(first, n_stages + 1)]
+    # {setting: one value per stage (None: that stage's default; stages without the control too)}
+    given = {c.name: [None] * (c.first_stage - 1) + [per_stage.get(c.api_name(k)) for k in range(c.first_stage, n_stages + 1)]
+             for c in STAGE_CONTROLS}
 
     # Every input is checked here, once, by the name the API and the UI give it (the event runs with
     # preprocess=False: Gradio neither rounds, coerces nor range-checks a value before this sees it).
@@ -209,11 +210,8 @@ def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, se
         raise input_error(f"randomize_seed (Randomize seed) must be true or false, got {randomize_seed!r:.60}")
     num_images = whole_input(num_images, "num_images (Number of images)", 1, 4, default=1)
     seed = random.randint(0, MAX_SEED) if randomize_seed else seed
-    try:
-        stages = pipe.resolve_settings(num_inference_steps=stage_values("steps"), guidance_scale=stage_values("guidance_scale"),
-                                       scheduler=stage_values("scheduler"),
-                                       dynamic_thresholding_percentile=stage_values("dynamic_thresholding_percentile"),
-                                       noise_aug_level=stage_values("noise_aug_level", first=2), stop_at_stage=last_stage)
+    try:  # resolved once, here; the stream runs these settings as they are
+        stages = pipe.resolve_settings(stop_at_stage=last_stage, **given)
     except ValueError as e:
         raise input_error(api_message(e)) from None
     if not prompt.strip():
@@ -234,8 +232,8 @@ def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, se
     t0 = time.time()
     last_yield = 0.0
     stream = pipe.stream(prompt, negative_prompt=negative_prompt or None, num_images_per_prompt=num_images,
-                         generator=torch.Generator().manual_seed(seed), return_attention=True, **settings_kwargs(stages))
-    # A ValueError is a message naming the input, any other error a short message (ui_inputs.user_facing_errors).
+                         generator=torch.Generator().manual_seed(seed), return_attention=True, stage_settings=stages)
+    # A ValueError is a message naming the input, any other error a short message (inputs.user_facing_errors).
     with user_facing_errors("Generation", api_message):
         try:
             for ev in stream:
@@ -309,22 +307,24 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
         with gr.Row():
             seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
             randomize = gr.Checkbox(label="Randomize seed", value=False)
-        guidance, steps = [], []
+        controls = {c.name: [] for c in STAGE_CONTROLS}  # {setting: its control of each stage that has one}
+
+        def add_control(name: str, k: int, d: StageSettings) -> None:  # stage k + 1's, set to its default d
+            control = CONTROL[name]
+            if k + 1 >= control.first_stage:
+                controls[name].append(control.component(value=getattr(d, name), label=control.label(stage_name(k))))
+
         with gr.Row():
             for k, d in enumerate(defaults):
                 with gr.Column(min_width=160):
-                    steps.append(gr.Slider(1, 200, value=d.num_inference_steps, step=1, label=f"Steps, {stage_name(k)}"))
-                    guidance.append(gr.Slider(0, 30, value=d.guidance_scale, step=0.5, label=f"Guidance scale, {stage_name(k)}"))
-        schedulers, percentiles, augs = [], [], []
+                    for name in MAIN_CONTROLS:
+                        add_control(name, k, d)
         with gr.Accordion("Advanced", open=False):
             for k, d in enumerate(defaults):
                 with gr.Row():
-                    schedulers.append(gr.Dropdown(SCHEDULER_CHOICES, value=d.scheduler, label=f"Scheduler, {stage_name(k)}"))
-                    percentiles.append(gr.Slider(0, 100, value=d.dynamic_thresholding_percentile, step=0.5,
-                                                 label=f"Dynamic thresholding percentile, {stage_name(k)} (0 = off)"))
-                    if k > 0:  # noise conditioning augmentation is for super-resolution stages
-                        augs.append(gr.Slider(0, 1, value=d.noise_aug_level, step=0.05,
-                                              label=f"Noise augmentation level, {stage_name(k)}"))
+                    for name in controls:
+                        if name not in MAIN_CONTROLS:
+                            add_control(name, k, d)
             with gr.Row():
                 count = gr.Slider(1, 4, value=1, step=1, label="Number of images")
                 last_stage = (gr.Slider(1, n_stages, value=n_stages, step=1, label="Last stage to run") if n_stages > 1
@@ -346,8 +346,9 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
         with gr.Accordion("What the model knows", open=False):
             gr.Markdown(known_captions_markdown(pipe))
 
-        # The same order as generate_parameters().
-        inputs = [prompt, negative, seed, randomize, *guidance, *steps, *schedulers, *percentiles, *augs, count, last_stage]
+        # The same order as generate_parameters(), and as GENERATE_OUTPUTS after the panes.
+        inputs = [prompt, negative, seed, randomize, *[c for per_stage in controls.values() for c in per_stage], count,
+                  last_stage]
         outputs = [*stage_images, gallery, status, settings, download, understood, seed, word_maps]
         # preprocess=False: generate() gets each value as sent and checks it by name (Gradio's own coercion
         # would round seed 3.5, stringify a list prompt and refuse None without saying which input). Progress
@@ -356,10 +357,10 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
                       concurrency_limit=concurrency_limit, preprocess=False, show_progress="minimal",
                       show_progress_on=[status])
         # "Stopped." now, and again once the cancelled run has ended: that second answer is queued, so it comes
-        # over the session's stream after every update the run sent (ui_stop.py).
+        # over the session's stream after every update the run sent (stop.py).
         wire_stop(stop, event, status, active_runs)
-        build_edit_tabs(holder, concurrency_limit)  # the Edit and Upscale tabs (ui_edit.py)
-        with gr.Tab("Compare"):  # Imagen Fig. A.10: guidance x thresholding, same seed (ui_compare.py)
+        build_edit_tabs(holder, concurrency_limit)  # the Edit and Upscale tabs (edit_tabs.py)
+        with gr.Tab("Compare"):  # Imagen Fig. A.10: guidance x thresholding, same seed (compare_tab.py)
             build_compare_tab(holder, n_stages, concurrency_limit)
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
     refuse_extra_inputs(demo)  # Gradio would drop them silently

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from .guidance import alpha_bar, classifier_free_guidance, dynamic_threshold, output_from_x0, x0_from_output
+from .schedulers import SCHEDULER_EXTRA, scheduler_class
+from .settings import StageSettings
 from ..models.text_encoder import PromptReport, freeze
 
 MAX_LENGTH = 77  # IF's T5 was trained on 77 tokens (diffusers' IF pipelines pad and cut to 77)
@@ -285,8 +287,6 @@ def make_scheduler(base, name: Optional[str], thresholding_percentile: float, th
     """A fresh scheduler for one run of an IF stage: the stage's saved schedule, sampled by `name` (default
     its own class, DDPM), with dynamic thresholding set as asked in the scheduler's own `thresholding`
     where the class has it (IF's defaults reproduce IF's saved config)."""
-    from .schedulers import SCHEDULER_EXTRA, scheduler_class
-
     cls = scheduler_class(name) if name else type(base)
     config = {k: v for k, v in base.config.items() if not k.startswith("_")}
     config.update(SCHEDULER_EXTRA.get(cls, {}))
@@ -388,6 +388,40 @@ def stage_denoiser(s, stage_index: int, unet, sched, lowres, uncond, cond, noise
     return IFStageDenoiser(unet=unet, scheduler=sched, embeds=embeds.to(device=device, dtype=dtype),
                            guidance_scale=s.guidance_scale, thresholding_percentile=s.dynamic_thresholding_percentile,
                            thresholding_max=s.dynamic_thresholding_max, upscaled=upscaled, noise_level=levels)
+
+
+class DeepFloydIFStage:
+    """An IF stage in the cascade's step loop (the stages.py adapter of IF): its scheduler thresholds where it
+    can (`make_scheduler`), stage II denoises 3 of its U-Net's 6 input channels, and IFStageDenoiser applies
+    IF's guidance and stage II's condition."""
+
+    def __init__(self, pipe, index: int):
+        self.index = index  # 0-based
+        self.unet = pipe.unets[index]
+        self.base_scheduler = pipe.schedulers[index]
+        self.noising_scheduler = noising_scheduler_of(pipe, index)
+
+    accepts = staticmethod(is_if_unet)
+
+    @staticmethod
+    def prompt_encoder(pipe) -> IFPromptEncoder:
+        """IF's prompt rules: its preprocessing, 77 tokens."""
+        return IFPromptEncoder(pipe.tokenizer, pipe.text_encoder)
+
+    @property
+    def sample_channels(self) -> int:
+        return sample_channels(self.unet, self.index)
+
+    def scheduler(self, s: StageSettings):
+        return make_scheduler(self.base_scheduler, s.scheduler, s.dynamic_thresholding_percentile,
+                              s.dynamic_thresholding_max)
+
+    def attention_rows(self, s: StageSettings, batch: int) -> slice:
+        return slice(0, 1)  # IF's U-Nets have no TextAttention layers: nothing is recorded
+
+    def denoiser(self, s: StageSettings, sched, lowres, uncond, cond, noise, device) -> IFStageDenoiser:
+        return stage_denoiser(s, self.index, self.unet, sched, lowres, uncond, cond, noise, device,
+                              self.noising_scheduler)
 
 
 # ----- the cascade --------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """The Imagen cascade as a diffusers pipeline: text -> T5 embeddings -> stage 1 -> stage 2 -> ... -> image.
 
 `ImagenPipeline.resolve_settings(...)` fills a caller's settings from the pipeline's defaults and checks
-them; `stream(...)` is a generator that yields a `StageEvent` after every denoising step of every stage
-(with the predicted x0), then one final event; `__call__` drains it. Each stage's step loop calls a
-`StageDenoiser` (guidance.py) and its scheduler. Closing the generator (a `break`, or the UI's Stop)
-stops the work at the next step.
+them (settings.py holds the table of the per-stage settings); `stream(...)` is a generator that yields a
+`StageEvent` after every denoising step of every stage (with the predicted x0), then one final event;
+`__call__` drains it. Each stage's step loop asks the stage's adapter (stages.py: native stages;
+deepfloyd_if.py: DeepFloyd IF's) for its scheduler and its denoiser, and steps. Closing the generator
+(a `break`, or the UI's Stop) stops the work at the next step. Loading: loading.py.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import contextlib
 import inspect
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,21 +23,29 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from . import deepfloyd_if
+from . import deepfloyd_if, loading
 from .attention_maps import CrossAttentionRecorder, StageWordMaps
+from .deepfloyd_if import DeepFloydIFStage
 from .editing import EditInputs, StageEdit, lowres_tensor
-from .guidance import StageDenoiser, noise_augment
 from ..images import pil_to_tensor, to_pil  # noqa: F401  (pil_to_tensor, to_pil: also imported from here)
 from ..models.caption_vocabulary import CaptionVocabulary
-from ..models.text_encoder import PromptEncoder, PromptReport, freeze
-from ..models.unet import ImagenUNet, upsample_lowres
+from ..models.text_encoder import PromptEncoder, PromptReport
+from ..models.unet import ImagenUNet
 from ..models.schedules import noise_schedule  # noqa: F401  (saved stages' schedules; also imported from here)
+from .loading import LEGACY_MODULES  # noqa: F401  (also imported from here)
 from .schedulers import SCHEDULER_EXTRA, SCHEDULERS, scheduler_class  # noqa: F401
-from .settings import SETTINGS, StageSettings, resolve_settings, settings_kwargs, whole_number  # noqa: F401
+from .settings import (SETTINGS, StageSettings, check_resolved, given_settings, resolve_settings,  # noqa: F401
+                       settings_kwargs, whole_number)
+from .stages import NativeStage, native_scheduler
 
 MAX_STAGES = 6
-# Module paths that pipelines saved before the package had layer folders name in model_index.json.
-LEGACY_MODULES = {"imagen_app.unet": "imagen_app.models.unet"}
+# The families a stage can be of, each a stages.py adapter: the first whose `accepts(unet)` is true runs the stage.
+STAGE_KINDS = (DeepFloydIFStage, NativeStage)
+
+
+def stage_kind(unet) -> type:
+    """The adapter class (STAGE_KINDS) of a stage with this U-Net."""
+    return next(kind for kind in STAGE_KINDS if kind.accepts(unet))
 
 
 @dataclass
@@ -127,21 +136,21 @@ class ImagenPipeline(DiffusionPipeline):
     def schedulers(self) -> list:
         return [getattr(self, f"scheduler_{k}") for k in range(1, self.num_stages + 1)]
 
+    def stage(self, index: int):
+        """The adapter (stages.py) that runs stage `index` (0-based): its scheduler, sample and denoiser."""
+        return stage_kind(self.unets[index])(self, index)
+
     @property
     def prompt_encoder(self) -> PromptEncoder:
         if (self._encoder is None or self._encoder.text_encoder is not self.text_encoder
                 or getattr(self._encoder, "vocabulary", None) is not self.vocabulary):
-            if self.is_deepfloyd_if:  # IF's prompt rules: its preprocessing, 77 tokens
-                self._encoder = deepfloyd_if.IFPromptEncoder(self.tokenizer, self.text_encoder)
-            else:
-                self._encoder = PromptEncoder(self.tokenizer, self.text_encoder, max_length=self.settings.get("max_prompt_length"),
-                                              vocabulary=self.vocabulary)
+            self._encoder = stage_kind(self.unet_1).prompt_encoder(self)  # the family's prompt rules
         return self._encoder
 
     @property
     def is_deepfloyd_if(self) -> bool:
         """Whether the stages are DeepFloyd IF's (`from_deepfloyd_if`)."""
-        return deepfloyd_if.is_if_unet(self.unet_1)
+        return DeepFloydIFStage.accepts(self.unet_1)
 
     def check_prompt(self, prompt: str) -> PromptReport:
         """What the model will see of `prompt`: tokens, unknown words, words cut by truncation."""
@@ -157,32 +166,30 @@ class ImagenPipeline(DiffusionPipeline):
                          stop_at_stage=None) -> List[StageSettings]:
         """The settings of a run of stages 1..stop_at_stage (default: all), one StageSettings per stage.
 
-        Each setting is one value (every stage), a list (one per stage; None in it: that stage's default),
-        or None: `self.settings`, the pipeline's defaults (saved with it as pipeline_defaults.json).
-        Raises a ValueError that names the setting when a value is wrong.
+        Each setting (settings.SETTINGS) is one value (every stage), a list (one per stage; None in it: that
+        stage's default), or None: `self.settings`, the pipeline's defaults (saved with it as
+        pipeline_defaults.json). Raises a ValueError that names the setting when a value is wrong.
         """
-        return resolve_settings(self.settings, self.num_stages, num_inference_steps=num_inference_steps,
-                                guidance_scale=guidance_scale,
-                                dynamic_thresholding_percentile=dynamic_thresholding_percentile,
-                                noise_aug_level=noise_aug_level, scheduler=scheduler,
-                                dynamic_thresholding_max=dynamic_thresholding_max, stop_at_stage=stop_at_stage)
+        return resolve_settings(self.settings, self.num_stages, stop_at_stage=stop_at_stage, **given_settings(locals()))
+
+    def _settings_of_run(self, arguments: Dict[str, Any]) -> List[StageSettings]:
+        """A run's settings, resolved once: `stage_settings` as the caller resolved them, else the per-stage
+        settings and stop_at_stage among `arguments` (stream's) resolved here."""
+        given = given_settings(arguments)
+        if arguments["stage_settings"] is None:
+            return self.resolve_settings(stop_at_stage=arguments["stop_at_stage"], **given)
+        named = sorted(name for name, value in dict(given, stop_at_stage=arguments["stop_at_stage"]).items()
+                       if value is not None)
+        if named:
+            raise ValueError(f"stage_settings are resolved settings: give {', '.join(named)} to resolve_settings, "
+                             "not beside them")
+        return check_resolved(arguments["stage_settings"], self.num_stages)
 
     # ----- sampling ---------------------------------------------------------------------------
     def make_scheduler(self, stage: int, name: Optional[str] = None):
-        """A fresh scheduler for stage `stage` (0-based) of one run (so concurrent or cancelled runs share
+        """A fresh scheduler for native stage `stage` (0-based) of one run (so concurrent or cancelled runs share
         no state): the stage's noise schedule, sampled by `name` (default: the stage's own class)."""
-        base = self.schedulers[stage]
-        cls = scheduler_class(name) if name else type(base)
-        # Private keys (e.g. `_use_default_values`) would make from_config drop the overrides below.
-        config = {k: v for k, v in base.config.items() if not k.startswith("_")}
-        config.update(SCHEDULER_EXTRA.get(cls, {}))
-        config["prediction_type"] = self.unets[stage].config.prediction_type
-        if "thresholding" in inspect.signature(cls.__init__).parameters:
-            # Dynamic thresholding happens in StageDenoiser, for every scheduler alike; the schedulers'
-            # own copies would threshold a residual stage's residual, or (DDIM) step with an epsilon
-            # that the thresholded x0 does not imply.
-            config.update(thresholding=False, clip_sample=False)
-        return cls.from_config(config)
+        return native_scheduler(self.schedulers[stage], self.unets[stage].config.prediction_type, name)
 
     @torch.no_grad()
     def stream(
@@ -203,14 +210,17 @@ class ImagenPipeline(DiffusionPipeline):
         mask_image=None,
         strength: Optional[float] = None,
         return_attention: bool = False,
+        stage_settings: Optional[Sequence[StageSettings]] = None,
     ) -> Iterator[StageEvent]:
         """Runs the cascade, yielding a StageEvent after every denoising step and a final one.
 
-        Settings left as None take `self.settings` (see `resolve_settings`). `image` with
-        `start_at_stage=k` (k >= 2) skips stages 1..k-1 and super-resolves `image` (PIL images, or a
-        (B, 3, H, W) tensor in [-1, 1], at stage k-1's resolution) from stage k on. A list of
-        generators gives each image its own random numbers (initial noise, noise augmentation and the
-        step noise of ancestral samplers), so image i of a batch is the one `generator[i]` makes alone.
+        Settings left as None take `self.settings` (see `resolve_settings`). Or `stage_settings`: the
+        StageSettings that `resolve_settings` returned, used as they are (then no per-stage setting and no
+        stop_at_stage may be given beside them). `image` with `start_at_stage=k` (k >= 2) skips stages
+        1..k-1 and super-resolves `image` (PIL images, or a (B, 3, H, W) tensor in [-1, 1], at stage k-1's
+        resolution) from stage k on. A list of generators gives each image its own random numbers (initial
+        noise, noise augmentation and the step noise of ancestral samplers), so image i of a batch is the
+        one `generator[i]` makes alone.
 
         Editing (editing.py), with `start_at_stage=1`: `image` (any size and mode) alone is image-to-image
         (SDEdit): stage 1 starts from it noised to `strength` (default 0.8) of its schedule, and the
@@ -218,6 +228,7 @@ class ImagenPipeline(DiffusionPipeline):
         inpainting: at every step of every stage the kept region is the init image at that stage's
         resolution, noised to the current level (RePaint); `strength` (default 1) applies to stage 1.
         """
+        arguments = dict(locals())
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if prompt is not None else None
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompt must be a string or a non-empty list of strings")
@@ -228,10 +239,7 @@ class ImagenPipeline(DiffusionPipeline):
             if len(negatives) != len(prompts) or not all(isinstance(p, str) for p in negatives):
                 raise ValueError(f"negative_prompt must be a string or a list of {len(prompts)} strings")
         num_images_per_prompt = whole_number("num_images_per_prompt", num_images_per_prompt, 1, 16)
-        stages = self.resolve_settings(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                       dynamic_thresholding_percentile=dynamic_thresholding_percentile,
-                                       noise_aug_level=noise_aug_level, scheduler=scheduler,
-                                       dynamic_thresholding_max=dynamic_thresholding_max, stop_at_stage=stop_at_stage)
+        stages = self._settings_of_run(arguments)
         n = len(stages)
         if isinstance(start_at_stage, bool) or not isinstance(start_at_stage, int) or not 1 <= start_at_stage <= n:
             raise ValueError(f"start_at_stage must be an integer from 1 to {n}, got {start_at_stage!r}")
@@ -269,11 +277,12 @@ class ImagenPipeline(DiffusionPipeline):
         stage_images: List[List[Image.Image]] = []
         attention_maps: List[Dict[str, np.ndarray]] = []
         for s in stages[start_at_stage - 1:]:
-            unet = self.unets[s.stage - 1]
+            stage = self.stage(s.stage - 1)
+            unet = stage.unet
             stage_edit = edit and edit.stage(unet.config.sample_size, first=s.stage == start_at_stage,
                                              device=device, dtype=unet.dtype)
-            words = self._attention_words(s, unet, prompts[0], batch) if return_attention else None
-            image = yield from self._run_stage(s, image, uncond, cond, generator, batch, device, edit=stage_edit,
+            words = self._attention_words(s, stage, prompts[0], batch) if return_attention else None
+            image = yield from self._run_stage(s, stage, image, uncond, cond, generator, batch, device, edit=stage_edit,
                                                attention=words)
             stage_images.append(to_pil(image))
             if words is not None:
@@ -283,29 +292,27 @@ class ImagenPipeline(DiffusionPipeline):
         yield StageEvent(stage=n, step=stages[-1].num_inference_steps, total_steps=stages[-1].num_inference_steps,
                          x0=image, is_final=True, output=output, _previews=stage_images[-1])
 
-    def _attention_words(self, s: StageSettings, unet, prompt: str, batch: int) -> "StageWordMaps":
+    def _attention_words(self, s: StageSettings, stage, prompt: str, batch: int) -> "StageWordMaps":
         """Records stage `s`'s cross-attention for the first image (the conditional half of a guidance batch)."""
-        guided = s.guidance_scale != 1.0 and not deepfloyd_if.is_if_unet(unet)  # [uncond; cond] in one U-Net call
-        recorder = CrossAttentionRecorder(unet, unet.config.sample_size, rows=slice(batch, batch + 1) if guided else slice(0, 1))
+        unet = stage.unet
+        recorder = CrossAttentionRecorder(unet, unet.config.sample_size, rows=stage.attention_rows(s, batch))
         encoder = self.prompt_encoder
         return StageWordMaps(recorder, encoder.tokenizer, encoder.canonical(prompt), getattr(unet.config, "num_null_tokens", 0),
                              encoder.max_length)
 
-    def _run_stage(self, s: StageSettings, lowres, uncond, cond, generator, batch, device,
+    def _run_stage(self, s: StageSettings, stage, lowres, uncond, cond, generator, batch, device,
                    edit: Optional[StageEdit] = None, attention: Optional["StageWordMaps"] = None) -> Iterator[StageEvent]:
-        """One stage's denoising loop (a generator of StageEvents); returns the stage's image in [-1, 1].
-        `edit` (editing.py) starts it part-way from an init image and/or keeps the unmasked region."""
-        k = s.stage - 1
-        unet = self.unets[k]
-        if_stage = deepfloyd_if.is_if_unet(unet)  # a DeepFloyd IF stage: its scheduler thresholds (deepfloyd_if.py)
-        sched = (deepfloyd_if.make_scheduler(self.schedulers[k], s.scheduler, s.dynamic_thresholding_percentile,
-                                             s.dynamic_thresholding_max) if if_stage else self.make_scheduler(k, s.scheduler))
+        """One stage's denoising loop (a generator of StageEvents), with the stage's adapter `stage` (stages.py);
+        returns the stage's image in [-1, 1]. `edit` (editing.py) starts it part-way from an init image and/or
+        keeps the unmasked region."""
+        unet = stage.unet
+        sched = stage.scheduler(s)
         sched.set_timesteps(s.num_inference_steps, device=device)
         size, dtype = unet.config.sample_size, unet.dtype
-        channels = deepfloyd_if.sample_channels(unet, k) if if_stage else unet.config.in_channels
-        noise = _randn((batch, channels, size, size), generator, device, dtype)
+        noise = _randn((batch, stage.sample_channels, size, size), generator, device, dtype)
         x = noise * sched.init_noise_sigma
-        denoise = self._stage_denoiser(s, unet, sched, lowres, uncond, cond, generator, device)
+        denoise = stage.denoiser(s, sched, lowres, uncond, cond, lambda shape: _randn(shape, generator, device, dtype),
+                                 device)
         timesteps = sched.timesteps
         if edit is not None:
             timesteps, x = edit.start(sched, noise, denoise.base)
@@ -325,33 +332,6 @@ class ImagenPipeline(DiffusionPipeline):
                              attention_maps=attention.maps() if attention is not None else None)
         return (denoise.base + x).clamp(-1, 1)
 
-    def _stage_denoiser(self, s: StageSettings, unet, sched, lowres, uncond, cond, generator, device) -> StageDenoiser:
-        """The StageDenoiser of stage `s`: text condition, guidance, thresholding and, for super-resolution,
-        the low-res image with noise conditioning augmentation (§2.5)."""
-        if deepfloyd_if.is_if_unet(unet):  # IF's own rules (deepfloyd_if.IFStageDenoiser)
-            return deepfloyd_if.stage_denoiser(s, s.stage - 1, unet, sched, lowres, uncond, cond,
-                                               lambda shape: _randn(shape, generator, device, unet.dtype), device,
-                                               deepfloyd_if.noising_scheduler_of(self, s.stage - 1))
-        dtype = unet.dtype
-        use_cfg = s.guidance_scale != 1.0
-        embeds = torch.cat([uncond[0], cond[0]]) if use_cfg else cond[0]  # (2B or B, L, D)
-        mask = torch.cat([uncond[1], cond[1]]) if use_cfg else cond[1]
-        unet_kwargs, base = {}, 0
-        if unet.config.lowres_cond:
-            if lowres is None:
-                raise ValueError(f"stage {s.stage} is a super-resolution stage and needs a previous stage")
-            lowres = lowres.to(dtype)
-            if getattr(unet.config, "residual", False):
-                base = upsample_lowres(lowres, unet.config.sample_size)
-            # Noise conditioning augmentation (§2.5): the same fixed level at sampling time.
-            noisy = noise_augment(lowres, s.noise_aug_level, noise=_randn(lowres.shape, generator, device, dtype))
-            levels = torch.full((noisy.shape[0],), s.noise_aug_level, device=device)
-            unet_kwargs = dict(lowres_image=torch.cat([noisy, noisy]) if use_cfg else noisy,
-                               noise_aug_level=torch.cat([levels, levels]) if use_cfg else levels)
-        return StageDenoiser(unet=unet, scheduler=sched, embeds=embeds.to(dtype), mask=mask,
-                             guidance_scale=s.guidance_scale, thresholding_percentile=s.dynamic_thresholding_percentile,
-                             thresholding_max=s.dynamic_thresholding_max, base=base, unet_kwargs=unet_kwargs)
-
     def __call__(
         self,
         prompt: Union[str, List[str]],
@@ -370,17 +350,13 @@ class ImagenPipeline(DiffusionPipeline):
         mask_image=None,
         strength: Optional[float] = None,
         return_attention: bool = False,
+        stage_settings: Optional[Sequence[StageSettings]] = None,
     ) -> ImagenPipelineOutput:
         """Generates images: runs `stream` with the same arguments to its end, with a progress bar per stage."""
-        events = self.stream(prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
-                             guidance_scale=guidance_scale, dynamic_thresholding_percentile=dynamic_thresholding_percentile,
-                             noise_aug_level=noise_aug_level, scheduler=scheduler,
-                             num_images_per_prompt=num_images_per_prompt, generator=generator,
-                             stop_at_stage=stop_at_stage, image=image, start_at_stage=start_at_stage,
-                             dynamic_thresholding_max=dynamic_thresholding_max, mask_image=mask_image, strength=strength,
-                             return_attention=return_attention)
+        arguments = dict(locals())
+        del arguments["self"]
         bar = None
-        for event in events:
+        for event in self.stream(**arguments):
             if bar is not None and (event.is_final or event.step == 1):  # a stage ended
                 bar.close()
                 bar = None
@@ -392,7 +368,7 @@ class ImagenPipeline(DiffusionPipeline):
             bar.update(1)
         raise RuntimeError("the cascade ended without a final event")
 
-    # ----- loading ----------------------------------------------------------------------------
+    # ----- loading and saving -----------------------------------------------------------------
     @classmethod
     def from_deepfloyd_if(cls, stage_1, stage_2=None, stage_3=None, torch_dtype=None, **kwargs) -> "ImagenPipeline":
         """DeepFloyd IF's stage I (and II) as this cascade: folders saved by diffusers' IFPipeline /
@@ -403,7 +379,7 @@ class ImagenPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, torch_dtype=None, local_files_only=None, **kwargs):
         """Loads a saved pipeline folder (or, where a hub is reachable, a hub repo id) by its
-        `model_index.json`; `pipeline_defaults.json` beside it sets the default settings.
+        `model_index.json`; `pipeline_defaults.json` beside it sets the default settings (loading.py).
         Components given as keyword arguments replace the saved ones. DeepFloyd IF sources (an IF stage I
         folder or hub id, a JSON file or dict naming stage_1 / stage_2) go to `from_deepfloyd_if`, in fp16
         where CUDA is available."""
@@ -411,104 +387,18 @@ class ImagenPipeline(DiffusionPipeline):
         if spec is not None:
             spec["torch_dtype"] = torch_dtype or spec.get("torch_dtype") or (torch.float16 if torch.cuda.is_available() else None)
             return cls.from_deepfloyd_if(**spec, local_files_only=local_files_only)
-        import importlib
-        import json
-        import os
-
-        import re
-
-        path = str(pretrained_model_name_or_path)
-        if not os.path.isdir(path):
-            # Only a name of the form owner/repo can be a hub id; anything else is a folder that is not there.
-            if os.path.exists(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path) or path.startswith("."):
-                raise FileNotFoundError(f"no such folder: {path}" + (" (it is a file)" if os.path.exists(path) else ""))
-            from huggingface_hub import snapshot_download
-
-            if local_files_only is None:
-                local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
-            try:
-                path = snapshot_download(path, local_files_only=local_files_only)
-            except Exception as e:
-                raise FileNotFoundError(f"no such folder: {path}, and no hub repo {path!r} could be loaded "
-                                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
-        index_path = os.path.join(path, "model_index.json")
-        if not os.path.exists(index_path):
-            raise ValueError(f"{path} is not a saved ImagenPipeline: it has no model_index.json")
-        with open(index_path) as f:
-            index = json.load(f)
-        components = {}
-        for name, spec in index.items():
-            if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
-                continue
-            if name in kwargs:
-                components[name] = kwargs.pop(name)
-                continue
-            library, class_name = spec
-            library = LEGACY_MODULES.get(library, library)
-            component_cls = getattr(importlib.import_module(library), class_name)
-            load_kwargs = {}
-            if torch_dtype is not None and hasattr(component_cls, "dtype"):
-                load_kwargs["torch_dtype" if library != "transformers" else "dtype"] = torch_dtype
-            folder = os.path.join(path, name)
-            try:
-                component = component_cls.from_pretrained(folder, **load_kwargs)
-            except Exception as e:  # a damaged, truncated or missing weight file: name it and say what to do
-                files = sorted(f for f in os.listdir(folder) if f.endswith((".safetensors", ".bin"))) if os.path.isdir(folder) else []
-                where = ", ".join(os.path.join(folder, f) for f in files) or folder
-                raise OSError(f"could not load {name} from {where}: {type(e).__name__}: {e}. The file may be damaged "
-                              "or truncated: copy or download it again (or re-save the pipeline).") from e
-            if torch_dtype is None and isinstance(component, ImagenUNet) and component.dtype == torch.float16:
-                component = component.float()  # weights ship in fp16; CPUs compute in fp32 (pipe.to() may change it)
-            if isinstance(component, torch.nn.Module):
-                _own_aligned_memory(component)
-            components[name] = component
-        components.update(kwargs)
-        if hasattr(components.get("text_encoder"), "requires_grad_"):
-            components["text_encoder"] = freeze(components["text_encoder"])
-        pipe = cls(**components)
+        path = loading.local_folder(pretrained_model_name_or_path, local_files_only)
+        pipe = cls(**loading.load_components(path, torch_dtype, **kwargs))
         pipe.vocabulary = CaptionVocabulary.from_folder(path)
-        defaults = os.path.join(path, "pipeline_defaults.json")
-        pipe.load_warnings = []
-        if os.path.exists(defaults):
-            try:
-                with open(defaults) as f:
-                    saved = json.load(f)
-                if not isinstance(saved, dict):
-                    raise ValueError("it is not a JSON object")
-            except ValueError as e:
-                raise ValueError(f"{defaults} is damaged ({e}): fix it, or delete it to use the library defaults") from e
-            pipe.settings.update(saved)
-        else:  # not silent: these defaults may be slower or worse than the ones the pipeline was saved with
-            message = (f"{defaults} is missing: using the library's default settings instead "
-                       f"({json.dumps(pipe.settings)}); save the pipeline again or restore the file.")
-            pipe.load_warnings.append(message)
-            import logging
-            import warnings
-
-            logging.getLogger("imagen_app.pipeline").warning(message)
-            warnings.warn(message, stacklevel=2)
+        pipe.load_warnings = loading.load_defaults(path, pipe.settings)
         return pipe
 
     def save_pretrained(self, save_directory, **kwargs):
-        import json
-        import os
-
         kwargs.setdefault("safe_serialization", True)
         super().save_pretrained(save_directory, **kwargs)
-        with open(os.path.join(save_directory, "pipeline_defaults.json"), "w") as f:
-            json.dump(self.settings, f, indent=2)
+        loading.write_defaults(save_directory, self.settings)
         if self.vocabulary is not None:
             self.vocabulary.save(save_directory)
-
-
-@torch.no_grad()
-def _own_aligned_memory(module: torch.nn.Module) -> None:
-    """Copies weights that safetensors mapped at unaligned file offsets into fresh (aligned) tensors.
-    CPU kernels take other code paths for unaligned weights, which round differently: sampling from
-    pure noise amplifies that, so a reloaded pipeline would not reproduce the saved one's images."""
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        if tensor.data_ptr() % 64:
-            tensor.data = tensor.data.clone()
 
 
 def _randn(shape, generator, device, dtype) -> torch.Tensor:
