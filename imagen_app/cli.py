@@ -141,6 +141,12 @@ def cmd_average_stages(args) -> int:
 def cmd_export_dataset(args) -> int:
     from .training.data import emoji_dataset, write_image_folder
 
+    if args.scenes:
+        from .training.scenes import write_scene_training_folder
+
+        counts = write_scene_training_folder(args.out, args.resolution, per_task=args.scenes, seed=args.seed)
+        print(f"{sum(counts.values())} images -> {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return 0
     data = emoji_dataset(args.resolution, args.split)
     if args.recoloured:
         from .training.recolour import with_recoloured
@@ -150,6 +156,16 @@ def cmd_export_dataset(args) -> int:
         print(f"{len(data) - before} recoloured images added")
     n = write_image_folder(data, args.out)
     print(f"{n} images -> {args.out}")
+    return 0
+
+
+def cmd_extend_text_encoder(args) -> int:
+    from .training.scenes import load_scene_world, scene_texts
+    from .training.text_extension import extend_text_encoder
+
+    texts, stands_for = scene_texts(load_scene_world())
+    words = extend_text_encoder(args.weights, args.out, texts, stands_for)
+    print(f"{len(words)} new words -> {args.out}/tokenizer, {args.out}/text_encoder")
     return 0
 
 
@@ -177,7 +193,8 @@ def cmd_evaluate(args) -> int:
     if unknown:
         raise SystemExit(f"unknown --parts {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     run_evaluation(args.weights, out=args.out, seen_count=args.seen, sr_count=args.sr_count, seed=args.seed,
-                   per_family=args.per_family, parts=parts)
+                   per_family=args.per_family, parts=parts, geneval_per_task=args.geneval_per_task,
+                   geneval_stage=args.geneval_stage)
     return 0
 
 
@@ -295,7 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--split", default="train", choices=["train", "held_out", "all"])
     ds.add_argument("--recoloured", action="store_true",
                     help='add synthetic "<colour> <name>" images of seen single emoji (imagen_app/recolour.py)')
+    ds.add_argument("--scenes", type=int, default=0, metavar="N",
+                    help="the base stage's scene corpus instead: the training split and its recoloured emoji, plus N "
+                         "scenes of each GenEval task (training/scenes.py; no held-out combination)")
+    ds.add_argument("--seed", type=int, default=0)
     ds.set_defaults(func=cmd_export_dataset)
+
+    xt = sub.add_parser("extend-text-encoder", help="add the scene captions' new words (plurals, above, below, ...) "
+                                                    "to a text encoder without changing the old words' embeddings")
+    xt.add_argument("out")
+    xt.add_argument("--weights", default=DEFAULT_WEIGHTS, help="folder with tokenizer/ and text_encoder/")
+    xt.set_defaults(func=cmd_extend_text_encoder)
 
     te = sub.add_parser("train-text-encoder", help="tokenizer + span-corruption T5 on the emoji captions")
     te.add_argument("out")
@@ -312,7 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "with two skin tones: how often they come out swapped), examples, "
                                                   "text_use, colours (the colour drawn for colour x shape captions), neighbours "
                                                   "(single emoji named inside a recoloured caption), held_out, "
-                                                  "super_resolution, timing (default: all)")
+                                                  "super_resolution, timing, geneval (GenEval's six tasks on "
+                                                  "scene prompts, held out and seen), geneval_cascade (a perfect "
+                                                  "base stage through the super-resolution stages) (default: all)")
+    ev.add_argument("--geneval-per-task", type=int, default=8, help="prompts per task and split (4 images each)")
+    ev.add_argument("--geneval-stage", type=int, default=None,
+                    help="judge the images of this stage (default: the last; 1 is fast and coarse)")
     ev.set_defaults(func=cmd_evaluate)
 
     cmp = sub.add_parser("compare", help="guidance x thresholding grid (Imagen Fig. A.10) for one prompt, same seed in every cell")

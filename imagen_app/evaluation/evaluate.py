@@ -269,12 +269,13 @@ def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: 
     return summary
 
 
-PARTS = ("families", "two_tones", "examples", "text_use", "colours", "neighbours", "held_out", "super_resolution", "timing")
+PARTS = ("families", "two_tones", "examples", "text_use", "colours", "neighbours", "held_out", "super_resolution", "timing",
+         "geneval", "geneval_cascade")
 
 
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
                    pipe: Optional[ImagenPipeline] = None, timing_repeats: int = 3, per_family: int = 100,
-                   parts=PARTS) -> Dict:
+                   parts=PARTS, geneval_per_task: int = 8, geneval_stage: Optional[int] = None) -> Dict:
     from .bench import time_end_to_end
     from ..training.data import held_out_split, load_emoji, rendered_corpus
 
@@ -311,6 +312,8 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
     if "super_resolution" in parts:
         held_idx = [i for i, e in enumerate(emojis) if e.caption in held_set]
         report["super_resolution"] = super_resolution(pipe, emojis, held_idx, sr_count, seed)
+    if "geneval" in parts or "geneval_cascade" in parts:
+        report.update(geneval_parts(pipe, parts, geneval_per_task, geneval_stage, seed))
     if "timing" in parts:
         total, per_stage = time_end_to_end(pipe, "red heart", timing_repeats)
         report["timing"] = dict(end_to_end_s=total, stage_s=per_stage, threads=torch.get_num_threads())
@@ -320,6 +323,45 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
         with open(out, "w") as f:
             json.dump(report, f, indent=2)
     return report
+
+
+def geneval_parts(pipe: ImagenPipeline, parts, per_task: int, stage: Optional[int], seed: int) -> Dict:
+    """GenEval's six tasks on held-out and seen scene prompts (four images each), the detector's ceiling on composed
+    real renders at the judged resolution, and (geneval_cascade) a perfect base stage seen through this cascade's
+    super-resolution stages."""
+    from ..training.scenes import load_scene_world
+    from .geneval import Detector, cascade_ceiling, detector_ceiling, run_geneval
+
+    world = load_scene_world()
+    detector = Detector(world)
+    out: Dict = {}
+    if "geneval" in parts:
+        size = pipe.stage_resolutions[(stage or len(pipe.stage_resolutions)) - 1]
+        out["geneval"] = dict(per_task=per_task, images_per_prompt=4, stop_at_stage=stage, resolution=size,
+                              **run_geneval(pipe, world, per_task=per_task, seed=seed, stop_at_stage=stage,
+                                            detector=detector),
+                              ceiling=detector_ceiling(world, detector, per_task=per_task, size=size, seed=seed))
+    if "geneval_cascade" in parts:
+        out["geneval_cascade"] = cascade_ceiling(pipe, world, detector, per_task=per_task, seed=seed)
+    return out
+
+
+def print_geneval(r: Dict) -> None:
+    from ..training.scenes import TASKS
+
+    rows = []
+    if "geneval" in r:
+        g = r["geneval"]
+        rows += [(f"model, {split}", g[split]) for split in ("held out", "seen")]
+        rows += [(f"detector ceiling, {split}", g["ceiling"][split]) for split in ("held out", "seen")]
+    if "geneval_cascade" in r:
+        rows += [(f"perfect base via SR, {split}", r["geneval_cascade"][split]) for split in ("held out", "seen")]
+    if not rows:
+        return
+    print(f"{'GenEval (share of images right)':<34}" + "".join(f"{t[:12]:>13}" for t in TASKS) + f"{'overall':>9}")
+    for name, scores in rows:
+        print(f"{name:<34}" + "".join(f"{scores.get(t, float('nan')):>13.3f}" for t in TASKS) +
+              f"{scores.get('overall', float('nan')):>9.3f}")
 
 
 def print_report(r: Dict) -> None:
@@ -361,6 +403,7 @@ def print_report(r: Dict) -> None:
     for s in r.get("super_resolution", []):
         print(f"stage {s['stage']} {s['from_px']}->{s['to_px']} px on {s['count']} held-out emoji: PSNR {s['psnr']:.2f} dB "
               f"(bicubic {s['bicubic_psnr']:.2f}), SSIM {s['ssim']:.4f} (bicubic {s['bicubic_ssim']:.4f})")
+    print_geneval(r)
     t = r.get("timing")
     if t:
         print("timing: " + ", ".join(f"stage {k + 1} {s:.2f} s" for k, s in enumerate(t["stage_s"])) +

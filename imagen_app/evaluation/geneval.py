@@ -212,3 +212,27 @@ def run_geneval(pipe, world: SceneWorld, per_task: int = 8, images_per_prompt: i
         report[split] = summarize(right)
         report[f"{split} prompts"] = per_prompt
     return report
+
+
+def cascade_ceiling(pipe, world: SceneWorld, detector: Optional[Detector] = None, per_task: int = 8,
+                    images_per_prompt: int = 2, seed: int = 0) -> Dict[str, Dict[str, float]]:
+    """The score of a perfect base stage seen through this cascade's super-resolution stages: scenes composed from
+    the real renders at the base resolution, enlarged by stages 2.. with the prompt, then judged. It tells whether
+    the base resolution carries enough of a scene for the rest of the cascade to draw it recognisably."""
+    detector = detector or Detector(world)
+    size = pipe.unets[0].config.sample_size
+    out = {}
+    for split, by_task in prompts(world, per_task, seed).items():
+        right: Dict[str, List[bool]] = {t: [] for t in TASKS}
+        for task, specs in by_task.items():
+            rng = random.Random(f"cascade:{task}:{seed}")
+            for spec in specs:
+                for k in range(images_per_prompt):
+                    made = None
+                    while made is None:
+                        made = compose(spec, size, world.renders, rng)
+                    image = pipe(spec.prompt(), image=Image.fromarray(made[0]), start_at_stage=2,
+                                 generator=torch.Generator().manual_seed(seed + k)).images[0]
+                    right[task].append(judge(spec, detector.detect(image)))
+        out[split] = summarize(right)
+    return out
