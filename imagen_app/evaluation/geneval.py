@@ -170,23 +170,44 @@ def summarize(right: Dict[str, List[bool]]) -> Dict[str, float]:
     return scores
 
 
-def detector_ceiling(world: SceneWorld, detector: Detector, per_task: int = 16, images_per_prompt: int = 4,
-                     size: int = 128, seed: int = 0) -> Dict[str, Dict[str, float]]:
-    """The detector's score on scenes composed from the real renders at `size` px (held-out and seen prompts):
-    what a generator that draws every prompt perfectly would get."""
+def _score_composed(world: SceneWorld, detector: Detector, per_task: int, images_per_prompt: int, size: int,
+                    seed: int, label: str, enlarge=None) -> Dict[str, Dict[str, float]]:
+    """Task scores of scenes composed from the real renders at `size` px, each passed through `enlarge(spec,
+    image, k)` (k: the image's index for its prompt) when given, then judged."""
     out = {}
     for split, by_task in prompts(world, per_task, seed).items():
         right: Dict[str, List[bool]] = {t: [] for t in TASKS}
         for task, specs in by_task.items():
-            rng = random.Random(f"ceiling:{task}:{seed}")
+            rng = random.Random(f"{label}:{task}:{seed}")
             for spec in specs:
-                for _ in range(images_per_prompt):
+                for k in range(images_per_prompt):
                     made = None
                     while made is None:
                         made = compose(spec, size, world.renders, rng)
-                    right[task].append(judge(spec, detector.detect(made[0])))
+                    image = enlarge(spec, made[0], k) if enlarge else made[0]
+                    right[task].append(judge(spec, detector.detect(image)))
         out[split] = summarize(right)
     return out
+
+
+def detector_ceiling(world: SceneWorld, detector: Detector, per_task: int = 16, images_per_prompt: int = 4,
+                     size: int = 128, seed: int = 0) -> Dict[str, Dict[str, float]]:
+    """The detector's score on scenes composed from the real renders at `size` px (held-out and seen prompts):
+    what a generator that draws every prompt perfectly would get."""
+    return _score_composed(world, detector, per_task, images_per_prompt, size, seed, "ceiling")
+
+
+def cascade_ceiling(pipe, world: SceneWorld, detector: Optional[Detector] = None, per_task: int = 8,
+                    images_per_prompt: int = 2, seed: int = 0) -> Dict[str, Dict[str, float]]:
+    """The score of a perfect base stage seen through this cascade's super-resolution stages: scenes composed from
+    the real renders at the base resolution, enlarged by stages 2.. with the prompt, then judged. It tells whether
+    the base resolution carries enough of a scene for the rest of the cascade to draw it recognisably."""
+    def enlarge(spec, image, k):
+        return pipe(spec.prompt(), image=Image.fromarray(image), start_at_stage=2,
+                    generator=torch.Generator().manual_seed(seed + k)).images[0]
+
+    return _score_composed(world, detector or Detector(world), per_task, images_per_prompt,
+                           pipe.unets[0].config.sample_size, seed, "cascade", enlarge)
 
 
 def run_geneval(pipe, world: SceneWorld, per_task: int = 8, images_per_prompt: int = 4, seed: int = 0,
@@ -212,27 +233,3 @@ def run_geneval(pipe, world: SceneWorld, per_task: int = 8, images_per_prompt: i
         report[split] = summarize(right)
         report[f"{split} prompts"] = per_prompt
     return report
-
-
-def cascade_ceiling(pipe, world: SceneWorld, detector: Optional[Detector] = None, per_task: int = 8,
-                    images_per_prompt: int = 2, seed: int = 0) -> Dict[str, Dict[str, float]]:
-    """The score of a perfect base stage seen through this cascade's super-resolution stages: scenes composed from
-    the real renders at the base resolution, enlarged by stages 2.. with the prompt, then judged. It tells whether
-    the base resolution carries enough of a scene for the rest of the cascade to draw it recognisably."""
-    detector = detector or Detector(world)
-    size = pipe.unets[0].config.sample_size
-    out = {}
-    for split, by_task in prompts(world, per_task, seed).items():
-        right: Dict[str, List[bool]] = {t: [] for t in TASKS}
-        for task, specs in by_task.items():
-            rng = random.Random(f"cascade:{task}:{seed}")
-            for spec in specs:
-                for k in range(images_per_prompt):
-                    made = None
-                    while made is None:
-                        made = compose(spec, size, world.renders, rng)
-                    image = pipe(spec.prompt(), image=Image.fromarray(made[0]), start_at_stage=2,
-                                 generator=torch.Generator().manual_seed(seed + k)).images[0]
-                    right[task].append(judge(spec, detector.detect(image)))
-        out[split] = summarize(right)
-    return out
