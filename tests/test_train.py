@@ -225,7 +225,7 @@ def test_checkpoint_is_safetensors_with_a_json_header(tmp_path, text_encoder_dir
 
     cfg = config(tmp_path, text_encoder_dir, image_folder, max_steps=1)
     train(cfg, log=lambda *_: None)
-    assert sorted(os.listdir(cfg.run_dir)) == ["checkpoint.safetensors", "config.json"]  # no temporary file left
+    assert sorted(os.listdir(cfg.run_dir)) == [".lock", "checkpoint.safetensors", "config.json"]  # no temporary file left
     with safe_open(os.path.join(cfg.run_dir, CHECKPOINT), "pt") as f:
         meta = json.loads(f.metadata()["imagen_app"])
     assert meta["step"] == 1 and meta["ema_updates"] == 1 and len(meta["rng"]) == 1
@@ -316,7 +316,8 @@ def test_two_processes_draw_different_batches_and_keep_identical_weights(two_pro
 def test_two_processes_one_writer_and_one_stop_step(two_process_runs):
     runs, out = two_process_runs
     for run in runs.values():
-        assert sorted(os.listdir(run)) == ["checkpoint.safetensors", "config.json", "ranks.jsonl"]  # no .tmp left
+        # no .tmp left
+        assert sorted(os.listdir(run)) == [".lock", "checkpoint.safetensors", "config.json", "ranks.jsonl"]
         assert len(read_checkpoint(os.path.join(run, CHECKPOINT))["rng"]) == 2  # both ranks' RNG states
     for text in (out["a"], out["b_stopped"], out["b_resumed"]):
         assert text.count("stopped at step") == 1 and text.count("training images") == 1  # the main process logs

@@ -4,13 +4,19 @@ The tensors are the U-Net's weights, the EMA weights, the optimizer state and ev
 header holds a JSON of the rest (step, EMA updates, learning-rate schedule, optimizer groups, the Python RNG
 states). Written atomically (temp file + rename) so that a kill mid-write leaves the previous checkpoint intact.
 A legacy `checkpoint.pt` (the pickled format written before) still resumes; it is never written.
+
+The run folder itself: a job holds it with an exclusive lock (`claim_run_folder`: flock on `RUN/.lock`, which the
+kernel releases when the process dies, however it dies), so that a second job on the same folder fails at once
+instead of training beside the first; and the temporary files of a checkpoint write that a kill interrupted are
+removed when a run starts or resumes (`remove_stale_temp_files`).
 """
 from __future__ import annotations
 
 import json
 import os
 import random
-from typing import Optional
+import re
+from typing import List, Optional
 
 import torch
 
@@ -18,6 +24,13 @@ from .distributed import unwrap
 
 CHECKPOINT = "checkpoint.safetensors"
 LEGACY_CHECKPOINT = "checkpoint.pt"  # the pickled format written before; read, never written
+LOCK = ".lock"  # flock-ed by the main process of the job that trains in the run folder; holds its pid
+# The temporary files of a checkpoint write: safetensors (0.8) writes through a hidden file in the target's folder
+# (Rust's tempfile crate: ".tmp" and 6 letters or digits), sized to the whole checkpoint up front (zeros until
+# written) and renamed onto the target, which is write_checkpoint's "checkpoint.safetensors.tmp", renamed in turn
+# onto the checkpoint ("checkpoint.pt.tmp": the earlier writer's). A kill between the steps leaves one behind.
+TEMP_NAME = re.compile(r"\.tmp[A-Za-z0-9]{6}|"
+                       + "|".join(re.escape(name + ".tmp") for name in (CHECKPOINT, LEGACY_CHECKPOINT)))
 
 
 def checkpoint_path(run_dir: str) -> Optional[str]:
@@ -55,6 +68,93 @@ def resume(path: str, unet, opt, lr_scheduler, rng: random.Random, rank: int, pr
             f"{processes}: ranks without a saved state draw from their fresh seed")
     return ckpt
 
+
+# --- the run folder ------------------------------------------------------------------------------------------------
+
+class RunFolderInUse(OSError):
+    """Another training job holds the run folder (the CLI prints the message and exits with status 2)."""
+
+
+class RunFolderLock:
+    """An exclusive flock on RUN/.lock, with this process's pid in the file, until `release()` (or the process's
+    death: the kernel drops a dead process's flocks, so a killed job never leaves a stale lock behind). The file
+    stays (removing it would let a job lock a new file while another holds the old one); `release` empties it.
+    Where the file system (or the OS) has no flock, `held` is False and `unsupported` says why."""
+
+    def __init__(self, run_dir: str):
+        os.makedirs(run_dir, exist_ok=True)
+        self.path = os.path.join(run_dir, LOCK)
+        self.held, self.unsupported = False, ""
+        self._file = open(self.path, "a+")  # created if missing, never truncated before the lock is ours
+        try:
+            import fcntl
+
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            pid = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise RunFolderInUse(f"{run_dir} is in use by another training job (pid {pid}); stop it first") from None
+        except (ImportError, OSError) as e:  # no fcntl (Windows), or a file system without locks
+            self._file.close()
+            self.unsupported = str(e) or type(e).__name__
+            return
+        self.held = True
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if self._file.closed:
+            return
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.close()  # closing the file drops the flock
+
+
+def claim_run_folder(run_dir: str, accelerator, log) -> Optional[RunFolderLock]:
+    """The main process locks the run folder for the whole run (`RunFolderLock`), then removes the temporary files
+    that an interrupted checkpoint write left; every rank raises RunFolderInUse if another job holds the folder.
+    Call before anything is written to the folder; `release()` the returned lock (None on the other ranks) at the
+    end. A collective call when there are several processes."""
+    lock, error = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = RunFolderLock(run_dir)
+        except RunFolderInUse as e:
+            error = str(e)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        error = broadcast_object_list([error], from_process=0)[0]
+    if error is not None:
+        raise RunFolderInUse(error)
+    if lock is not None and lock.held:
+        remove_stale_temp_files(run_dir, log)
+    elif lock is not None:
+        log(f"could not lock {lock.path} ({lock.unsupported}): nothing stops a second job on this run folder, and "
+            f"temporary files of interrupted checkpoint writes are left in place")
+    return lock
+
+
+def remove_stale_temp_files(run_dir: str, log) -> List[str]:
+    """Removes the files of the run folder (not below it) whose names are a checkpoint write's temporary names
+    (TEMP_NAME), and logs one line naming them; returns their names. Only while holding the folder's lock: a
+    running job's write in progress has these names too."""
+    removed, sizes = [], []
+    for entry in sorted(os.scandir(run_dir), key=lambda e: e.name):
+        if TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            sizes.append(entry.stat(follow_symlinks=False).st_size)
+            os.remove(entry.path)
+            removed.append(entry.name)
+    if removed:
+        log(f"removed the temporary files of an interrupted checkpoint write from {run_dir}: "
+            + ", ".join(f"{name} ({size / 1e6:.1f} MB)" for name, size in zip(removed, sizes)))
+    return removed
+
+
+# --- the checkpoint file --------------------------------------------------------------------------------------------
 
 def write_checkpoint(path: str, ckpt: dict) -> None:
     """Writes `ckpt` (as `read_checkpoint` returns it) as one safetensors file: the tensors, and in the header

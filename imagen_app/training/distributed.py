@@ -3,6 +3,10 @@
 Each process draws its own batches (a seed offset by its rank), accelerate averages the gradients (gloo on CPUs,
 nccl on GPUs), the main process alone logs, samples and writes checkpoints, and one all-reduce per step tells every
 rank whether to stop, so that all stop at the same step.
+
+A process that a launcher started stops with its launcher (`stop_with_launcher`): killed, torchrun and accelerate
+launch leave their workers running, and those kept training and writing checkpoints beside a restarted job. The
+kernel sends them SIGTERM instead, and StopRequest makes them checkpoint the step reached and exit.
 """
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ import json
 import os
 import random
 import signal
+import sys
+import threading
+import time
 from typing import List
 
 import torch
@@ -71,12 +78,41 @@ def share_curriculum(accelerator, curriculum) -> None:
         curriculum.passes = broadcast_object_list([curriculum.passes], from_process=0)[0]
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def stop_with_launcher(poll_s: float = 1.0) -> str:
+    """In a process started by a launcher (torchrun, accelerate launch: RANK or LOCAL_RANK set), SIGTERM this process
+    when the launcher dies: on Linux the kernel does it (prctl PR_SET_PDEATHSIG), elsewhere a daemon thread that
+    notices the parent pid change. Returns how ("prctl", "watchdog"), or "" outside a launcher."""
+    if "RANK" not in os.environ and "LOCAL_RANK" not in os.environ:
+        return ""
+    parent = os.getppid()
+    how = "watchdog"
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0:
+            how = "prctl"
+    if how == "watchdog":
+        threading.Thread(target=_watch_parent, args=(parent, poll_s), name="stop-with-launcher", daemon=True).start()
+    # the launcher died between getppid() and prctl (before getppid(): not seen, as a launcher may run as pid 1)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return how
+
+
+def _watch_parent(parent: int, poll_s: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 class StopRequest:
     """Set by SIGTERM (in the main thread; restored on exit)."""
 
     def __init__(self):
-        import threading
-
         self.requested = False
         self._old = None
         if threading.current_thread() is threading.main_thread():

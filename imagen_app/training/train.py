@@ -13,6 +13,8 @@
   (distributed.py);
 - a checkpoint every `checkpoint_every` steps and on exit, so a killed run resumes from its last one
   (checkpoints.py); with no checkpoint, a run can start from an exported stage (`init_from`);
+- one job per run folder (a lock the main process holds), and the workers of a launcher stop with it
+  (checkpoints.py, distributed.py);
 - `export_stage` (export.py) writes the EMA weights as a diffusers folder that `ImagenPipeline.from_pretrained`
   loads. The config files and their `extends` are config.py's.
 """
@@ -35,11 +37,11 @@ from ..models.schedules import noise_schedule
 from ..models.text_encoder import PromptEncoder, load_text_encoder
 from ..models.unet import ImagenUNet, upsample_lowres
 from ..pipeline.guidance import noise_augment
-from .checkpoints import CHECKPOINT, checkpoint_path, resume, save_checkpoint
+from .checkpoints import CHECKPOINT, checkpoint_path, claim_run_folder, resume, save_checkpoint
 from .config import TrainConfig
 from .curriculum import log_text_use, make_curriculum, plan_next_pass
 from .distributed import (StopRequest, describe_processes, make_accelerator, process_rng, record_ranks, share_curriculum,
-                          share_loss_and_stop, unwrap)
+                          share_loss_and_stop, stop_with_launcher, unwrap)
 # cli.py imports export_stage and assemble_pipeline from here
 from .export import assemble_pipeline, export_stage, write_sample_grid
 
@@ -47,18 +49,36 @@ __all__ = ["TrainConfig", "train", "export_stage", "assemble_pipeline"]
 
 
 def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> int:
-    """Trains until max_steps or max_minutes (measured by the main process); returns the step reached.
+    """Trains until max_steps or max_minutes (measured by the main process) or a SIGTERM; returns the step reached.
     Resumes from the run's checkpoint (`checkpoint_path`). Under torchrun / accelerate launch, every process
-    calls this and they train one model."""
+    calls this and they train one model. Raises RunFolderInUse (an OSError) when another job holds the run folder."""
+    # under a launcher: SIGTERM when the launcher dies (killed, torchrun and accelerate launch leave their workers)
+    stop_with_launcher()
+    stop = StopRequest()  # SIGTERM, from now on: checkpoint the step reached and stop
+    try:
+        accelerator = make_accelerator(cfg)
+        log = log if accelerator.is_main_process else (lambda *_: None)
+        log(describe_processes(accelerator, cfg))
+        # the run folder is this job's alone until it returns (another job's fails here, before anything is written),
+        # without the temporary files of a checkpoint write that a kill interrupted
+        lock = claim_run_folder(cfg.run_dir, accelerator, log)
+        try:
+            return _train(cfg, accelerator, stop, max_minutes, log)
+        finally:
+            if lock is not None:
+                lock.release()
+    finally:
+        stop.restore()
+
+
+def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Optional[float], log) -> int:
+    """train() in the run folder it holds."""
     from accelerate.utils import tqdm
     from diffusers.optimization import get_scheduler
 
     # setup: the processes, this one's device and threads, and the run folder with the config in it
-    accelerator = make_accelerator(cfg)
     rank, main, n = accelerator.process_index, accelerator.is_main_process, accelerator.num_processes
     device = accelerator.device
-    log = log if main else (lambda *_: None)
-    log(describe_processes(accelerator, cfg))
     setup_process(cfg, device)
     if main:
         write_run_config(cfg)
@@ -98,7 +118,6 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
 
     # loop: until max_steps, the main process's deadline or a SIGTERM (every rank stops after the same step)
     ckpt_path = os.path.join(cfg.run_dir, CHECKPOINT)
-    stop = StopRequest()
     deadline = time.time() + max_minutes * 60 if max_minutes is not None else None
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", dynamic_ncols=True, disable=not sys.stderr.isatty())
     t0, first_step, loss_avg = time.time(), step, None
@@ -146,7 +165,6 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
         raise
     finally:
         bar.close()
-        stop.restore()
 
     # checkpoint: the step reached (every rank's RNG states), and the run's speed
     elapsed, done = time.time() - t0, step - first_step
