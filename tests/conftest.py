@@ -10,6 +10,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
+
+# Paths for tests at any depth of tests/ (never os.path.dirname(__file__) nor the working directory):
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout's root
+WEIGHTS = os.path.join(REPO, "weights")  # the shipped model: a test that loads it is marked slow
+EXAMPLES = os.path.join(REPO, "docs", "examples")
 # Each test run has its own Gradio cache (and gradio_client download) folder, removed at the end: the apps' cache
 # sweepers (imagen_app/cache_sweeper.py, 2 s in one test) never see another run's files, and no run leaves files.
 if "GRADIO_TEMP_DIR" not in os.environ:
@@ -45,6 +50,33 @@ def app_url(tiny_pipe):
     demo.close()
 
 
+@pytest.fixture()
+def client(app_url):
+    """A gradio_client of the app on the tiny cascade (skipped without gradio_client)."""
+    gradio_client = pytest.importorskip("gradio_client")
+    return gradio_client.Client(app_url, verbose=False)
+
+
+def generate_named(values, n_stages: int = 3) -> dict:
+    """An update or result of /generate by name (ui.generate_outputs); the tiny cascade has 3 stages."""
+    from imagen_app.app.ui import generate_outputs
+
+    return generate_outputs(values, n_stages)
+
+
+def edit_named(values, first_pane: int, n_stages: int = 3) -> dict:
+    """An update or result of /edit (first_pane 1) or /upscale (first_pane 2) by name (edit_tabs.edit_outputs)."""
+    from imagen_app.app.edit_tabs import edit_outputs
+
+    return edit_outputs(values, first_pane, n_stages)
+
+
+@pytest.fixture(scope="session")
+def scene_world():
+    """The scene corpus's world (emoji renders, held-out split): built once for the scene and GenEval tests."""
+    from imagen_app.training.scenes import load_scene_world
+
+    return load_scene_world()
 
 
 SMALL_UNET = dict(sample_size=8, block_out_channels=(8, 16), layers_per_block=(1, 1), cross_attention_levels=(False, True),

@@ -8,7 +8,9 @@ import os
 
 import pytest
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "imagen_app")
+from conftest import REPO
+
+PACKAGE = os.path.join(REPO, "imagen_app")
 LEVEL = {"images": 0, "examples": 0, "models": 1, "pipeline": 2, "training": 3, "evaluation": 4, "app": 5, "cli": 6,
          "__init__": 7, "__main__": 7}
 

@@ -8,6 +8,10 @@ from PIL import Image
 
 from imagen_app.app.stop import ActiveRuns, session_of
 
+from conftest import edit_named
+
+FIRST_PANE = {"edit": 1, "upscale": 2}  # the tab's first stage pane (Upscale starts at stage 2)
+
 
 def test_wait_returns_once_the_generator_is_closed():
     runs = ActiveRuns()
@@ -101,8 +105,8 @@ def start_run(demo, api_name, session):
     image = Image.new("RGB", (32, 32), (200, 30, 60))
     run = (fn({"background": image, "layers": [], "composite": None}, "red heart", 1.0, 0, request=Req(session))
            if api_name == "edit" else fn(image, "red heart", 0, request=Req(session)))
-    first = next(run)
-    assert "stage" in first[-2], first[-2]  # a preview's status line: the run is under way
+    status = edit_named(next(run), FIRST_PANE[api_name])["status"]
+    assert "stage" in status, status  # a preview's status line: the run is under way
     return run
 
 
@@ -120,7 +124,7 @@ def test_stop_is_wired_as_generates(edit_demo, api_name):
     run, stop, after, failure = stop_wiring(edit_demo, api_name)
     assert run.queue and not stop.queue and after.queue and after.concurrency_limit is None and not failure.queue
     assert len(stop.outputs) == 1 and stop.outputs == after.outputs == failure.outputs
-    assert stop.outputs[0] in run.outputs and run.outputs[-2] is stop.outputs[0]  # the tab's own status line
+    assert edit_named(run.outputs, FIRST_PANE[api_name])["status"] is stop.outputs[0]  # the tab's own status line
 
 
 @pytest.mark.parametrize("api_name", ["edit", "upscale"])
@@ -163,6 +167,6 @@ def test_a_run_that_ends_by_itself_is_no_longer_tracked(edit_demo):
     _, _, after, _ = stop_wiring(edit_demo, "edit")
     run = start_run(edit_demo, "edit", "s3")
     *_, final = run
-    assert final[-2].startswith("Done")
+    assert edit_named(final, FIRST_PANE["edit"])["status"].startswith("Done")
     t0 = time.monotonic()
     assert after.fn(Req("s3")) == "Stopped." and time.monotonic() - t0 < 1

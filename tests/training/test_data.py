@@ -1,7 +1,11 @@
+import os
+
 import numpy as np
 import pytest
 
 from imagen_app.training import data
+
+from conftest import WEIGHTS
 
 
 def test_cldr_captions():
@@ -26,7 +30,8 @@ def test_corpus_has_cldr_names(emojis):
 def test_held_out_split_is_deterministic_and_keeps_parts_seen(emojis):
     held = data.held_out_split(emojis)
     assert held == data.held_out_split(sorted(emojis, key=lambda e: e.code))  # the same split from the same corpus
-    shipped = [line.strip() for line in open("weights/held_out.txt") if line.strip() and not line.startswith("#")]
+    with open(os.path.join(WEIGHTS, "held_out.txt")) as f:  # a small text file of weights/, not the model
+        shipped = [line.strip() for line in f if line.strip() and not line.startswith("#")]
     assert set(held) == set(shipped)  # the shipped model's held-out list is this split
     assert 100 < len(held) < 400
     train = {e.caption for e in emojis} - set(held)

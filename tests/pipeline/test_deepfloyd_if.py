@@ -18,6 +18,8 @@ from imagen_app.images import to_pil
 from imagen_app.models.text_encoder import freeze
 from imagen_app.training.text_pretrain import small_t5_config, train_caption_tokenizer
 
+from conftest import REPO, seeded
+
 PROMPT = "a red panda wearing a blue hat"
 CAPTIONS = [PROMPT, "a photo of a corgi", "green circle", "grinning face on the moon", "flag of japan"]
 D = 16  # T5 width = the U-Nets' encoder_hid_dim
@@ -97,10 +99,6 @@ def if_pipe(if_folders):
     pipe = ImagenPipeline.from_deepfloyd_if(*if_folders)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def seeded(seed):
-    return torch.Generator().manual_seed(seed)
 
 
 def test_loads_if_folders_with_ifs_defaults(if_pipe):
@@ -277,9 +275,9 @@ def test_half_precision_loads_and_runs(if_folders):
 
 def test_app_flags_name_both_stages(if_folders, monkeypatch):
     import importlib.util
-    import pathlib
+    import os
 
-    spec = importlib.util.spec_from_file_location("app_under_test", pathlib.Path(__file__).parents[1] / "app.py")
+    spec = importlib.util.spec_from_file_location("app_under_test", os.path.join(REPO, "app.py"))
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
     seen = {}

@@ -8,7 +8,7 @@ import torch
 
 from imagen_app import ImagenPipeline
 from imagen_app.pipeline.pipeline import SCHEDULERS
-from conftest import seeded
+from conftest import WEIGHTS, seeded
 
 
 def pixels(image):
@@ -396,14 +396,15 @@ def test_generator_list_makes_each_image_reproducible_alone(tiny_pipe, name):
             assert np.abs(pixels(batch[stage][i]) - pixels(alone[stage][0])).max() <= 2, (i, stage)
 
 
-# ----- the shipped model --------------------------------------------------------------------------------------
+# ----- the shipped model (slow: skipped unless `-m slow`) ------------------------------------------------------
 @pytest.fixture(scope="module")
 def shipped():
-    pipe = ImagenPipeline.from_pretrained("weights")
+    pipe = ImagenPipeline.from_pretrained(WEIGHTS)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
+@pytest.mark.slow
 def test_shipped_weights_run_every_stage(shipped):
     assert shipped.num_stages == 3 and shipped.stage_resolutions == [32, 128, 512]
     events = list(shipped.stream("red heart", num_inference_steps=1, generator=seeded()))
@@ -419,6 +420,7 @@ def test_shipped_weights_run_every_stage(shipped):
 SHIPPED_PROMPTS = ["red heart", "grinning face", "flag: japan", "woman firefighter: dark skin tone"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["dpm++", "ddim"])
 def test_dynamic_thresholding_at_default_guidance_keeps_the_image(shipped, scheduler):
     """Imagen §2.3 at the paper's p = 99.5 and the default guidance scales keeps the picture: pixel distance

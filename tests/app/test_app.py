@@ -8,23 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import REPO, generate_named as named
+
 gradio_client = pytest.importorskip("gradio_client")
-
-from imagen_app.app.ui import generate_outputs  # noqa: E402  (after the skip: it imports gradio)
-
-
-@pytest.fixture()
-def client(app_url):
-    return gradio_client.Client(app_url, verbose=False)
 
 
 def image_of(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
-
-
-def named(result, n_stages: int = 3) -> dict:
-    """An update or result of /generate by name (the app under test has 3 stages)."""
-    return generate_outputs(result, n_stages)
 
 
 def final_image(result) -> np.ndarray:
@@ -240,7 +230,7 @@ def test_mcp_flag(argv, env, has_mcp, expected, tiny_pipe, monkeypatch, capsys):
 
     import gradio as gr
 
-    spec = importlib.util.spec_from_file_location("imagen_app_main", os.path.join(os.path.dirname(__file__), "..", "app.py"))
+    spec = importlib.util.spec_from_file_location("imagen_app_main", os.path.join(REPO, "app.py"))
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
     built, launched = [], []

@@ -6,6 +6,8 @@ from imagen_app.training.tiny import TINY_CAPTIONS, tiny_unet
 from imagen_app.training.text_pretrain import train_caption_tokenizer
 from imagen_app.models.unet import TextAttention
 
+from conftest import generate_named
+
 
 def test_recorder_finds_the_token_the_layer_attends_to():
     """A cross-attention layer whose queries match token 2's key only: its map is 1 on token 2, 0 elsewhere."""
@@ -92,12 +94,9 @@ def test_pipeline_returns_word_maps_per_stage_and_streams_them():
     assert all(not layer.recorders for unet in pipe.unets for layer in unet.modules() if isinstance(layer, TextAttention))
 
 
-def test_app_shows_where_each_word_went(app_url):
-    from gradio_client import Client
-
-    client = Client(app_url, verbose=False)
-    result = client.predict("red heart", api_name="/generate")
-    captions = [item["caption"] for item in result[-1]]
+def test_app_shows_where_each_word_went(client):
+    result = generate_named(client.predict("red heart", api_name="/generate"))
+    captions = [item["caption"] for item in result["word_maps"]]
     assert "stage 1 · red" in captions and "stage 1 · heart" in captions
     assert {c.split(" · ")[0] for c in captions} == {"stage 1", "stage 2", "stage 3"}
 

@@ -10,19 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import EXAMPLES, free_port, generate_named as named
+
 gradio_client = pytest.importorskip("gradio_client")
-
-from imagen_app.app.ui import generate_outputs  # noqa: E402  (after the skip: it imports gradio)
-
-
-def named(result) -> dict:
-    """A result of /generate by name (the app under test has 3 stages)."""
-    return generate_outputs(result, 3)
-
-
-@pytest.fixture()
-def client(app_url):
-    return gradio_client.Client(app_url, verbose=False)
 
 
 # (keyword arguments of /generate, text the error message must contain: the input's name)
@@ -78,7 +68,6 @@ def error_of(client, **kwargs) -> str:
 
 
 def test_every_bad_generate_input_is_named_and_logs_no_traceback(client, capfd):
-    assert len(BAD_GENERATE_INPUTS) >= 40
     capfd.readouterr()
     unnamed = []
     for kwargs, name in BAD_GENERATE_INPUTS:
@@ -114,7 +103,7 @@ def test_none_for_every_optional_input_is_its_default(client, tiny_pipe):
 def test_edit_and_upscale_inputs_are_named(client):
     from gradio_client import handle_file
 
-    heart = os.path.join(os.path.dirname(__file__), "..", "docs", "examples", "red_heart_32.png")
+    heart = os.path.join(EXAMPLES, "red_heart_32.png")
     if not os.path.exists(heart):
         pytest.skip("no example image")
     cases = [(dict(seed=3.5), "seed"), (dict(prompt=["x"]), "prompt"), (dict(prompt="x" * 600), "prompt"),
@@ -176,6 +165,17 @@ def test_every_bad_compare_input_is_named_and_logs_no_traceback(client, capfd):
     assert status == "Done: 6 cells, seed 2." and Image.open(grid).size == (120 + 2 * 128, 22 + 3 * 128)
 
 
+@pytest.mark.parametrize("api_name, table", [("/generate", BAD_GENERATE_INPUTS), ("/compare", BAD_COMPARE_INPUTS)],
+                         ids=["generate", "compare"])
+def test_every_input_of_the_endpoint_has_bad_values_in_the_table(client, api_name, table):
+    """The tables above cover every input that the running app's endpoint takes, as its API shows them to a client
+    (generate_parameters, the compare tab's signature): an input added to the app without a case fails here."""
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"][api_name]
+    inputs = [p["parameter_name"] for p in api["parameters"]]
+    tried = {name for kwargs, _ in table for name in kwargs}
+    assert "prompt" in inputs and [name for name in inputs if name not in tried] == []
+
+
 def test_none_for_every_optional_compare_input_is_its_default(client):
     grid, _, status = client.predict("red heart", guidance_text=None, row_kind=None, stage=None, seed=None,
                                      api_name="/compare")
@@ -215,7 +215,6 @@ def cached_files(folders) -> set:
 
 
 def test_gradio_cache_is_purged_after_cache_minutes(tiny_pipe):
-    from conftest import free_port
     from imagen_app.app.cache_sweeper import component_cache_folders
     from imagen_app.app.ui import build_app, downloads_folder
 

@@ -1,7 +1,7 @@
 """Memory (issue 16, item 4): a server that runs for weeks must not grow with every generation.
 
 The soak is slow (200 generations, about 15 minutes on a loaded 2-core CPU): `python -m pytest -m slow
-tests/test_soak.py -s`. It found two causes: every gr.skip() in a stream left a component copy in the session
+tests/app/test_soak.py -s`. It found two causes: every gr.skip() in a stream left a component copy in the session
 (checked fast here too), and glibc kept the memory each generation freed (imagen_app/memory.py)."""
 import os
 import subprocess
@@ -11,10 +11,11 @@ import time
 import httpx
 import pytest
 
+from conftest import REPO, edit_named, free_port, generate_named
+
 gradio_client = pytest.importorskip("gradio_client")
 
 GENERATIONS, BASELINE_AFTER, MAX_GROWTH = 200, 20, 0.10
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The server, as `python app.py` runs it, on the tiny random pipeline: its own process, so that the RSS measured is
 # the server's alone (not the client's, nor pytest's).
 SERVER = """
@@ -38,14 +39,13 @@ def rss_bytes(pid: int) -> int:
 
 @pytest.mark.slow
 def test_rss_does_not_grow_over_200_generations(tmp_path):
-    from conftest import free_port
     from imagen_app.training.tiny import TINY_CAPTIONS
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(tmp_path / "server.log", "w") as log:
-        server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], cwd=ROOT, env=env, stdout=log, stderr=log)
+        server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], cwd=REPO, env=env, stdout=log, stderr=log)
     try:
         deadline = time.time() + 180
         while True:
@@ -60,7 +60,8 @@ def test_rss_does_not_grow_over_200_generations(tmp_path):
         for i in range(1, GENERATIONS + 1):
             prompt = f"{TINY_CAPTIONS[i % len(TINY_CAPTIONS)]} {i}"  # new prompts: the embedding cache fills and evicts
             result = client.predict(prompt, seed=i, api_name="/generate")
-            assert result[4].startswith("Done:"), result[4]
+            status = generate_named(result)["status"]
+            assert status.startswith("Done:"), status
             if i in (BASELINE_AFTER, GENERATIONS):
                 rss[i] = rss_bytes(server.pid)
         elapsed = time.time() - t0
@@ -89,8 +90,10 @@ def test_streams_give_every_output_a_value(tiny_pipe):
     demo = build_app(tiny_pipe)
     fns = {f.api_name: f.fn for f in demo.fns.values() if f.api_name in ("generate", "upscale")}
     runs = {"generate": fns["generate"]("red heart"), "upscale": fns["upscale"](Image.new("RGB", (8, 8), "red"), "red heart")}
+    by_name = {"generate": generate_named, "upscale": lambda update: edit_named(update, 2)}
     for name, updates in runs.items():
-        updates = list(updates)
+        updates = [by_name[name](update) for update in updates]  # every output of every update, by name
         assert len(updates) > 3, name
-        skipped = [(name, i, j) for i, update in enumerate(updates) for j, value in enumerate(update) if is_update(value)]
+        skipped = [(name, i, output) for i, update in enumerate(updates) for output, value in update.items()
+                   if is_update(value)]
         assert not skipped, skipped

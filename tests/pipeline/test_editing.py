@@ -1,8 +1,6 @@
 """Editing on tiny random cascades: image-to-image (SDEdit), inpainting (RePaint-style replacement),
 super-resolution of a given image, the accepted mask forms and the errors for bad input.
 The check on the shipped weights is marked `slow` (run it with `-m slow`)."""
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,7 @@ from imagen_app.pipeline.pipeline import ImagenPipeline, noise_schedule
 from imagen_app.training.tiny import tiny_pipeline
 from imagen_app.models.unet import ImagenUNet
 
-from conftest import seeded
+from conftest import WEIGHTS, edit_named, seeded
 
 TOL = 2 / 127.5  # two 8-bit levels in [-1, 1]: the PNG rounding of the kept region
 
@@ -242,9 +240,6 @@ def test_bad_inputs_give_a_clear_error(pipe2, tmp_path):
 
 
 # ----- the shipped model --------------------------------------------------------------------------------
-WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("prompt, edit_prompt, box, repaints", [
     ("woman firefighter: dark skin tone", "woman firefighter: light skin tone", (0.25, 0.1875, 0.75, 0.6875), True),
@@ -252,7 +247,7 @@ WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
     ("red heart", "blue heart", (0.0, 0.0, 0.5, 1.0), False),
 ])
 def test_shipped_model_keeps_the_unmasked_region(prompt, edit_prompt, box, repaints):
-    """The README's figures (`python -m pytest -m slow -s tests/test_editing.py`)."""
+    """The README's figures (`python -m pytest -m slow -s tests/pipeline/test_editing.py`)."""
     from imagen_app.evaluation.edit_check import edit_check
 
     report = edit_check(WEIGHTS, prompt, edit_prompt, box=box)
@@ -282,19 +277,6 @@ def test_cli_generate_with_image_and_mask_and_upscale(pipe2, tmp_path, capsys):
 
 
 # ----- the app: Edit and Upscale tabs over the API (gradio_client, handle_file) ----------------------------
-@pytest.fixture(scope="module")
-def client(app_url):
-    gradio_client = pytest.importorskip("gradio_client")
-    return gradio_client.Client(app_url, verbose=False)
-
-
-def edit_outputs(values, first_pane, n_stages):
-    """An update or result of /edit or /upscale by name (edit_tabs.edit_outputs)."""
-    from imagen_app.app.edit_tabs import edit_outputs as by_name
-
-    return by_name(values, first_pane, n_stages)
-
-
 def save(image, path):
     image.save(path)
     return str(path)
@@ -310,9 +292,9 @@ def test_edit_endpoint_inpaints_and_streams(client, tmp_path):
                   layers=[handle_file(save(Image.fromarray(layer, "RGBA"), tmp_path / "layer.png"))], composite=None)
     job = client.submit(editor, "blue heart", strength=1.0, seed=1, api_name="/edit")
     updates = list(job)
-    statuses = [edit_outputs(u, 1, 3)["status"] for u in updates]
+    statuses = [edit_named(u, 1, 3)["status"] for u in updates]
     assert any(s.startswith("Inpainting: stage 1/3") for s in statuses) and statuses[-1].startswith("Done")
-    result = edit_outputs(job.result(), 1, 3)
+    result = edit_named(job.result(), 1, 3)
     sizes = [np.asarray(Image.open(result[f"stage_{k}"])).shape[:2] for k in (1, 2, 3)]
     assert sizes == [(8, 8), (32, 32), (128, 128)]
     out = Image.open(result["image"])
@@ -325,7 +307,7 @@ def test_edit_endpoint_without_a_mask_is_image_to_image(client, tmp_path):
     from gradio_client import handle_file
 
     editor = dict(background=handle_file(save(init_image(), tmp_path / "init.png")), layers=[], composite=None)
-    result = edit_outputs(client.predict(editor, "panda", strength=0.5, seed=0, last_stage=2, api_name="/edit"), 1, 3)
+    result = edit_named(client.predict(editor, "panda", strength=0.5, seed=0, last_stage=2, api_name="/edit"), 1, 3)
     assert result["settings"]["edit"] == "img2img" and result["settings"]["strength"] == 0.5
     assert np.asarray(Image.open(result["image"])).shape[:2] == (32, 32) and result["stage_3"] is None
 
@@ -334,9 +316,9 @@ def test_upscale_endpoint(client, tmp_path):
     from gradio_client import handle_file
 
     job = client.submit(handle_file(save(init_image(10, 10), tmp_path / "small.png")), "red heart", api_name="/upscale")
-    statuses = [edit_outputs(u, 2, 3)["status"] for u in job]
+    statuses = [edit_named(u, 2, 3)["status"] for u in job]
     assert any("stage 2/3" in s for s in statuses) and any("stage 3/3" in s for s in statuses)
-    result = edit_outputs(job.result(), 2, 3)
+    result = edit_named(job.result(), 2, 3)
     images = [result["stage_2"], result["stage_3"], result["image"]]
     assert [np.asarray(Image.open(path)).shape[:2] for path in images] == [(32, 32), (128, 128), (128, 128)]
 

@@ -6,17 +6,12 @@ import pytest
 from PIL import Image
 
 from imagen_app.evaluation.geneval import Blob, Detector, detector_ceiling, judge, run_geneval
-from imagen_app.training.scenes import TASKS, SceneSpec, compose, load_scene_world
+from imagen_app.training.scenes import TASKS, SceneSpec, compose
 
 
 @pytest.fixture(scope="module")
-def world():
-    return load_scene_world()
-
-
-@pytest.fixture(scope="module")
-def detector(world):
-    return Detector(world)
+def detector(scene_world):
+    return Detector(scene_world)
 
 
 def blob(label, x, y, colour=None):
@@ -37,48 +32,48 @@ def test_rules_of_each_task():
     assert not judge(SceneSpec("two objects", (("cat", None), ("rocket", None))), [blob("cat", 20, 60)])
 
 
-def test_detector_reads_composed_scenes(world, detector):
+def test_detector_reads_composed_scenes(scene_world, detector):
     rng = random.Random(0)
     spec = SceneSpec("counting", (("fox", None),), count=3)
-    image, boxes = compose(spec, 128, world.renders, rng)
+    image, boxes = compose(spec, 128, scene_world.renders, rng)
     blobs = detector.detect(image)
     assert [b.label for b in blobs] == ["fox"] * 3
-    image, _ = compose(SceneSpec("colours", (("crab", "blue"),)), 128, world.renders, rng)
+    image, _ = compose(SceneSpec("colours", (("crab", "blue"),)), 128, scene_world.renders, rng)
     assert [(b.label, b.colour) for b in detector.detect(image)] == [("crab", "blue")]
 
 
-def test_a_blank_image_is_wrong_for_every_task(world, detector):
+def test_a_blank_image_is_wrong_for_every_task(scene_world, detector):
     blank = Image.new("RGB", (128, 128), "white")
     assert detector.detect(blank) == []
     for task in TASKS:
-        spec = world.specs(task, 1, held_out=True, seed=0)[0]
+        spec = scene_world.specs(task, 1, held_out=True, seed=0)[0]
         assert not judge(spec, detector.detect(blank))
 
 
-def test_the_detector_ceiling_is_near_one_at_128_px(world, detector):
-    ceiling = detector_ceiling(world, detector, per_task=3, images_per_prompt=2, size=128)
+def test_the_detector_ceiling_is_near_one_at_128_px(scene_world, detector):
+    ceiling = detector_ceiling(scene_world, detector, per_task=3, images_per_prompt=2, size=128)
     assert ceiling["held out"]["overall"] >= 0.85 and ceiling["seen"]["overall"] >= 0.85
 
 
-def test_run_geneval_scores_what_the_pipeline_draws(world, detector):
+def test_run_geneval_scores_what_the_pipeline_draws(scene_world, detector):
     """A pipeline that draws the asked scene scores near the ceiling; one that draws a single object fails the
     compositions."""
     specs = {s.prompt(): s for task in TASKS for split in (True, False)
-             for s in world.specs(task, 2, held_out=split, seed=0)}
+             for s in scene_world.specs(task, 2, held_out=split, seed=0)}
 
     def perfect(prompt, num_images_per_prompt, generator, stop_at_stage):
         rng = random.Random(prompt)
-        return SimpleNamespace(images=[Image.fromarray(compose(specs[prompt], 128, world.renders, rng)[0])
+        return SimpleNamespace(images=[Image.fromarray(compose(specs[prompt], 128, scene_world.renders, rng)[0])
                                        for _ in range(num_images_per_prompt)])
 
     def one_object(prompt, num_images_per_prompt, generator, stop_at_stage):
         rng = random.Random(prompt)
         single = SceneSpec("single object", (specs[prompt].objects[0][0:1] + (None,),))
-        return SimpleNamespace(images=[Image.fromarray(compose(single, 128, world.renders, rng)[0])
+        return SimpleNamespace(images=[Image.fromarray(compose(single, 128, scene_world.renders, rng)[0])
                                        for _ in range(num_images_per_prompt)])
 
-    good = run_geneval(perfect, world, per_task=2, images_per_prompt=2, detector=detector)
-    bad = run_geneval(one_object, world, per_task=2, images_per_prompt=2, detector=detector)
+    good = run_geneval(perfect, scene_world, per_task=2, images_per_prompt=2, detector=detector)
+    bad = run_geneval(one_object, scene_world, per_task=2, images_per_prompt=2, detector=detector)
     assert good["held out"]["overall"] >= 0.8
     for task in ("two objects", "counting", "position", "colour attribution"):
         assert bad["held out"][task] == 0.0

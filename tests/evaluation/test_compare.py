@@ -46,16 +46,15 @@ def test_noise_aug_rows_need_a_super_resolution_stage():
     assert not np.array_equal(np.asarray(cells[0].image), np.asarray(cells[1].image))
 
 
-def test_compare_endpoint_fills_the_grid_cell_by_cell(app_url):
-    from gradio_client import Client
+def test_compare_endpoint_fills_the_grid_cell_by_cell(client):
     from PIL import Image
 
-    client = Client(app_url, verbose=False)
     job = client.submit("red heart", "1, 8", "thresholding", 1, 2, api_name="/compare")
     updates = list(job)
-    grid_path, table, status = job.result()
+    grid_path, table, status = job.result()  # compare()'s outputs: (grid image, per-cell table, status)
     assert status.startswith("Done: 6 cells")
-    assert len(table["data"]) == 6 and {row[2] for row in table["data"]} == {2}
+    seed = table["headers"].index("seed")  # the table's columns by name
+    assert len(table["data"]) == 6 and {row[seed] for row in table["data"]} == {2}
     assert len(updates) >= 6  # one update per cell, then the final one
     grid = Image.open(grid_path)
     assert grid.size == (120 + 2 * 128, 22 + 3 * 128)

@@ -4,13 +4,8 @@ import random
 import numpy as np
 import pytest
 
-from imagen_app.training.scenes import (RELATIONS, TASKS, HeldOut, SceneSpec, compose, load_scene_world, pluralize,
+from imagen_app.training.scenes import (RELATIONS, TASKS, HeldOut, SceneSpec, compose, pluralize,
                                         relation_holds, scene_dataset)
-
-
-@pytest.fixture(scope="module")
-def world():
-    return load_scene_world()
 
 
 @pytest.mark.parametrize("noun, plural", [("fox", "foxes"), ("mouse", "mice"), ("cherry", "cherries"),
@@ -38,31 +33,31 @@ def test_a_relation_and_its_mirror_are_held_out_together():
     assert len({rule.relation(a, "left of", b) for a, b in pairs}) == 2  # the rule does hold some out, not all
 
 
-def test_training_specs_use_no_held_out_combination_and_held_out_parts_are_seen(world):
+def test_training_specs_use_no_held_out_combination_and_held_out_parts_are_seen(scene_world):
     seen_objects = {t: set() for t in TASKS}
     for task in TASKS:
-        for spec in world.specs(task, 300, held_out=False, seed=0):
-            assert not world.rule.is_held_out(spec), spec
+        for spec in scene_world.specs(task, 300, held_out=False, seed=0):
+            assert not scene_world.rule.is_held_out(spec), spec
             seen_objects[task] |= {o for o, _ in spec.objects}
     for task in TASKS[1:]:
-        held = world.specs(task, 40, held_out=True, seed=0)
-        assert len(held) == 40 and all(world.rule.is_held_out(s) for s in held)
+        held = scene_world.specs(task, 40, held_out=True, seed=0)
+        assert len(held) == 40 and all(scene_world.rule.is_held_out(s) for s in held)
     # the parts of held-out pairs are seen in other pairs (alone-only objects excepted: they are the hardest case)
-    pairs = world.specs("two objects", 40, held_out=True, seed=0)
-    in_pairs = {o for s in world.specs("two objects", 3000, held_out=False, seed=0) for o, _ in s.objects}
-    parts = [o for s in pairs for o, _ in s.objects if not world.rule.alone_only(o)]
+    pairs = scene_world.specs("two objects", 40, held_out=True, seed=0)
+    in_pairs = {o for s in scene_world.specs("two objects", 3000, held_out=False, seed=0) for o, _ in s.objects}
+    parts = [o for s in pairs for o, _ in s.objects if not scene_world.rule.alone_only(o)]
     assert all(o in in_pairs for o in parts)
-    alone = [o for o in world.names if world.rule.alone_only(o)]
+    alone = [o for o in scene_world.names if scene_world.rule.alone_only(o)]
     assert alone and not set(alone) & set().union(*(seen_objects[t] for t in TASKS[1:]))
 
 
-def test_layouts_vary_keep_objects_apart_and_place_relations(world):
+def test_layouts_vary_keep_objects_apart_and_place_relations(scene_world):
     rng = random.Random(0)
     centres = []
     for relation in RELATIONS:
         spec = SceneSpec("position", (("cat", None), ("rocket", None)), relation=relation)
         for _ in range(10):
-            image, boxes = compose(spec, 64, world.renders, rng)
+            image, boxes = compose(spec, 64, scene_world.renders, rng)
             (_, _, (ax0, ay0, ax1, ay1)), (_, _, (bx0, by0, bx1, by1)) = boxes
             assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0  # no overlap
             a, b = ((ax0 + ax1) / 2, (ay0 + ay1) / 2), ((bx0 + bx1) / 2, (by0 + by1) / 2)
@@ -72,17 +67,17 @@ def test_layouts_vary_keep_objects_apart_and_place_relations(world):
     assert len({(round(x), round(y)) for x, y in centres}) > 20  # not fixed slots
 
 
-def test_counting_scene_has_that_many_objects(world):
+def test_counting_scene_has_that_many_objects(scene_world):
     rng = random.Random(1)
     for n in (2, 3, 4):
-        _, boxes = compose(SceneSpec("counting", (("fox", None),), count=n), 64, world.renders, rng)
+        _, boxes = compose(SceneSpec("counting", (("fox", None),), count=n), 64, scene_world.renders, rng)
         assert len(boxes) == n and {b[0] for b in boxes} == {"fox"}
 
 
-def test_scene_dataset_never_shows_a_held_out_prompt(world):
-    data = scene_dataset(world, 32, per_task=40)
+def test_scene_dataset_never_shows_a_held_out_prompt(scene_world):
+    data = scene_dataset(scene_world, 32, per_task=40)
     trained = {c for caps in data.captions for c in caps}
-    held = {s.prompt() for t in TASKS for s in world.specs(t, 60, held_out=True, seed=0)}
+    held = {s.prompt() for t in TASKS for s in scene_world.specs(t, 60, held_out=True, seed=0)}
     assert not trained & held
     assert set(data.families) == {"scenes: " + t for t in TASKS}
     assert data.images.shape[1:] == (32, 32, 3)
