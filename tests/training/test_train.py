@@ -16,7 +16,7 @@ from imagen_app.training.config import TrainConfig
 from imagen_app.training.export import export_stage
 from imagen_app.training.train import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO as ROOT  # noqa: E402
 
 TINY_UNET = dict(block_out_channels=[8, 16], layers_per_block=[1, 1], cross_attention_levels=[False, True],
                  self_attention_levels=[False, True], attention_head_dim=8, norm_num_groups=4)
@@ -427,6 +427,7 @@ def test_the_configs_are_the_shipped_recipes_and_experiments():
 
 
 @pytest.mark.parametrize("name", config_files())
+@pytest.mark.slow  # loads the shipped U-Nets
 def test_every_config_builds_the_unet_of_the_weights_it_starts_from(name, monkeypatch):
     """The U-Net that resuming and export_stage build from the config (its `unet` section) has the architecture
     and the very state dict keys of the one the run starts with: the stage `init_from`, or for a recipe from
