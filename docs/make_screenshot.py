@@ -36,10 +36,14 @@ def main():
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
-            page.get_by_label("Prompt", exact=True).fill(args.prompt)
+            # The Generate tab's prompt box (the Edit, Upscale and Compare tabs have a "Prompt" too).
+            page.get_by_placeholder("an emoji name, e.g. 'red heart'").fill(args.prompt)
             page.get_by_role("button", name="Generate").click()
             page.wait_for_function(f"() => document.body.innerText.includes({args.stage!r})", timeout=120_000)
             page.screenshot(path=args.out)
+            # Let the run end before the server closes (a generation thread cut off at exit aborts the process).
+            page.get_by_role("button", name="Stop").first.click()
+            page.wait_for_function("() => /Stopped\\.|Done:/.test(document.body.innerText)", timeout=120_000)
             browser.close()
     finally:
         demo.close()

@@ -46,10 +46,26 @@ def setting_values(args, names: Sequence[str] = SETTING_NAMES) -> Dict[str, obje
     return {name: _stage_values(getattr(args, name), str if SETTING[name].kind is str else float) for name in names}
 
 
+def use_threads(args) -> None:
+    """PyTorch's CPU threads for a command that runs the model: --threads, else chosen from the cores available and
+    the load (threads.py, the helper the app uses too)."""
+    from .threads import use_available_cores
+
+    use_available_cores(getattr(args, "threads", None))
+
+
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: the cores available less the load average, at least 1; or "
+                             "IMAGEN_THREADS / OMP_NUM_THREADS)")
+
+
 def cmd_generate(args) -> int:
     import torch
 
     from .pipeline.pipeline import ImagenPipeline
+
+    use_threads(args)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.deepfloyd_if:  # DeepFloyd IF's stage I (and II) folders or hub ids; fp16 on CUDA
@@ -84,21 +100,29 @@ def cmd_generate(args) -> int:
 
 def cmd_upscale(args) -> int:
     import torch
+    from PIL import Image
 
     from .pipeline.pipeline import ImagenPipeline
 
+    use_threads(args)
     pipe = ImagenPipeline.from_pretrained(args.weights)
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
-    out = pipe(args.prompt, image=args.image, start_at_stage=args.start_at_stage, stop_at_stage=args.stop_at_stage,
+    with Image.open(args.image) as image:
+        image_size = max(image.size)
+    # The stage whose input size is nearest to the image's, up to --size (pipeline.upscale_stages); the flags win.
+    start, stop = pipe.upscale_stages(image_size, args.size)
+    start = args.start_at_stage or start
+    stop = args.stop_at_stage or stop
+    out = pipe(args.prompt, image=args.image, start_at_stage=start, stop_at_stage=stop,
                generator=torch.Generator().manual_seed(args.seed), **setting_values(args, UPSCALE_SETTINGS))
     root, ext = os.path.splitext(args.out)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     out.images[0].save(args.out)
-    for k, images in enumerate(out.stage_images[:-1], args.start_at_stage):
+    for k, images in enumerate(out.stage_images[:-1], start):
         images[0].save(f"{root}_stage{k}{ext}")
     with open(root + ".json", "w") as f:
-        json.dump(dict(out.settings, seed=args.seed, image=args.image, start_at_stage=args.start_at_stage), f, indent=2)
-    print(args.out, f"{out.images[0].size[0]} px")
+        json.dump(dict(out.settings, seed=args.seed, image=args.image), f, indent=2)
+    print(args.out, f"{out.images[0].size[0]} px (stages {start}-{stop}, from a {image_size} px image)")
     return 0
 
 
@@ -179,6 +203,7 @@ def cmd_train_text_encoder(args) -> int:
 def cmd_bench(args) -> int:
     from .evaluation.bench import run_bench
 
+    use_threads(args)
     run_bench(args.weights, prompt=args.prompt, repeats=args.repeats, baseline=not args.no_baseline)
     return 0
 
@@ -188,6 +213,7 @@ def cmd_evaluate(args) -> int:
 
     from .evaluation.evaluate import PARTS
 
+    use_threads(args)
     parts = args.parts.split(",") if args.parts else PARTS
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
@@ -207,9 +233,11 @@ def cmd_compare(args) -> int:
         rows = [parse_row(r) for r in args.thresholding.split(",")]
     except ValueError as e:
         raise SystemExit(f"compare: {e}")
+    use_threads(args)
     pipe = ImagenPipeline.from_pretrained(args.weights)
     pipe.set_progress_bar_config(disable=True)
     cells = write_comparison(pipe, args.prompt, guidances, rows, args.out, seed=args.seed, stage=args.stage,
+                             show_stage=args.show_stage,
                              on_cell=lambda c: print(f"cell {c.row + 1},{c.col + 1}: guidance {c.guidance_scale:g}, "
                                                      f"{rows[c.row].label}", flush=True))
     print(f"{len(cells)} cells -> {args.out} and {os.path.splitext(args.out)[0]}.json")
@@ -220,6 +248,7 @@ def cmd_grid(args) -> int:
     from .evaluation.evaluate import sample_grid
     from .pipeline.pipeline import ImagenPipeline
 
+    use_threads(args)
     pipe = ImagenPipeline.from_pretrained(args.weights)
     pipe.set_progress_bar_config(disable=True)
     print(sample_grid(pipe, args.out, prompts=args.prompts or None, seed=args.seed))
@@ -261,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask", default=None, help="with --image: white = repaint, black = keep (or an RGBA layer's alpha)")
     g.add_argument("--strength", type=float, default=None,
                    help="with --image: the fraction of stage 1's schedule re-run, (0, 1] (default 0.8; 1 with --mask)")
+    add_threads_flag(g)
     g.set_defaults(func=cmd_generate)
 
     u = sub.add_parser("upscale", help="super-resolve an image with the super-resolution stages")
@@ -269,10 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--weights", default=DEFAULT_WEIGHTS)
     u.add_argument("--out", default="upscaled.png")
     u.add_argument("--seed", type=int, default=0)
-    u.add_argument("--start-at-stage", type=int, default=2,
-                   help="the first stage run; the image is resized to the resolution of the stage before it")
-    u.add_argument("--stop-at-stage", type=int, default=None)
+    u.add_argument("--size", type=int, default=None,
+                   help="the output size in pixels: a super-resolution stage's (default: the last stage's)")
+    u.add_argument("--start-at-stage", type=int, default=None,
+                   help="the first stage run (default: the one whose input size is nearest to the image's); the "
+                        "image is resized to the resolution of the stage before it")
+    u.add_argument("--stop-at-stage", type=int, default=None, help="the last stage run (default: from --size)")
     add_setting_flags(u, UPSCALE_SETTINGS, note="stages 1..N: the ones before the start are unused")
+    add_threads_flag(u)
     u.set_defaults(func=cmd_upscale)
 
     b = sub.add_parser("bench", help="ms per U-Net evaluation and end-to-end seconds, beside a diffusers UNet2DConditionModel")
@@ -280,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt", default="red heart")
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--no-baseline", action="store_true")
+    add_threads_flag(b)
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train", help="train one stage from a config file (several processes: torchrun / accelerate launch)")
@@ -345,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--geneval-per-task", type=int, default=8, help="prompts per task and split (4 images each)")
     ev.add_argument("--geneval-stage", type=int, default=None,
                     help="judge the images of this stage (default: the last; 1 is fast and coarse)")
+    add_threads_flag(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     cmp = sub.add_parser("compare", help="guidance x thresholding grid (Imagen Fig. A.10) for one prompt, same seed in every cell")
@@ -355,7 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the rows: 0 (off), static (clip to [-1, 1]), a percentile (dynamic), or aug=LEVEL (noise aug, SR stages)")
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--stage", type=int, default=1, help="the stage whose settings vary and whose image is shown")
+    cmp.add_argument("--show-stage", type=int, default=None,
+                     help="show the output of this later stage (its default settings on the varied stage's image), "
+                          "e.g. 2: the base stage's 32 px cells are too small to see the difference (default: --stage)")
     cmp.add_argument("--out", default="grid.png")
+    add_threads_flag(cmp)
     cmp.set_defaults(func=cmd_compare)
 
     gr_ = sub.add_parser("grid", help="a sample grid with prompts under the images (seen and held-out captions)")
@@ -363,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     gr_.add_argument("--out", default="samples.png")
     gr_.add_argument("--seed", type=int, default=0)
     gr_.add_argument("prompts", nargs="*")
+    add_threads_flag(gr_)
     gr_.set_defaults(func=cmd_grid)
 
     a = sub.add_parser("assemble", help="build a pipeline folder from a text encoder and exported stages")

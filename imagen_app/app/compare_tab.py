@@ -11,7 +11,7 @@ from typing import List
 
 import gradio as gr
 
-from ..evaluation.compare import labelled_grid, parse_row, run_cells
+from ..evaluation.compare import labelled_grid, parse_row, readable_stage, run_cells
 from .inputs import (CONTROL, MAX_PROMPT_CHARS, MAX_SEED, choice_input, input_error, text_input, user_facing_errors,
                      whole_input)
 
@@ -60,13 +60,19 @@ def make_compare(holder):
         seed = whole_input(seed, "seed", 0, MAX_SEED, default=0)
         cells: List = []
         total = len(guidances) * len(rows)
+        # Each cell at a size that shows the difference: the varied stage's image carried on (default settings) to
+        # the first stage of 128 px or more; the base stage's own 32 px image, enlarged, is a blur.
+        shown = readable_stage(pipe, stage)
+        size = pipe.stage_resolutions[shown - 1]
+        corner = f"stage {shown}, {size} px"  # in the grid's top-left corner
+        where = corner + (f" (stage {stage} varied)" if shown != stage else "")
         # A ValueError is bad settings (noise rows on the base stage), named by run_cells (inputs.user_facing_errors).
         with user_facing_errors("Compare", lambda e: f"{e} (row_kind {row_kind!r}, stage {stage})"):
-            for cell in run_cells(pipe, prompt, guidances, rows, seed=seed, stage=stage):
+            for cell in run_cells(pipe, prompt, guidances, rows, seed=seed, stage=stage, show_stage=shown):
                 cells.append(cell)
                 table = [[rows[c.row].label, c.guidance_scale, c.seed] for c in cells]
-                yield labelled_grid(cells, guidances, rows), table, f"Cell {len(cells)}/{total}"
-        yield labelled_grid(cells, guidances, rows), table, f"Done: {total} cells, seed {seed}."
+                yield labelled_grid(cells, guidances, rows, corner=corner), table, f"Cell {len(cells)}/{total} ({where})"
+        yield labelled_grid(cells, guidances, rows, corner=corner), table, f"Done: {total} cells, seed {seed}."
 
     return compare
 
@@ -74,18 +80,25 @@ def make_compare(holder):
 def build_compare_tab(holder, n_stages: int, concurrency_limit: int = 1) -> None:
     """The tab's components and its `compare` API endpoint; call inside a `gr.Tab`."""
     gr.Markdown("Same prompt and seed in every cell: only guidance (columns) and thresholding or noise "
-                "augmentation (rows) change. High guidance saturates without thresholding; dynamic "
-                "thresholding (Imagen §2.3) keeps it usable.")
+                "augmentation (rows) of the chosen stage change. Each cell shows the cascade's image at 128 px or "
+                "more (the stages after the chosen one run with their defaults), where the difference is visible. "
+                "High guidance saturates colours without thresholding; dynamic thresholding (Imagen §2.3) keeps "
+                "them in range by dividing the whole predicted image by the same factor s, so at high guidance "
+                "(8-16) the **pure white background is pulled towards grey too**: it comes out off-white and "
+                "speckled (with the shipped model at guidance 16, about 249 instead of 255). The dynamic "
+                "thresholding max (1.1) bounds s, and so how grey it gets.")
     with gr.Row():
         prompt = gr.Textbox(label="Prompt", value="red heart", max_lines=1, max_length=MAX_PROMPT_CHARS, scale=3)
         run = gr.Button("Compare", variant="primary", scale=1)
     with gr.Row():
         guidance = gr.Textbox(label="Guidance weights (columns)", value=DEFAULT_GUIDANCE)
         row_kind = gr.Radio(ROW_KINDS, value="thresholding", label="Rows")
-        stage = gr.Dropdown(list(range(1, n_stages + 1)), value=1, label="Stage (noise augmentation: 2 or more)")
+        # An integer in the API (a dropdown of numbers was typed as the strings '1', '2', '3')
+        stage = gr.Slider(1, max(n_stages, 2), value=1, step=1, precision=0, label="Stage (noise augmentation: 2 or more)")
         seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-    status = gr.Markdown("")
-    grid = gr.Image(label="Grid", type="pil", format="png", interactive=False)
+    status = gr.Markdown("", label="Status")
+    # At the grid's own size (scrolling sideways where the window is narrower), never shrunk to fit the column.
+    grid = gr.Image(label="Grid", type="pil", format="png", interactive=False, elem_classes="compare-grid")
     table = gr.Dataframe(headers=["row", "guidance", "seed"], label="Cells", interactive=False)
     run.click(make_compare(holder), [prompt, guidance, row_kind, stage, seed], [grid, table, status],
               api_name="compare", concurrency_limit=concurrency_limit, show_progress="minimal", preprocess=False)

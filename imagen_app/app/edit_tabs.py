@@ -3,13 +3,15 @@
 - Edit: upload an image, paint the region to repaint on it (`gr.ImageEditor`), prompt, strength.
   Painted: inpainting (the unpainted pixels are kept at every stage); nothing painted: image-to-image
   (SDEdit) of the whole image. API: `api_name="edit"`.
-- Upscale: upload a small image; the super-resolution stages run on it. API: `api_name="upscale"`.
+- Upscale: upload an image; it enters the super-resolution stage whose input size is nearest to its own and
+  runs to the chosen output size. API: `api_name="upscale"`.
 
 It calls only the pipeline's public `stream` (with `image`, `mask_image`, `strength`, `start_at_stage`)
 and editing.py's input helpers; a ValueError from them becomes a gr.Error message.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -21,8 +23,8 @@ from PIL import Image, ImageChops
 from ..pipeline.editing import mask_gray
 from ..images import image_grid
 from .stage_pane import StagePane, stage_pane
-from .inputs import (CONTROL, MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, text_input,
-                     user_facing_errors, whole_input)
+from .inputs import (CONTROL, MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, input_error, length_notice,
+                     text_input, user_facing_errors, whole_input)
 from .stop import ActiveRuns, session_of, wire_stop
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -67,6 +69,21 @@ class RawTextbox(gr.Textbox):
 
     def preprocess(self, payload):
         return payload
+
+
+class RawRadio(gr.Radio):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+    def api_info(self):
+        """An integer where every choice's value is one (gr.Radio types every choice as a string, and gradio_client
+        shows any enum as strings); the values accepted are in the endpoint's description."""
+        values = [value for _, value in self.choices]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return {"type": "integer"}
+        return super().api_info()
 
 
 def editor_inputs(editor) -> tuple:
@@ -168,9 +185,11 @@ def make_upscale(holder, active_runs: Optional[ActiveRuns] = None):
     setting = CONTROL["noise_aug_level"].setting
 
     def upscale(image, prompt: str = "", seed: int = 0, noise_aug_level: Optional[float] = None,
-                start_at_stage: Optional[int] = None, request: gr.Request = None):
-        """Super-resolves `image` with the stages after the base one, streaming each. The image is resized
-        to the input size of `start_at_stage` (default 2: the base stage's resolution)."""
+                target_size: Optional[int] = None, request: gr.Request = None):
+        """Super-resolves `image` to `target_size` px (a super-resolution stage's output size; default the last
+        stage's), streaming each stage. The image enters the stage whose input size is nearest to its own
+        (ImagenPipeline.upscale_stages): with the shipped model an image of 64 px or more goes straight into the
+        128 -> 512 px stage (resized to 128 px), a smaller one through both super-resolution stages."""
         with active_runs.track(session_of(request)):  # ends when the generator is closed, Stop included (stop.py)
             pipe = holder.get()
             if image is None:
@@ -178,15 +197,21 @@ def make_upscale(holder, active_runs: Optional[ActiveRuns] = None):
             prompt, seed = _prompt(prompt), _seed(seed)
             if pipe.num_stages < 2:
                 raise input_error("This model has no super-resolution stage.")
-            start = whole_input(start_at_stage, "start_at_stage", 2, pipe.num_stages, default=2)
+            sizes = pipe.stage_resolutions
+            outputs = ", ".join(map(str, sizes[1:]))
+            if target_size is not None and (isinstance(target_size, bool) or target_size not in sizes[1:]):
+                raise input_error(f"target_size (Output size) must be one of {outputs} (pixels), got {target_size!r:.60}")
+            start, stop = pipe.upscale_stages(max(image.size), target_size)
             aug = noise_aug_level  # one level for every super-resolution stage, checked by the resolver
             bad_aug = (f"{setting.name} ({setting.label}) must be a number from {setting.low:g} to {setting.high:g}, "
                        f"got {aug!r:.60}")
-            stages = _resolve(pipe, api_message if aug is None else lambda e: bad_aug, noise_aug_level=aug)
+            stages = _resolve(pipe, api_message if aug is None else lambda e: bad_aug, noise_aug_level=aug,
+                              stop_at_stage=stop)
             events = pipe.stream(prompt, image=image, start_at_stage=start, stage_settings=stages,
                                  generator=torch.Generator().manual_seed(seed))
-            size = pipe.stage_resolutions[start - 2]
-            yield from stream_panes(events, pipe.num_stages, 2, f"Upscaling from {size} px")
+            what = (f"Upscaling your {image.size[0]}×{image.size[1]} px image from {sizes[start - 2]} px to "
+                    f"{sizes[stop - 1]} px")
+            yield from stream_panes(events, pipe.num_stages, 2, what)
 
     return upscale
 
@@ -219,18 +244,19 @@ def build_edit_tabs(holder, concurrency_limit: int = 1) -> None:
             with gr.Column():
                 prompt = RawTextbox(label="Prompt", placeholder="what the painted region should become", max_lines=2,
                                     max_length=MAX_PROMPT_CHARS)
+                length_notice([prompt])
                 strength = RawSlider(0.05, 1.0, value=1.0, step=0.05, label="Strength (1: repaint from pure noise)")
                 with gr.Row():
                     seed = RawNumber(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
                     guidance = CONTROL["guidance_scale"].component(
                         RawSlider, value=(pipe.resolve_settings()[0].guidance_scale if pipe else 4.0),
                         label=CONTROL["guidance_scale"].label("stage 1"))
-                last = RawSlider(1, max(n_stages, 2), value=n_stages, step=1, label="Last stage to run",
+                last = RawSlider(1, max(n_stages, 2), value=n_stages, step=1, precision=0, label="Last stage to run",
                                  visible=n_stages > 1)
                 with gr.Row():
                     run = gr.Button("Edit", variant="primary")
                     stop = gr.Button("Stop", variant="stop")
-        status = gr.Markdown("")
+        status = gr.Markdown("", label="Status")
         with gr.Row():
             panes = [pane(k) for k in range(n_stages)]
         result = gr.Image(label="Edited image", type="pil", format="png", interactive=False)
@@ -242,29 +268,39 @@ def build_edit_tabs(holder, concurrency_limit: int = 1) -> None:
         event = gr.on([run.click, prompt.submit], make_edit(holder, edit_runs),
                       [editor, prompt, strength, seed, guidance, last], [*panes, result, status, settings],
                       api_name="edit", concurrency_limit=concurrency_limit)
-        wire_stop(stop, event, status, edit_runs)
+        wire_stop(stop, event, status, edit_runs, triggers=[run.click, prompt.submit])
 
     if n_stages < 2:  # a model without super-resolution stages has nothing to upscale with
         return
     with gr.Tab("Upscale"):
-        low = resolutions[0]
-        gr.Markdown("Upload a small image: the super-resolution stages enlarge it 4x at a time"
-                    + (f" (it is first resized to {low} px, the base stage's size)" if low else "") +
-                    ". A prompt that says what it shows helps, as the stages are text-conditioned.")
+        sizes = [r for r in resolutions if r]
+        if len(sizes) == n_stages and n_stages > 2:  # nearer the last stage's input than the one before, on a log scale
+            midway = round(math.sqrt(sizes[-3] * sizes[-2]))
+            route = (f" An image of {midway} px or more goes straight into the last stage ({sizes[-2]} → {sizes[-1]} "
+                     f"px); a {sizes[0]} px one runs through every super-resolution stage.")
+        else:
+            route = ""
+        gr.Markdown("Upload an image: it enters the super-resolution stage whose input size is nearest to its own "
+                    "(resized to that size, so a larger image keeps its detail), and the stages enlarge it 4x at a "
+                    "time up to the output size you choose." + route +
+                    " A prompt that says what it shows helps, as the stages are text-conditioned.")
         with gr.Row():
-            small = gr.Image(label="Small image", type="pil", image_mode="RGB", format="png", height=256,
+            small = gr.Image(label="Image to upscale", type="pil", image_mode="RGB", format="png", height=256,
                              sources=("upload", "clipboard"))
             with gr.Column():
                 up_prompt = RawTextbox(label="Prompt (optional)", max_lines=2, max_length=MAX_PROMPT_CHARS)
+                length_notice([up_prompt])
                 with gr.Row():
                     up_seed = RawNumber(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
                     aug = CONTROL["noise_aug_level"].component(
                         RawSlider, value=(pipe.resolve_settings()[1].noise_aug_level if pipe and n_stages > 1 else 0.1),
                         label=CONTROL["noise_aug_level"].setting.label)
+                target = RawRadio([(f"{r} px", r) for r in resolutions[1:] if r] or [("the last stage's", None)],
+                                  value=resolutions[-1], label="Output size")
                 with gr.Row():
                     up_run = gr.Button("Upscale", variant="primary")
                     up_stop = gr.Button("Stop", variant="stop")
-        up_status = gr.Markdown("")
+        up_status = gr.Markdown("", label="Status")
         with gr.Row():
             up_panes = [pane(k) for k in range(1, n_stages)]
         up_result = gr.Image(label="Upscaled image", type="pil", format="png", interactive=False)
@@ -273,7 +309,7 @@ def build_edit_tabs(holder, concurrency_limit: int = 1) -> None:
                     if os.path.exists(os.path.join(EXAMPLES_DIR, f"{stem}.png"))]
         if examples:
             gr.Examples(examples, inputs=[small, up_prompt], label="Examples (32 px stage-1 images)")
-        up_event = up_run.click(make_upscale(holder, upscale_runs), [small, up_prompt, up_seed, aug],
+        up_event = up_run.click(make_upscale(holder, upscale_runs), [small, up_prompt, up_seed, aug, target],
                                 [*up_panes, up_result, up_status, up_settings], api_name="upscale",
                                 concurrency_limit=concurrency_limit)
-        wire_stop(up_stop, up_event, up_status, upscale_runs)
+        wire_stop(up_stop, up_event, up_status, upscale_runs, triggers=[up_run.click])

@@ -3,6 +3,7 @@ settings) and the input checks: each input checked once and named in its message
 it), expected errors logged as one line without a traceback."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 from contextlib import contextmanager
@@ -62,7 +63,9 @@ class StageControl:
         """The control: a slider (of `slider_class`) over its range, or a gr.Dropdown of a str setting's choices."""
         if self.setting.kind is str:
             return gr.Dropdown(list(self.setting.choices), **kwargs)
-        return slider_class(self.low, self.high, step=self.step, **kwargs)
+        # precision 0: a whole-number setting (steps) is an integer in the API (gr.Slider's api_info), not a float
+        precision = 0 if self.setting.kind is int else None
+        return slider_class(self.low, self.high, step=self.step, precision=precision, **kwargs)
 
 
 # The per-stage inputs of /generate, in the order of the API (and of the UI's inputs): each stage's guidance
@@ -76,6 +79,23 @@ STAGE_CONTROLS = (
     StageControl(SETTING["noise_aug_level"], step=0.05, first_stage=2),  # for super-resolution stages
 )
 CONTROL = {c.name: c for c in STAGE_CONTROLS}
+
+
+# The page's note under text boxes that cut at MAX_PROMPT_CHARS (the browser's maxlength drops the rest of a paste
+# without a word): run in the browser on every input, no request to the server.
+LENGTH_NOTICE = (f"⚠️ This box holds at most {MAX_PROMPT_CHARS} characters: the text was cut there, and anything "
+                 "typed or pasted beyond it was dropped.")
+LENGTH_NOTICE_JS = ("(...texts) => texts.some(t => (t || '').length >= %d) ? %s : ''"
+                    % (MAX_PROMPT_CHARS, json.dumps(LENGTH_NOTICE)))
+
+
+def length_notice(boxes) -> gr.Markdown:
+    """A note under `boxes` (text boxes with max_length=MAX_PROMPT_CHARS) that appears while one of them is full,
+    so that a paste cut at the limit does not go unnoticed. Call inside gr.Blocks, after the boxes."""
+    note = gr.Markdown("", label="Length limit", elem_classes="length-notice")
+    for box in boxes:
+        box.change(None, list(boxes), note, js=LENGTH_NOTICE_JS, queue=False, api_name=False, show_progress="hidden")
+    return note
 
 
 def input_error(message: str) -> gr.Error:

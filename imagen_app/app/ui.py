@@ -27,8 +27,9 @@ from .compare_tab import build_compare_tab
 from .edit_tabs import build_edit_tabs
 from .stage_pane import StagePane, stage_pane
 from .stop import ActiveRuns, session_of, wire_stop
+from ..threads import use_available_cores
 from .inputs import (CONTROL, MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, STAGE_CONTROLS, api_message, input_error,
-                     refuse_extra_inputs, text_input, user_facing_errors, whole_input)
+                     length_notice, refuse_extra_inputs, text_input, user_facing_errors, whole_input)
 from ..pipeline.pipeline import ImagenPipeline
 from ..pipeline.settings import StageSettings, resolve_settings
 
@@ -56,17 +57,38 @@ class PipelineHolder:
             try:
                 self.pipe = ImagenPipeline.from_pretrained(source)
                 self.pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+                # This process's CPU threads, as the command line chooses them (threads.py): the cores available
+                # less the load. (A pipeline passed in ready-made keeps its caller's setting.)
+                log.info("CPU threads: %s", use_available_cores().describe())
             except Exception as e:  # missing or corrupt weights: the UI says so
                 self.error = f"The model could not be loaded from {source!r}: {type(e).__name__}: {e}"
                 log.error(self.error)
         if self.pipe is not None:
             self.pipe.set_progress_bar_config(disable=True)
+            quiet_length_warning(self.pipe)
         self.warnings: List[str] = list(getattr(self.pipe, "load_warnings", None) or [])  # e.g. no pipeline_defaults.json
 
     def get(self) -> ImagenPipeline:
         if self.pipe is None:
             raise input_error(self.error or "no model is loaded")
         return self.pipe
+
+
+LENGTH_WARNING = "sequence-length-is-longer-than-the-specified-maximum"  # transformers' key for the warning below
+
+
+def quiet_length_warning(pipe: ImagenPipeline) -> None:
+    """Silences transformers' "Token indices sequence length is longer than the specified maximum sequence length
+    ... will result in indexing errors" for the pipeline's tokenizer(s). The pipeline tokenizes a long prompt
+    without truncation only to find the words that truncation cuts (check_prompt), which the page then names; the
+    model itself is always given the truncated tokens, so the warning is wrong here and only fills the server log.
+    (transformers prints it once per tokenizer unless the tokenizer notes it as already given: that note is set.)"""
+    tokenizers = {id(t): t for t in (getattr(pipe, "tokenizer", None), getattr(pipe.prompt_encoder, "tokenizer", None))
+                  if t is not None}
+    for tokenizer in tokenizers.values():
+        warned = getattr(tokenizer, "deprecation_warnings", None)
+        if isinstance(warned, dict):
+            warned[LENGTH_WARNING] = True
 
 
 def png_with_metadata(image: Image.Image, settings: dict) -> str:
@@ -112,6 +134,9 @@ def understanding_markdown(pipe: ImagenPipeline, prompt: str) -> str:
                      ": it was trained on emoji names only (see *What the model knows* below).")
     if rep.truncated_words:
         lines.append("⚠️ **Cut by the length limit:** " + " ".join(rep.truncated_words))
+    if len(prompt) >= MAX_PROMPT_CHARS:
+        lines.append(f"⚠️ **The prompt fills the box's limit of {MAX_PROMPT_CHARS} characters:** text typed or "
+                     "pasted beyond it was cut by the box.")
     return "\n\n".join(lines)
 
 
@@ -301,6 +326,7 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
                                     max_length=MAX_PROMPT_CHARS)
                 negative = gr.Textbox(value="", label="Negative prompt", placeholder="optional", max_lines=1,
                                       max_length=MAX_PROMPT_CHARS)
+                length_notice([prompt, negative])  # says so when a box cuts the text at its limit
             with gr.Column(scale=1):
                 run = gr.Button("Generate", variant="primary", interactive=holder.error is None)
                 stop = gr.Button("Stop", variant="stop")
@@ -326,17 +352,18 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
                         if name not in MAIN_CONTROLS:
                             add_control(name, k, d)
             with gr.Row():
-                count = gr.Slider(1, 4, value=1, step=1, label="Number of images")
-                last_stage = (gr.Slider(1, n_stages, value=n_stages, step=1, label="Last stage to run") if n_stages > 1
-                              else gr.Number(value=1, precision=0, visible=False, label="Last stage to run"))
-        status = gr.Markdown("Ready.")
+                count = gr.Slider(1, 4, value=1, step=1, precision=0, label="Number of images")
+                last_stage = (gr.Slider(1, n_stages, value=n_stages, step=1, precision=0, label="Last stage to run")
+                              if n_stages > 1 else gr.Number(value=1, precision=0, visible=False, label="Last stage to run"))
+        status = gr.Markdown("Ready.", label="Status")
         with gr.Row():
             stage_images = [stage_pane(k, resolutions[k]) for k in range(n_stages)]
-        understood = gr.Markdown()
+        understood = gr.Markdown(label="What the model understood")
         with gr.Accordion("Where each word went", open=False):
             gr.Markdown("Each word's cross-attention over the first image, per stage that has cross-attention "
                         "(averaged over heads, layers and steps; red = most).")
-            word_maps = gr.Gallery(label="Where each word went", columns=6, height=300, object_fit="contain")
+            # As tall as its rows (one row of 6 a line): a fixed height needed a scroll from the second row on.
+            word_maps = gr.Gallery(label="Where each word went", columns=6, height="auto", object_fit="contain")
         with gr.Row():
             gallery = gr.Gallery(label="Final images", columns=4, height="auto", object_fit="contain")  # never cropped
             with gr.Column():
@@ -358,7 +385,7 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
                       show_progress_on=[status])
         # "Stopped." now, and again once the cancelled run has ended: that second answer is queued, so it comes
         # over the session's stream after every update the run sent (stop.py).
-        wire_stop(stop, event, status, active_runs)
+        wire_stop(stop, event, status, active_runs, triggers=[run.click, prompt.submit])
         build_edit_tabs(holder, concurrency_limit)  # the Edit and Upscale tabs (edit_tabs.py)
         with gr.Tab("Compare"):  # Imagen Fig. A.10: guidance x thresholding, same seed (compare_tab.py)
             build_compare_tab(holder, n_stages, concurrency_limit)

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from ..threads import current_choice
 from ..models.unet import upsample_lowres
 from ..pipeline.pipeline import ImagenPipeline
 
@@ -131,7 +132,9 @@ def run_bench(weights: str, prompt: str = "red heart", repeats: int = 5, baselin
             row.update(baseline_params=n_params(base), baseline_ms=time_unet(baselines[k], batch, text_len, repeats))
         rows.append(row)
     total, stage_s = time_end_to_end(pipe, prompt, repeats)
-    result = dict(prompt=prompt, threads=torch.get_num_threads(), stages=rows, end_to_end_s=total)
+    threads = current_choice()  # what the CLI chose (threads.py), or the caller's own setting
+    result = dict(prompt=prompt, threads=threads.threads, threads_chosen_by=threads.reason, stages=rows,
+                  end_to_end_s=total)
     for row, s in zip(rows, stage_s):
         row["stage_s"] = s
     if baseline:
@@ -145,7 +148,7 @@ def run_bench(weights: str, prompt: str = "red heart", repeats: int = 5, baselin
         for row, s in zip(rows, base_stage_s):
             row["baseline_stage_s"] = s
 
-    print(f"prompt {prompt!r}, {result['threads']} threads, default settings; medians of {repeats} runs")
+    print(f"prompt {prompt!r}, {threads.describe()}, default settings; medians of {repeats} runs")
     header = f"{'stage':>5} {'px':>4} {'batch':>5} {'params':>8} {'ms/eval':>8} {'stage s':>8}"
     if baseline:
         header += f" | {'UNet2DCond params':>17} {'ms/eval':>8} {'stage s':>8} {'speed-up':>8}"

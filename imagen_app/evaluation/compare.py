@@ -51,40 +51,62 @@ class Cell:
     seed: int
     stage: int
     image: object = None  # PIL image, filled in when the cell has run
+    shown_stage: Optional[int] = None  # the stage whose output `image` is (None: `stage`)
 
 
-def _at_stage(value, stage: int):
-    """A per-stage list that sets `stage` (1-based) and leaves the stages before it at their defaults."""
-    return None if value is None else [None] * (stage - 1) + [value]
+def _at_stage(value, stage: int, n: Optional[int] = None):
+    """A per-stage list of stages 1..n (default `stage`) that sets `stage` (1-based) and leaves the other stages at
+    their defaults."""
+    n = stage if n is None else n
+    return None if value is None else [None] * (stage - 1) + [value] + [None] * (n - stage)
 
 
 def run_cells(pipe, prompt: str, guidances: Sequence[float], rows: Sequence[Row], seed: int = 0,
-              stage: int = 1, negative_prompt: Optional[str] = None) -> Iterator[Cell]:
-    """Runs the grid cell by cell (rows, then columns), yielding each cell with its image as it finishes."""
+              stage: int = 1, negative_prompt: Optional[str] = None, show_stage: Optional[int] = None) -> Iterator[Cell]:
+    """Runs the grid cell by cell (rows, then columns), yielding each cell with its image as it finishes. The
+    settings vary at `stage`; each cell's image is the output of `show_stage` (default `stage`; a later stage runs
+    with its default settings on the varied stage's image, which shows the difference at a size one can see)."""
     if not 1 <= stage <= pipe.num_stages:
         raise ValueError(f"stage must be between 1 and {pipe.num_stages}, got {stage}")
+    show = stage if show_stage is None else show_stage
+    if not stage <= show <= pipe.num_stages:
+        raise ValueError(f"show_stage must be between stage ({stage}) and {pipe.num_stages}, got {show_stage}")
     if any(r.noise_aug_level is not None for r in rows) and stage == 1:
         raise ValueError("noise augmentation rows need a super-resolution stage: pass stage 2 or more")
     for i, row in enumerate(rows):
         for j, g in enumerate(guidances):
-            out = pipe(prompt, negative_prompt=negative_prompt, guidance_scale=_at_stage(float(g), stage),
-                       dynamic_thresholding_percentile=_at_stage(row.dynamic_thresholding_percentile, stage),
-                       dynamic_thresholding_max=_at_stage(1.0, stage) if row.static else None,
-                       noise_aug_level=_at_stage(row.noise_aug_level, stage), stop_at_stage=stage,
+            out = pipe(prompt, negative_prompt=negative_prompt, guidance_scale=_at_stage(float(g), stage, show),
+                       dynamic_thresholding_percentile=_at_stage(row.dynamic_thresholding_percentile, stage, show),
+                       dynamic_thresholding_max=_at_stage(1.0, stage, show) if row.static else None,
+                       noise_aug_level=_at_stage(row.noise_aug_level, stage, show), stop_at_stage=show,
                        generator=torch.Generator().manual_seed(seed))
             yield Cell(i, j, float(g), row.dynamic_thresholding_percentile, row.static, row.noise_aug_level, seed, stage,
-                       out.images[0])
+                       out.images[0], shown_stage=show)
 
 
-def labelled_grid(cells: Sequence[Cell], guidances: Sequence[float], rows: Sequence[Row], cell_px: int = 128):
-    """The cells' images in a grid, guidance weights above the columns and the row settings at the left."""
+def readable_stage(pipe, stage: int, min_px: int = 128) -> int:
+    """The first stage from `stage` on whose images are at least `min_px` (else the last stage): where the cells
+    of a grid that varies `stage` are big enough to see the difference (the base stage's 32 px are not)."""
+    sizes = pipe.stage_resolutions
+    return next((k for k in range(stage, len(sizes) + 1) if sizes[k - 1] >= min_px), len(sizes))
+
+
+def labelled_grid(cells: Sequence[Cell], guidances: Sequence[float], rows: Sequence[Row], cell_px: Optional[int] = None,
+                  corner: str = ""):
+    """The cells' images in a grid, guidance weights above the columns and the row settings at the left; each cell
+    `cell_px` wide (default: the cells' own size, at least 128: small images are enlarged, pixelated); `corner`:
+    a note in the top-left corner (e.g. which stage the cells show)."""
     from PIL import Image, ImageDraw
 
+    if cell_px is None:
+        cell_px = max([128] + [c.image.width for c in cells if c.image is not None])
     left, top = 120, 22
     sheet = Image.new("RGB", (left + cell_px * len(guidances), top + cell_px * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
     for j, g in enumerate(guidances):
         draw.text((left + j * cell_px + 4, 4), f"guidance {g:g}", fill=(0, 0, 0))
+    if corner:
+        draw.text((4, 4), corner, fill=(90, 90, 90))
     for i, row in enumerate(rows):
         draw.text((4, top + i * cell_px + cell_px // 2 - 6), row.label, fill=(0, 0, 0))
     for c in cells:
@@ -102,15 +124,17 @@ def cell_record(c: Cell) -> Dict:
 
 
 def write_comparison(pipe, prompt: str, guidances: Sequence[float], rows: Sequence[Row], out: str, seed: int = 0,
-                     stage: int = 1, on_cell: Optional[Callable[[Cell], None]] = None) -> List[Cell]:
+                     stage: int = 1, on_cell: Optional[Callable[[Cell], None]] = None,
+                     show_stage: Optional[int] = None) -> List[Cell]:
     """Runs the grid and writes `out` (PNG) and the same name with .json: one entry per cell."""
     cells = []
-    for cell in run_cells(pipe, prompt, guidances, rows, seed, stage):
+    for cell in run_cells(pipe, prompt, guidances, rows, seed, stage, show_stage=show_stage):
         cells.append(cell)
         if on_cell:
             on_cell(cell)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     labelled_grid(cells, guidances, rows).save(out)
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
-        json.dump(dict(prompt=prompt, seed=seed, stage=stage, cells=[cell_record(c) for c in cells]), f, indent=2)
+        json.dump(dict(prompt=prompt, seed=seed, stage=stage, shown_stage=show_stage or stage,
+                       cells=[cell_record(c) for c in cells]), f, indent=2)
     return cells

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -160,6 +161,30 @@ class ImagenPipeline(DiffusionPipeline):
     def stage_resolutions(self) -> List[int]:
         return [u.config.sample_size for u in self.unets]
 
+    def upscale_stages(self, image_size: int, target_size: Optional[int] = None) -> Tuple[int, int]:
+        """(start_at_stage, stop_at_stage) that super-resolve an image of `image_size` px (its longer side) to
+        `target_size` px: a super-resolution stage's output resolution (default: the last stage's). The image
+        enters the stage whose input size (the resolution of the stage before it) is nearest to its own, on a
+        log scale (a tie goes to the larger input, keeping more of the image), but no later than the target's
+        stage: with 32 -> 128 -> 512 px stages, a 40 px image starts at stage 2 (resized to 32 px) and a 128 px
+        or larger one goes straight into stage 3 (resized to 128 px), as DeepFloyd IF's stage II takes a 64 px
+        image. Raises a ValueError for a cascade without super-resolution stages or a target it cannot make."""
+        sizes = self.stage_resolutions
+        if len(sizes) < 2:
+            raise ValueError("this pipeline has no super-resolution stage")
+        if isinstance(image_size, bool) or not isinstance(image_size, (int, float)) or not image_size >= 1:
+            raise ValueError(f"image_size must be a size in pixels, got {image_size!r}")
+        if target_size is None:
+            stop = len(sizes)
+        elif not isinstance(target_size, bool) and target_size in sizes[1:]:
+            stop = sizes.index(target_size, 1) + 1
+        else:
+            raise ValueError(f"target_size must be one of {', '.join(map(str, sizes[1:]))} (the super-resolution "
+                             f"stages' output sizes), got {target_size!r}")
+        distance = {k: abs(math.log(image_size / sizes[k - 2])) for k in range(2, stop + 1)}
+        start = min(distance, key=lambda k: (round(distance[k], 9), -k))
+        return start, stop
+
     # ----- settings ---------------------------------------------------------------------------
     def resolve_settings(self, num_inference_steps=None, guidance_scale=None, dynamic_thresholding_percentile=None,
                          noise_aug_level=None, scheduler=None, dynamic_thresholding_max=None,
@@ -262,9 +287,15 @@ class ImagenPipeline(DiffusionPipeline):
         mask = mask.repeat_interleave(num_images_per_prompt, dim=0)
         uncond, cond = (embeds[:batch], mask[:batch]), (embeds[batch:], mask[batch:])
 
-        settings = dict(prompt=prompt, negative_prompt=negative_prompt, **settings_kwargs(stages),
+        # The settings of the stages that run: with start_at_stage > 1, each per-stage list holds stages
+        # start_at_stage..stop_at_stage only (the skipped stages' settings were never used).
+        ran = stages[start_at_stage - 1:]
+        settings = dict(prompt=prompt, negative_prompt=negative_prompt, **settings_kwargs(ran),
                         num_images_per_prompt=num_images_per_prompt)
-        settings["scheduler"] = [s or type(self.schedulers[k]).__name__ for k, s in enumerate(settings["scheduler"])]
+        settings["stop_at_stage"] = n
+        if start_at_stage > 1:
+            settings["start_at_stage"] = start_at_stage
+        settings["scheduler"] = [s.scheduler or type(self.schedulers[s.stage - 1]).__name__ for s in ran]
         if edit is not None:
             settings.update(edit=edit.mode, strength=edit.strength)
         if image is not None:  # (B, 3, H, W) in [-1, 1], standing for stage start_at_stage - 1's output
