@@ -14,6 +14,11 @@ torch.set_num_threads(2)
 # Paths for tests at any depth of tests/ (never os.path.dirname(__file__) nor the working directory):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout's root
 WEIGHTS = os.path.join(REPO, "weights")  # the shipped model: a test that loads it is marked slow
+# Real-browser tests: Debian's chromium, driven by Playwright (which downloads no browser of its own here)
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+MAIN_PROMPT = "an emoji name, e.g. 'red heart'"  # the main tab's prompt box placeholder (the Edit tab has another "Prompt")
 EXAMPLES = os.path.join(REPO, "docs", "examples")
 # Each test run has its own Gradio cache (and gradio_client download) folder, removed at the end: the apps' cache
 # sweepers (imagen_app/cache_sweeper.py, 2 s in one test) never see another run's files, and no run leaves files.

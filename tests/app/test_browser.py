@@ -2,18 +2,16 @@
 then a generation watched live, the final gallery, and an over-long prompt."""
 import io
 import os
-import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import CHROMIUM, CHROMIUM_ARGS, MAIN_PROMPT
+
 sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-PROMPT = "an emoji name, e.g. 'red heart'"  # the main tab's prompt box (the Edit tab has another "Prompt")
+PROMPT = MAIN_PROMPT
 
 # Every 20 ms during a run: is each stage pane's image there and on top at its centre, is any progress overlay
 # (Gradio's status tracker: .wrap with translucent/generating/full, not .hide) over a pane or the seed box,

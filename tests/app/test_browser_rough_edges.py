@@ -3,7 +3,6 @@ test_rough_edges.py): Stop with nothing running, the prompt box's limit, the Ups
 maps' gallery, the Compare tab's cells, and the README screenshot script."""
 import io
 import os
-import shutil
 import subprocess
 import sys
 
@@ -11,13 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import CHROMIUM, CHROMIUM_ARGS, MAIN_PROMPT, REPO
+
 sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-PROMPT = "an emoji name, e.g. 'red heart'"  # the main tab's prompt box (the Edit tab has another "Prompt")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROMPT = MAIN_PROMPT
 STATUS_JS = """() => [...document.querySelectorAll('.prose, .md')].map(e => e.innerText.trim())
                 .find(t => /^(Stage \\d|Done:|Ready|Stopped|Nothing)/.test(t)) || ''"""
 
