@@ -14,6 +14,7 @@ import gradio as gr
 
 from .memory import release_freed_memory
 from ..pipeline.settings import SETTING, Setting, whole_number
+from ..models.text_encoder import check_text
 
 log = logging.getLogger("imagen_app.ui")
 
@@ -156,14 +157,18 @@ def refuse_extra_inputs(demo: gr.Blocks) -> None:
 
 
 def text_input(value, name: str) -> str:
-    """A prompt-like input: None is empty; anything but a string, or over MAX_PROMPT_CHARS, is refused by name."""
+    """A prompt-like input: None is empty; anything but a string, over MAX_PROMPT_CHARS, or not valid Unicode text
+    (check_text) is refused by name."""
     if value is None:
         return ""
     if not isinstance(value, str):
         raise input_error(f"The {name} must be text (a string), got {type(value).__name__} {value!r:.60}")
     if len(value) > MAX_PROMPT_CHARS:
         raise input_error(f"The {name} is too long ({len(value)} characters); the limit is {MAX_PROMPT_CHARS}.")
-    return value
+    try:
+        return check_text(value, name)  # a lone surrogate (raw JSON can send one): refused now, not after the run
+    except ValueError as e:
+        raise input_error(str(e)) from None
 
 
 def whole_input(value, name: str, low: int, high: int, default: int) -> int:

@@ -66,6 +66,17 @@ _NOT_COUNTRY_FLAGS = {"crossed", "chequered", "checkered", "rainbow", "transgend
                       "triangular", "waving white", "waving black", "in hole"}
 
 
+def check_text(text: str, name: str = "prompt") -> str:
+    """`text` if it is valid Unicode text; else (a lone surrogate such as "\\ud800", which a raw JSON request or a
+    Python caller can send) a ValueError that names it: such text cannot be encoded, saved or sent back."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"The {name} contains a character that is not valid Unicode text (a lone surrogate, "
+                         f"{text[e.start]!r} at position {e.start}): remove it or type the text again.") from None
+    return text
+
+
 def normalize_prompt(prompt: str) -> str:
     """The one prompt normalisation, used for training captions and user prompts alike (PromptEncoder
     applies it): NFKC, lower case, single spaces, and the forms people type brought to the CLDR form the
@@ -111,7 +122,9 @@ class PromptEncoder:
         return self.text_encoder.config.d_model
 
     def canonical(self, prompt: str) -> str:
-        """The text the encoder is given for `prompt`: normalize_prompt, then the vocabulary's known name, if any."""
+        """The text the encoder is given for `prompt`: normalize_prompt, then the vocabulary's known name, if any.
+        A prompt that is not valid Unicode text (check_text) is a ValueError."""
+        check_text(prompt)
         return self.vocabulary.canonical(prompt) if self.vocabulary is not None else normalize_prompt(prompt)
 
     def _tokenize(self, prompt: str, truncation: bool):

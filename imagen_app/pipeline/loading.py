@@ -8,7 +8,8 @@
 - `load_component`: one component; an OSError that names a damaged weight file; fp16 U-Nets in fp32 on the CPU;
   weights in aligned memory (`own_aligned_memory`).
 - `load_components`: every component of the index, or the caller's replacement.
-- `load_defaults` / `write_defaults`: pipeline_defaults.json, the pipeline's default settings.
+- `load_defaults` / `write_defaults`: pipeline_defaults.json, the pipeline's default settings (a missing or damaged
+  file, or a wrong value in it: the shipped model's defaults, with a warning).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from huggingface_hub import snapshot_download
 
 from ..models.text_encoder import freeze
 from ..models.unet import ImagenUNet
+from .settings import DEFAULT_NAMES, SHIPPED_DEFAULTS, check_default
 
 log = logging.getLogger("imagen_app.pipeline")
 
@@ -107,25 +109,43 @@ def load_components(folder: str, torch_dtype: Optional[torch.dtype] = None, **gi
 
 
 def load_defaults(folder: str, settings: Dict[str, Any]) -> List[str]:
-    """Updates `settings` from the folder's pipeline_defaults.json; returns the load warnings (a missing file: the
-    library's defaults stay, which may be slower or worse than the saved ones: said in the log and as a
-    UserWarning at the caller of `from_pretrained`). A damaged file is a ValueError that says what to do."""
+    """Updates `settings` from the folder's pipeline_defaults.json; returns the load warnings. A missing file, or
+    one that is not a JSON object, is not fatal: the shipped model's defaults (settings.SHIPPED_DEFAULTS) are used,
+    and each value the file holds that SETTINGS refuses is replaced by the shipped one. Every such fault is said
+    in the log and as a UserWarning at the caller of `from_pretrained` (the app shows the returned warnings)."""
     path = os.path.join(folder, DEFAULTS_FILE)
+    problems: List[str] = []
+    saved: Dict[str, Any] = {}
     if not os.path.exists(path):
-        message = (f"{path} is missing: using the library's default settings instead "
-                   f"({json.dumps(settings)}); save the pipeline again or restore the file.")
+        problems.append(f"{path} is missing: using the shipped model's default settings instead "
+                        f"({json.dumps(SHIPPED_DEFAULTS)}); save the pipeline again or restore the file.")
+        saved = dict(SHIPPED_DEFAULTS)
+    else:
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+            if not isinstance(saved, dict):
+                raise ValueError(f"it holds a JSON {type(saved).__name__}, not an object")
+        except (ValueError, UnicodeDecodeError) as e:
+            problems.append(f"{path} is damaged ({e}): using the shipped model's default settings instead "
+                            f"({json.dumps(SHIPPED_DEFAULTS)}); fix the file or save the pipeline again.")
+            saved = dict(SHIPPED_DEFAULTS)
+    for name, value in list(saved.items()):
+        if name not in DEFAULT_NAMES:
+            problems.append(f"{path}: {name!r} is not a setting: ignored.")
+            del saved[name]
+            continue
+        try:
+            check_default(name, value)
+        except ValueError as e:
+            problems.append(f"{path}: {name} = {json.dumps(value)} is wrong ({e}): using the shipped model's "
+                            f"default {json.dumps(SHIPPED_DEFAULTS[name])} instead; fix the file or save the pipeline again.")
+            saved[name] = SHIPPED_DEFAULTS[name]
+    settings.update({k: (list(v) if isinstance(v, list) else v) for k, v in saved.items()})
+    for message in problems:
         log.warning(message)
         warnings.warn(message, stacklevel=3)  # this function < from_pretrained < its caller
-        return [message]
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-        if not isinstance(saved, dict):
-            raise ValueError("it is not a JSON object")
-    except ValueError as e:
-        raise ValueError(f"{path} is damaged ({e}): fix it, or delete it to use the library defaults") from e
-    settings.update(saved)
-    return []
+    return problems
 
 
 def write_defaults(folder: str, settings: Dict[str, Any]) -> None:

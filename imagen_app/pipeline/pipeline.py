@@ -30,7 +30,7 @@ from .deepfloyd_if import DeepFloydIFStage
 from .editing import EditInputs, StageEdit, lowres_tensor
 from ..images import pil_to_tensor, to_pil  # noqa: F401  (pil_to_tensor, to_pil: also imported from here)
 from ..models.caption_vocabulary import CaptionVocabulary
-from ..models.text_encoder import PromptEncoder, PromptReport
+from ..models.text_encoder import PromptEncoder, PromptReport, check_text
 from ..models.unet import ImagenUNet
 from ..models.schedules import noise_schedule  # noqa: F401  (saved stages' schedules; also imported from here)
 from .loading import LEGACY_MODULES  # noqa: F401  (also imported from here)
@@ -263,6 +263,9 @@ class ImagenPipeline(DiffusionPipeline):
             negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
             if len(negatives) != len(prompts) or not all(isinstance(p, str) for p in negatives):
                 raise ValueError(f"negative_prompt must be a string or a list of {len(prompts)} strings")
+        for name, texts in (("prompt", prompts), ("negative prompt", negatives)):  # before any work
+            for i, text in enumerate(texts):
+                check_text(text, name if len(texts) == 1 else f"{name} {i + 1}")
         num_images_per_prompt = whole_number("num_images_per_prompt", num_images_per_prompt, 1, 16)
         stages = self._settings_of_run(arguments)
         n = len(stages)

@@ -62,6 +62,14 @@ SETTINGS: Tuple[Setting, ...] = (
 SETTING: Dict[str, Setting] = {s.name: s for s in SETTINGS}  # by name
 SETTING_NAMES: Tuple[str, ...] = tuple(SETTING)
 
+# The shipped model's default settings (weights/pipeline_defaults.json; a test keeps the two equal): what loading
+# falls back on when a saved pipeline's pipeline_defaults.json is missing or holds a wrong value. They draw
+# better than the library's defaults (ImagenPipeline.default_settings: [16, 8, 4] steps, percentile 99.5).
+SHIPPED_DEFAULTS: Dict[str, Any] = dict(num_inference_steps=[16, 8, 2], guidance_scale=[4.0, 1.0, 1.0],
+                                        dynamic_thresholding_percentile=0, noise_aug_level=0.1, scheduler="dpm++",
+                                        dynamic_thresholding_max=1.1, max_prompt_length=None)
+DEFAULT_NAMES: Tuple[str, ...] = (*SETTING_NAMES, "max_prompt_length")  # the keys of pipeline_defaults.json
+
 
 @dataclass(frozen=True)
 class StageSettings:
@@ -152,6 +160,23 @@ def whole_number(name: str, value, low: int, high: int) -> int:
     if not ok:
         raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
     return int(value)
+
+
+def check_default(name: str, value) -> None:
+    """A saved default (a value of pipeline_defaults.json) checked against SETTINGS: one value or a non-empty list
+    of one per stage (a scheduler may be None: the stage's own); max_prompt_length is None or a whole number of
+    tokens. A ValueError says what is wrong."""
+    if name == "max_prompt_length":
+        if value is not None:
+            whole_number(name, value, 1, 100_000)
+        return
+    if name not in SETTING:
+        raise ValueError(f"{name} is not a setting")
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ValueError(f"{name} must be one value or one per stage, got an empty list")
+    for k, v in enumerate(values, 1):
+        _setting_value(name, v, k)
 
 
 def resolve_settings(defaults: Dict[str, Any], num_stages: int, stop_at_stage=None, **given) -> List[StageSettings]:

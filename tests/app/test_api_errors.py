@@ -81,6 +81,31 @@ def test_every_bad_generate_input_is_named_and_logs_no_traceback(client, capfd):
     assert np.asarray(Image.open(named(ok)["images"][0]["image"])).shape == (128, 128, 3)
 
 
+def raw_generate(app_url, prompt, negative_prompt="") -> str:
+    """/generate called with raw JSON (which, unlike gradio_client, can carry a lone surrogate): the event stream."""
+    import urllib.request
+
+    # prompt, negative, seed, randomize, guidance x3, steps x3, scheduler x3, percentile x3, noise aug x2, count, last
+    body = json.dumps({"data": [prompt, negative_prompt, 0, False, 4.0, 2.0, 1.0, 3, 3, 3, "dpm++", "dpm++", "dpm++",
+                                0, 0, 0, 0.1, 0.1, 1, 3]}).encode()  # ensure_ascii: "\\ud800" in the JSON text
+    req = urllib.request.Request(app_url + "gradio_api/call/generate", data=body, headers={"Content-Type": "application/json"})
+    event_id = json.loads(urllib.request.urlopen(req, timeout=30).read())["event_id"]
+    return urllib.request.urlopen(app_url + f"gradio_api/call/generate/{event_id}", timeout=60).read().decode()
+
+
+def test_a_prompt_that_is_not_valid_unicode_is_refused_by_name(app_url, client, capfd):
+    capfd.readouterr()
+    for kwargs, name in [(dict(prompt="red \ud800 heart"), "prompt"),
+                         (dict(prompt="red heart", negative_prompt="blue \udfff"), "negative prompt")]:
+        stream = raw_generate(app_url, **kwargs)
+        assert "event: error" in stream, stream
+        assert f"The {name}" in stream and "contains a character that is not valid Unicode text" in stream, stream
+        assert "codec" not in stream and "Traceback" not in stream
+    logged = capfd.readouterr()
+    assert "Traceback" not in logged.out + logged.err
+    assert "event: complete" in raw_generate(app_url, "red heart")  # and the server still works
+
+
 def test_messages_say_what_is_accepted(client):
     assert "whole number" in error_of(client, steps_stage_2=2.5) or "integer" in error_of(client, steps_stage_2=2.5)
     assert "integer from 0 to" in error_of(client, seed=3.5)  # refused, not rounded to 4

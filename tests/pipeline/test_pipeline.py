@@ -183,6 +183,20 @@ def test_bad_prompt_types(tiny_pipe):
         tiny_pipe(["a", "b"], negative_prompt=["x"])
 
 
+def test_a_prompt_with_a_lone_surrogate_is_refused_before_any_denoising(tiny_pipe):
+    bad = "red \ud800 heart"  # a lone surrogate: no UTF-8 for it, so the run's outputs could not be written
+    for kwargs, name in [(dict(prompt=bad), "prompt"), (dict(prompt="red heart", negative_prompt=bad), "negative prompt"),
+                         (dict(prompt=["red heart", bad]), "prompt 2")]:
+        events = tiny_pipe.stream(**kwargs)
+        with pytest.raises(ValueError, match=f"The {name} contains a character that is not valid Unicode text"):
+            next(events)  # the first step's event would come first without the check
+        with pytest.raises(ValueError, match="lone surrogate"):
+            tiny_pipe(**kwargs)
+    with pytest.raises(ValueError, match="not valid Unicode text"):
+        tiny_pipe.check_prompt(bad)
+    assert tiny_pipe("red heart", generator=seeded()).images[0].size == (128, 128)  # and the pipeline still works
+
+
 def test_empty_prompt_is_unconditional(tiny_pipe):
     out = tiny_pipe("", generator=seeded())
     assert out.images[0].size == (128, 128)
@@ -433,3 +447,63 @@ def test_dynamic_thresholding_at_default_guidance_keeps_the_image(shipped, sched
         thresholded = shipped(prompt, dynamic_thresholding_percentile=99.5, generator=seeded(i), **kwargs).stage_images
         distances += [np.abs(pixels(a[0]) - pixels(b[0])).mean() for a, b in zip(plain, thresholded)]  # 0..255
     assert max(distances) < 40 and np.mean(distances) < 20, distances
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory, tiny_pipe):
+    folder = tmp_path_factory.mktemp("saved_tiny") / "pipe"
+    tiny_pipe.save_pretrained(str(folder))
+    return folder
+
+
+def load_with_defaults_file(saved_tiny, tmp_path, text):
+    """The saved tiny pipeline with pipeline_defaults.json replaced by `text` (None: removed)."""
+    import shutil
+
+    copy = tmp_path / "pipe"
+    shutil.copytree(saved_tiny, copy)
+    path = copy / "pipeline_defaults.json"
+    if text is None:
+        path.unlink()
+    else:
+        path.write_text(text)
+    with pytest.warns(UserWarning, match="pipeline_defaults.json") as caught:
+        pipe = ImagenPipeline.from_pretrained(str(copy))
+    assert [str(w.message) for w in caught if "pipeline_defaults.json" in str(w.message)] == pipe.load_warnings
+    return pipe
+
+
+def test_shipped_defaults_are_the_shipped_files():
+    from imagen_app.pipeline.settings import SHIPPED_DEFAULTS
+
+    with open(f"{WEIGHTS}/pipeline_defaults.json") as f:
+        assert json.load(f) == SHIPPED_DEFAULTS
+    assert SHIPPED_DEFAULTS != ImagenPipeline.default_settings  # the library's draw worse: not the fallback
+
+
+def test_wrong_values_in_the_defaults_file_are_named_and_the_shipped_ones_used(saved_tiny, tmp_path, tiny_pipe):
+    from imagen_app.pipeline.settings import SHIPPED_DEFAULTS
+
+    saved = dict(tiny_pipe.settings, num_inference_steps="many", scheduler=5, dynamic_thresholding_percentile=[99, 20])
+    pipe = load_with_defaults_file(saved_tiny, tmp_path, json.dumps(saved))
+    wrong = {name for name in ("num_inference_steps", "scheduler", "dynamic_thresholding_percentile")
+             if any(f"{name} = " in w and "wrong" in w for w in pipe.load_warnings)}
+    assert wrong == {"num_inference_steps", "scheduler", "dynamic_thresholding_percentile"}, pipe.load_warnings
+    assert len(pipe.load_warnings) == 3
+    for name in wrong:
+        assert pipe.settings[name] == SHIPPED_DEFAULTS[name]  # the shipped model's, not the library's [16, 8, 4]
+    assert pipe.settings["guidance_scale"] == tiny_pipe.settings["guidance_scale"]  # the right values stay
+    stages = pipe.resolve_settings()
+    assert [s.num_inference_steps for s in stages] == [16, 8, 2]
+    assert {s.dynamic_thresholding_percentile for s in stages} == {0}
+
+
+@pytest.mark.parametrize("text, says", [("{not json", "is damaged"), ("[1, 2]", "not an object"),
+                                        (None, "is missing")])
+def test_a_damaged_or_missing_defaults_file_starts_with_the_shipped_defaults(saved_tiny, tmp_path, text, says):
+    from imagen_app.pipeline.settings import SHIPPED_DEFAULTS
+
+    pipe = load_with_defaults_file(saved_tiny, tmp_path, text)
+    assert len(pipe.load_warnings) == 1 and says in pipe.load_warnings[0]
+    assert "shipped model's default settings" in pipe.load_warnings[0]
+    assert pipe.settings == SHIPPED_DEFAULTS
