@@ -240,6 +240,9 @@ def initial_unet(cfg: TrainConfig, text_dim: int, use_init_from: bool, log) -> I
     if cfg.init_from and use_init_from:
         overrides = {k: cfg.unet[k] for k in ("prediction_type", "residual", "text_position_embeddings",
                                               "text_position_init_scale", "pixel_coordinates") if k in cfg.unet}
+        # A stage may also continue at another resolution (a 32 px base stage trained on at 64 px): its layers are
+        # convolutions and attention over the feature map, so only the recorded sample size changes.
+        overrides["sample_size"] = cfg.resolution
         # low_cpu_mem_usage=False: parameters the stage did not have (positions, coordinates) get their own initial
         # values instead of staying on the meta device.
         unet = ImagenUNet.from_pretrained(cfg.init_from, low_cpu_mem_usage=False, **overrides).float()  # fp16 on disk
