@@ -1,6 +1,6 @@
 """The package's layers: every module imports only from its own layer or the ones below it, with no circle.
 
-    images, examples, threads  <  models  <  pipeline  <  training  <  evaluation  <  app  <  cli
+    images, examples, threads, hub  <  models  <  pipeline  <  training  <  evaluation  <  app  <  cli
 """
 import ast
 import functools
@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 PACKAGE = os.path.join(REPO, "imagen_app")
-LEVEL = {"images": 0, "examples": 0, "threads": 0, "models": 1, "pipeline": 2, "training": 3, "evaluation": 4, "app": 5, "cli": 6,
+LEVEL = {"images": 0, "examples": 0, "threads": 0, "hub": 0, "models": 1, "pipeline": 2, "training": 3, "evaluation": 4, "app": 5, "cli": 6,
          "__init__": 7, "__main__": 7}
 
 

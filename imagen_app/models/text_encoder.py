@@ -17,6 +17,8 @@ from typing import List, Sequence
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel
 
+from ..hub import hub_offline
+
 
 @dataclass
 class PromptReport:
@@ -46,7 +48,7 @@ def load_text_encoder(path_or_id: str, local_files_only: bool | None = None):
     A folder may hold the tokenizer and model side by side, or in `tokenizer/` and `text_encoder/`.
     """
     if local_files_only is None:
-        local_files_only = os.path.isdir(path_or_id) or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+        local_files_only = os.path.isdir(path_or_id) or hub_offline()
     tok_path = enc_path = path_or_id
     if os.path.isdir(os.path.join(path_or_id, "text_encoder")):
         tok_path, enc_path = os.path.join(path_or_id, "tokenizer"), os.path.join(path_or_id, "text_encoder")

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from .guidance import alpha_bar, classifier_free_guidance, dynamic_threshold, output_from_x0, x0_from_output
 from .schedulers import SCHEDULER_EXTRA, scheduler_class
 from .settings import StageSettings
+from ..hub import hub_offline
 from ..models.text_encoder import PromptReport, freeze
 
 MAX_LENGTH = 77  # IF's T5 was trained on 77 tokens (diffusers' IF pipelines pad and cut to 77)
@@ -64,10 +65,6 @@ class IFStage:
     text_encoder: Optional[torch.nn.Module] = None
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
-
-
 def _not_found_message(path_or_id: str, stage: int, reason: str) -> str:
     name = path_or_id.rstrip("/").split("/")[-1] or "IF"
     return (f"DeepFloyd IF stage {'I' * stage} {path_or_id!r} is not a folder on disk and could not be fetched from the "
@@ -88,7 +85,7 @@ def resolve_folder(path_or_id: str, stage: int, with_text_encoder: bool, fp16: b
     from huggingface_hub import snapshot_download
 
     if local_files_only is None:
-        local_files_only = _offline()
+        local_files_only = hub_offline()
     parts = ["scheduler", "image_noising_scheduler", "unet"] + (["tokenizer", "text_encoder"] if with_text_encoder else [])
     weights = "*fp16*.safetensors*" if fp16 else "*.safetensors*"
     allow = ["model_index.json"] + [f"{p}/{pat}" for p in parts for pat in ("*.json", "*.txt", "*.model", weights)]

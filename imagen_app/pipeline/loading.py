@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from huggingface_hub import snapshot_download
 
+from ..hub import hub_offline
 from ..models.text_encoder import freeze
 from ..models.unet import ImagenUNet
 from .settings import DEFAULT_NAMES, SHIPPED_DEFAULTS, check_default
@@ -33,10 +34,6 @@ log = logging.getLogger("imagen_app.pipeline")
 # Module paths that pipelines saved before the package had layer folders name in model_index.json.
 LEGACY_MODULES = {"imagen_app.unet": "imagen_app.models.unet"}
 DEFAULTS_FILE = "pipeline_defaults.json"
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
 
 
 def local_folder(path_or_id, local_files_only: Optional[bool] = None) -> str:
@@ -49,7 +46,7 @@ def local_folder(path_or_id, local_files_only: Optional[bool] = None) -> str:
     if os.path.exists(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path) or path.startswith("."):
         raise FileNotFoundError(f"no such folder: {path}" + (" (it is a file)" if os.path.exists(path) else ""))
     try:
-        return snapshot_download(path, local_files_only=_offline() if local_files_only is None else local_files_only)
+        return snapshot_download(path, local_files_only=hub_offline() if local_files_only is None else local_files_only)
     except Exception as e:
         raise FileNotFoundError(f"no such folder: {path}, and no hub repo {path!r} could be loaded "
                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e

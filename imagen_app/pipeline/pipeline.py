@@ -28,15 +28,11 @@ from . import deepfloyd_if, loading
 from .attention_maps import CrossAttentionRecorder, StageWordMaps
 from .deepfloyd_if import DeepFloydIFStage
 from .editing import EditInputs, StageEdit, lowres_tensor
-from ..images import pil_to_tensor, to_pil  # noqa: F401  (pil_to_tensor, to_pil: also imported from here)
+from ..images import to_pil
 from ..models.caption_vocabulary import CaptionVocabulary
 from ..models.text_encoder import PromptEncoder, PromptReport, check_text
 from ..models.unet import ImagenUNet
-from ..models.schedules import noise_schedule  # noqa: F401  (saved stages' schedules; also imported from here)
-from .loading import LEGACY_MODULES  # noqa: F401  (also imported from here)
-from .schedulers import SCHEDULER_EXTRA, SCHEDULERS, scheduler_class  # noqa: F401
-from .settings import (SETTINGS, StageSettings, check_resolved, given_settings, resolve_settings,  # noqa: F401
-                       settings_kwargs, whole_number)
+from .settings import StageSettings, check_resolved, given_settings, resolve_settings, settings_kwargs, whole_number
 from .stages import NativeStage, native_scheduler
 
 MAX_STAGES = 6

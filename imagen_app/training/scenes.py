@@ -310,14 +310,9 @@ class SceneWorld:
     def specs(self, task: str, n: int, held_out: bool, seed: int) -> List[SceneSpec]:
         """`n` distinct specs of `task`, all held out (evaluation) or all seen (training), drawn with `seed`."""
         rng = random.Random(f"{task}:{seed}:{held_out}")
-        names = self.names
-        if task != "single object":
-            if held_out:
-                pool = names  # held-out scenes may show alone-only objects: that is the hardest case
-            else:
-                pool = [o for o in names if not self.rule.alone_only(o)]
-        else:
-            pool = names
+        # Training scenes never show an alone-only object beside others; held-out ones may (the hardest case).
+        pool = self.names if held_out or task == "single object" else \
+            [o for o in self.names if not self.rule.alone_only(o)]
         colours = {o: c for o, c in self.colours_of.items() if o in pool}
         out, seen = [], set()
         for _ in range(200 * n):
@@ -399,8 +394,7 @@ def scene_texts(world: SceneWorld) -> Tuple[List[str], Dict[str, str]]:
     for task in TASKS:
         for spec in world.specs(task, 8, held_out=False, seed=0):
             texts += spec.captions()
-    texts += [f"{a} {r} {b}" for a, b in [("a cat", "a dog")] for r in ("to the left of", "to the right of", "is above",
-                                                                       "is below", "on the left of")]
+    texts.append("a cat to the left of a dog, on the right of it, is above or below it")  # every relation word
     stands_for = {o.plural: o.name for o in world.objects if o.plural != o.name}
     stands_for.update({str(n): w for n, w in COUNT_WORDS.items()})
     return texts, stands_for

@@ -8,7 +8,8 @@ from transformers import T5EncoderModel
 
 from ..models.text_encoder import freeze
 from ..models.unet import ImagenUNet
-from ..pipeline.pipeline import ImagenPipeline, noise_schedule
+from ..models.schedules import noise_schedule
+from ..pipeline.pipeline import ImagenPipeline
 from .text_pretrain import small_t5_config, train_caption_tokenizer
 
 TINY_CAPTIONS = ["red heart", "blue heart", "green circle", "woman firefighter: dark skin tone",

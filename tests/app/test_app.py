@@ -134,7 +134,7 @@ def used(settings):
 def test_omitted_settings_are_the_pipeline_defaults(client, tiny_pipe):
     """Over the API and in a direct Python call, a setting left out is the loaded pipeline's default,
     stage by stage (each super-resolution stage has its own guidance)."""
-    from imagen_app.pipeline.pipeline import settings_kwargs
+    from imagen_app.pipeline.settings import settings_kwargs
     from imagen_app.app.ui import PipelineHolder, make_generate
 
     expected = used(settings_kwargs(tiny_pipe.resolve_settings()))
@@ -161,7 +161,7 @@ def test_generate_resolves_the_settings_once(tiny_pipe, monkeypatch):
 def test_ui_controls_follow_the_pipeline(resolutions):
     """The app has one set of per-stage controls per stage of the pipeline, and their initial values (what
     a browser sends when nobody touches them) are the pipeline's own defaults."""
-    from imagen_app.pipeline.pipeline import settings_kwargs
+    from imagen_app.pipeline.settings import settings_kwargs
     from imagen_app.training.tiny import tiny_pipeline
     from imagen_app.app.ui import PipelineHolder, build_app, make_generate
 

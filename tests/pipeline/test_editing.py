@@ -9,7 +9,8 @@ from PIL import Image
 from imagen_app.pipeline.editing import (EditInputs, StageEdit, check_strength, image_tensor, load_image, load_mask,
                                 mask_tensor, sdedit_timesteps)
 from imagen_app.images import pil_to_tensor
-from imagen_app.pipeline.pipeline import ImagenPipeline, noise_schedule
+from imagen_app.models.schedules import noise_schedule
+from imagen_app.pipeline.pipeline import ImagenPipeline
 from imagen_app.training.tiny import tiny_pipeline
 from imagen_app.models.unet import ImagenUNet
 

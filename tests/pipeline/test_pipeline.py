@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from imagen_app import ImagenPipeline
-from imagen_app.pipeline.pipeline import SCHEDULERS
+from imagen_app.pipeline.schedulers import SCHEDULERS
 from conftest import WEIGHTS, seeded
 
 

@@ -9,7 +9,7 @@ import torch
 from imagen_app.training.curriculum import (BlockCurriculum, CurriculumConfig, family_sample, summarize_by_family,
                                    swapped_tones, text_use, two_tone_sample, word_order_use,
                                    wrong_captions_within_family)
-from imagen_app.pipeline.pipeline import noise_schedule
+from imagen_app.models.schedules import noise_schedule
 from imagen_app.models.text_encoder import normalize_prompt
 
 

@@ -176,7 +176,7 @@ def test_assemble_exported_stages_into_a_pipeline(tmp_path, text_encoder_dir, im
 
 
 def test_min_snr_weighting(tmp_path, text_encoder_dir, image_folder):
-    from imagen_app.pipeline.pipeline import noise_schedule
+    from imagen_app.models.schedules import noise_schedule
     from imagen_app.training.train import diffusion_loss
 
     unet = ImagenUNet(sample_size=16, text_embed_dim=16, **TINY_UNET)
