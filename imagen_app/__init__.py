@@ -1,8 +1,8 @@
 """imagen-app: Imagen (Saharia et al. 2022) as a diffusers pipeline, with a Gradio playground.
 
 Layers, each importing only the ones above it in this list:
-    images, examples,  shared helpers (image <-> tensor conversions), the app's example prompts, and how
-    threads            many CPU threads a generation uses
+    images, examples,  shared helpers (image <-> tensor conversions), the app's example prompts, how many
+    threads, hub       CPU threads a generation uses, and whether the Hub may be asked (HF_HUB_OFFLINE)
     models/            Efficient U-Net, T5 text encoder and vocabulary, training noise schedules
     pipeline/          the cascade (ImagenPipeline), settings, schedulers, guidance, editing, DeepFloyd IF
     training/          corpus, curriculum, training loop, checkpoints, export
