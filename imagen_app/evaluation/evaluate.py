@@ -270,7 +270,7 @@ def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: 
 
 
 PARTS = ("families", "two_tones", "examples", "text_use", "colours", "neighbours", "held_out", "super_resolution", "timing",
-         "geneval", "geneval_cascade")
+         "geneval", "geneval_cascade", "phrasing")
 
 
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
@@ -312,6 +312,10 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
     if "super_resolution" in parts:
         held_idx = [i for i, e in enumerate(emojis) if e.caption in held_set]
         report["super_resolution"] = super_resolution(pipe, emojis, held_idx, sr_count, seed)
+    if "phrasing" in parts:
+        from .phrasing import phrasing
+
+        report["phrasing"] = phrasing(pipe, emojis, corpus, generate_base)
     if "geneval" in parts or "geneval_cascade" in parts:
         report.update(geneval_parts(pipe, parts, geneval_per_task, geneval_stage, seed))
     if "timing" in parts:
@@ -376,6 +380,10 @@ def print_report(r: Dict) -> None:
         t = r["two_tones"]
         print(f"two-person emoji with two skin tones: n {t['count']}, top-1 {t['top1']:.1%}, top-10 {t['top10']:.1%}; "
               f"nearer the swapped emoji than the asked one {t['swapped_nearer']:.1%}")
+    if "phrasing" in r:
+        from .phrasing import print_phrasing
+
+        print_phrasing(r["phrasing"])
     for ex in r.get("ui_examples", []):
         if ex["ranks"] is None:
             print(f"UI example {ex['prompt']!r}: no emoji of that name")

@@ -190,8 +190,9 @@ class PromptEncoder:
         unk_id = self.tokenizer.unk_token_id
         for m in re.finditer(r"\S+", prompt):
             word_tokens = [(k, tid) for k, (tid, s, e) in enumerate(content) if s < m.end() and e > m.start()]
-            if unk_id is not None and any(tid == unk_id for _, tid in word_tokens):
-                rep.unknown_words.append(m.group().strip(".,;:!?\"'()"))
+            word = m.group().strip(".,;:!?\"'()")
+            if unk_id is not None and any(tid == unk_id for _, tid in word_tokens) and word not in rep.unknown_words:
+                rep.unknown_words.append(word)  # each unknown word once, however often it is typed
             if word_tokens and all(k >= n_kept for k, _ in word_tokens):
                 rep.truncated_words.append(m.group())
         return rep

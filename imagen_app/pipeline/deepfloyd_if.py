@@ -273,7 +273,8 @@ class IFPromptEncoder:
         rep.tokens = self.tokenizer.convert_ids_to_tokens(kept)
         unk = self.tokenizer.unk_token_id
         if unk is not None:
-            rep.unknown_words = [w for w in text.split() if unk in self.tokenizer(w, add_special_tokens=False).input_ids]
+            rep.unknown_words = list(dict.fromkeys(  # each word once
+                w for w in text.split() if unk in self.tokenizer(w, add_special_tokens=False).input_ids))
         if len(ids) > len(kept):
             rep.truncated_words = self.tokenizer.decode(ids[len(kept) - 1:], skip_special_tokens=True).split()
         return rep

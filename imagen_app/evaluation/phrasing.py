@@ -1,0 +1,147 @@
+"""Everyday prompts as people type them (`evaluate --parts phrasing`).
+
+Each prompt has the emoji that are acceptable answers ("kitty": the cat or the cat face; "a happy face": any
+grinning or smiling face). Right = an acceptable emoji among the 3 nearest real renders of the base stage's image
+(pixel L2 against the whole corpus, as the family figures are measured), at seeds 0 and 1. Grouped by the kind of
+phrasing, so that an average cannot hide a failing kind. The list is written by hand, apart from the training
+forms (`training/phrasing.py`): its keywords and frames are the ones people use, not drawn from the table.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+SMILING = ["grinning face", "grinning face with big eyes", "grinning face with smiling eyes", "beaming face with smiling eyes",
+           "smiling face with smiling eyes", "slightly smiling face", "smiling face", "grinning squinting face"]
+SAD = ["frowning face", "slightly frowning face", "crying face", "loudly crying face", "sad but relieved face",
+       "disappointed face", "pensive face", "worried face", "frowning face with open mouth"]
+CAT = ["cat", "cat face"]
+DOG = ["dog", "dog face"]
+CARS = ["automobile", "oncoming automobile", "taxi", "oncoming taxi", "racing car", "police car", "sport utility vehicle"]
+MOONS = ["crescent moon", "first quarter moon", "first quarter moon face", "full moon", "full moon face", "last quarter moon",
+         "last quarter moon face", "new moon", "new moon face", "waning crescent moon", "waning gibbous moon",
+         "waxing crescent moon", "waxing gibbous moon"]
+HEARTS = ["red heart", "sparkling heart", "beating heart", "growing heart", "two hearts", "revolving hearts", "heart with arrow",
+          "heart with ribbon", "heart decoration", "smiling face with hearts", "smiling face with heart-eyes"]
+
+# (prompt, kind, acceptable emoji names)
+PROMPTS: List[Tuple[str, str, Sequence[str]]] = [
+    # articles and determiners
+    ("an astronaut", "article", ["astronaut", "man astronaut", "woman astronaut"]),
+    ("a red car", "article", CARS),
+    ("a dog", "article", DOG),
+    ("the moon", "article", MOONS),
+    ("a banana", "article", ["banana"]),
+    ("an apple", "article", ["red apple", "green apple"]),
+    ("some grapes", "article", ["grapes"]),
+    ("a rocket", "article", ["rocket"]),
+    ("an owl", "article", ["owl"]),
+    ("a pizza", "article", ["pizza"]),
+    ("a snowman", "article", ["snowman", "snowman without snow"]),
+    ("an umbrella", "article", ["umbrella", "closed umbrella", "umbrella with rain drops", "umbrella on ground"]),
+    ("the panda", "article", ["panda"]),
+    # plurals
+    ("cats", "plural", CAT + ["grinning cat", "black cat"]),
+    ("apples", "plural", ["red apple", "green apple"]),
+    ("mice", "plural", ["mouse", "mouse face"]),
+    ("strawberries", "plural", ["strawberry"]),
+    ("balloons", "plural", ["balloon"]),
+    ("foxes", "plural", ["fox"]),
+    ("some bananas", "plural", ["banana"]),
+    ("rockets", "plural", ["rocket"]),
+    ("owls", "plural", ["owl"]),
+    # frames: "X emoji", "a picture of X", ...
+    ("dog emoji", "frame", DOG),
+    ("a picture of a cat", "frame", CAT),
+    ("a drawing of a house", "frame", ["house", "house with garden"]),
+    ("heart emoji", "frame", HEARTS),
+    ("an image of a tree", "frame", ["deciduous tree", "evergreen tree", "palm tree", "christmas tree"]),
+    ("a photo of a horse", "frame", ["horse", "horse face"]),
+    ("fire emoji", "frame", ["fire"]),
+    ("ghost icon", "frame", ["ghost"]),
+    ("the rocket emoji", "frame", ["rocket"]),
+    ("an icon of a banana", "frame", ["banana"]),
+    # flags
+    ("the Japanese flag", "flag", ["flag: japan"]),
+    ("flag of France", "flag", ["flag: france"]),
+    ("German flag", "flag", ["flag: germany"]),
+    ("the flag of Brazil", "flag", ["flag: brazil"]),
+    ("Canadian flag", "flag", ["flag: canada"]),
+    ("the Italian flag", "flag", ["flag: italy"]),
+    ("Mexican flag", "flag", ["flag: mexico"]),
+    ("the American flag", "flag", ["flag: united states"]),
+    ("Indian flag", "flag", ["flag: india"]),
+    ("the Swedish flag", "flag", ["flag: sweden"]),
+    # synonyms and keywords
+    ("kitty", "keyword", CAT),
+    ("kitten", "keyword", CAT),
+    ("a happy face", "keyword", SMILING),
+    ("a pizza slice", "keyword", ["pizza"]),
+    ("coffee", "keyword", ["hot beverage"]),
+    ("a doctor", "keyword", ["health worker", "man health worker", "woman health worker"]),
+    ("bike", "keyword", ["bicycle"]),
+    ("puppy", "keyword", DOG),
+    ("a sad face", "keyword", SAD),
+    ("a laughing face", "keyword", ["face with tears of joy", "rolling on the floor laughing", "grinning squinting face"]),
+    ("a teacher", "keyword", ["teacher", "man teacher", "woman teacher"]),
+    ("a cop", "keyword", ["police officer", "man police officer", "woman police officer"]),
+    ("a plane", "keyword", ["airplane", "small airplane", "airplane departure", "airplane arrival"]),
+    ("a bunny", "keyword", ["rabbit", "rabbit face"]),
+    ("tea", "keyword", ["hot beverage", "teacup without handle", "teapot"]),
+    ("beer", "keyword", ["beer mug", "clinking beer mugs"]),
+    ("a cake", "keyword", ["birthday cake", "shortcake", "cupcake"]),
+    ("music", "keyword", ["musical note", "musical notes"]),
+    ("a cell phone", "keyword", ["mobile phone", "mobile phone with arrow"]),
+    ("money", "keyword", ["money bag", "dollar banknote", "money with wings", "euro banknote", "yen banknote", "pound banknote"]),
+    ("a cowboy", "keyword", ["cowboy hat face"]),
+    ("a tv", "keyword", ["television"]),
+    ("football", "keyword", ["soccer ball", "american football"]),
+    ("a cab", "keyword", ["taxi", "oncoming taxi"]),
+    # case and punctuation
+    ("PANDA", "case", ["panda"]),
+    ("Red Heart!", "case", HEARTS),
+    ("Pizza?", "case", ["pizza"]),
+    ("Dog.", "case", DOG),
+    ("A Cute Kitten!", "case", CAT),
+    ("THE JAPANESE FLAG", "case", ["flag: japan"]),
+]
+
+
+def phrasing(pipe, emojis, corpus, generate_base, seeds=(0, 1), prompts=PROMPTS) -> Dict:
+    """Right / asked by kind and overall, with each wrong prompt's nearest render and the words the encoder did not
+    know. `generate_base(pipe, prompts, seed)`: the base stage's images, as evaluate.py makes them."""
+    import torch
+
+    index = {e.caption: i for i, e in enumerate(emojis)}
+    missing = sorted({n for _, _, ok in prompts for n in ok if n not in index})
+    rows = []
+    for prompt, kind, acceptable in prompts:
+        ok = {index[n] for n in acceptable if n in index}
+        images = torch.cat([generate_base(pipe, [prompt], s) for s in seeds])
+        distances = torch.cdist(images.flatten(1), corpus.flatten(1))
+        nearest3 = distances.topk(3, largest=False).indices.tolist()
+        right = [any(i in ok for i in n3) for n3 in nearest3]
+        report = pipe.prompt_encoder.report(prompt) if hasattr(pipe, "prompt_encoder") else None
+        rows.append(dict(prompt=prompt, kind=kind, right=right, nearest=[emojis[n3[0]].caption for n3 in nearest3],
+                         understood=getattr(report, "prompt", None), unknown=getattr(report, "unknown_words", [])))
+    kinds: Dict[str, Dict] = {}
+    for r in rows:
+        k = kinds.setdefault(r["kind"], dict(right=0, asked=0))
+        k["right"] += sum(r["right"])
+        k["asked"] += len(r["right"])
+    total = dict(right=sum(k["right"] for k in kinds.values()), asked=sum(k["asked"] for k in kinds.values()))
+    for k in list(kinds.values()) + [total]:
+        k["accuracy"] = k["right"] / max(1, k["asked"])
+    return dict(overall=total, by_kind=kinds, prompts=len(rows), seeds=list(seeds), missing_names=missing,
+                failures=[r for r in rows if not all(r["right"])])
+
+
+def print_phrasing(r: Dict) -> None:
+    print(f"\nEveryday phrasings ({r['prompts']} prompts x seeds {r['seeds']}; right = an acceptable emoji among the "
+          "3 nearest real renders)")
+    for kind, k in r["by_kind"].items():
+        print(f"  {kind:10s} {k['right']:3d}/{k['asked']:<3d} {k['accuracy']:.0%}")
+    o = r["overall"]
+    print(f"  {'overall':10s} {o['right']:3d}/{o['asked']:<3d} {o['accuracy']:.0%}")
+    for f in r["failures"]:
+        print(f"    wrong: {f['prompt']!r} -> {f['nearest']} (understood {f['understood']!r}"
+              + (f", unknown {f['unknown']})" if f["unknown"] else ")"))

@@ -1,0 +1,192 @@
+"""The words people type for an emoji, from real data, made once at build time into `keywords.txt`.
+
+- **Unicode CLDR emoji annotations** (npm `cldr-annotations-full` and `cldr-annotations-derived-full`,
+  `annotations*/en/annotations.json`): the keywords people associate with each emoji ("kitten", "kitty", "pet"
+  for the cat face; "coffee", "tea" for the hot beverage; "bike" for the bicycle). The derived file adds the
+  sequences (roles, flags).
+- **WordNet 3.0** (Debian `wordnet-base`, `/usr/share/wordnet`): the first sense's synonyms of an emoji's name or
+  keyword ("bicycle" -> "bike", "cycle"; "automobile" -> "car"), irregular plurals (`noun.exc`: "mice" ->
+  "mouse"), and the adjective of a country ("japanese" -> "japan", by WordNet's pertainym pointers) for
+  "the Japanese flag".
+
+The table maps a typed head form to every emoji name it stands for: a keyword that names many emoji ("face")
+is trained with all of them, and the model draws one. Only the training split's names without a skin tone are
+targets (a keyword asks for the default emoji; held-out compositions stay held out). The table ships beside the
+weights (as `aliases.txt` does) so that training runs are reproducible; nothing reads CLDR or WordNet at run time.
+`scripts/fetch_keyword_sources.sh` downloads both sources into the cache.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Dict, Iterable, List, Optional, Set
+
+KEYWORD_FILE = "keywords.txt"  # one "typed<TAB>name" per line, sorted
+_WORD = re.compile(r"^[a-z][a-z' -]*[a-z]$")
+
+
+def strip_variation(chars: str) -> str:
+    """An emoji's characters without variation selectors (CLDR and the corpus disagree on U+FE0F)."""
+    return chars.replace("\ufe0f", "").replace("\ufe0e", "")
+
+
+def read_cldr(paths: Iterable[str]) -> Dict[str, List[str]]:
+    """CLDR annotation files -> emoji characters (no variation selectors) -> lower-case keywords."""
+    out: Dict[str, List[str]] = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        section = data.get("annotations") or data.get("annotationsDerived")
+        for chars, entry in section["annotations"].items():
+            words = [w.lower() for w in entry.get("default", []) + entry.get("tts", [])]
+            out.setdefault(strip_variation(chars), []).extend(words)
+    return out
+
+
+class WordNet:
+    """The few WordNet 3.0 lookups the table needs, read from its database files."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.first_sense: Dict[str, str] = {}  # noun lemma -> offset of its first (most frequent) synset
+        with open(os.path.join(folder, "index.noun"), encoding="utf-8") as f:
+            for line in f:
+                if not line.startswith(" "):
+                    parts = line.split()
+                    self.first_sense[parts[0]] = parts[-int(parts[2])]
+        self.noun_lemmas: Dict[str, List[str]] = self._lemmas("data.noun", needed=set(self.first_sense.values()))
+        self.plural_of: Dict[str, str] = {}  # singular -> irregular plural
+        with open(os.path.join(folder, "noun.exc"), encoding="utf-8") as f:
+            for line in f:
+                plural, singular = line.split()[:2]
+                self.plural_of.setdefault(singular, plural)
+
+    def _lemmas(self, file: str, needed: Optional[Set[str]] = None) -> Dict[str, List[str]]:
+        out = {}
+        with open(os.path.join(self.folder, file), encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(" "):
+                    continue
+                parts = line.split()
+                if needed is None or parts[0] in needed:
+                    count = int(parts[3], 16)
+                    out[parts[0]] = [parts[4 + 2 * i].lower() for i in range(count)]
+        return out
+
+    def synonyms(self, noun: str) -> List[str]:
+        """The other lemmas of the noun's first sense, spaces for underscores ("domestic dog")."""
+        offset = self.first_sense.get(noun.replace(" ", "_"))
+        lemmas = self.noun_lemmas.get(offset, []) if offset else []
+        return [re.sub(r"\(.*\)$", "", w).replace("_", " ") for w in lemmas if w != noun.replace(" ", "_")]
+
+    def country_adjectives(self, countries: Iterable[str]) -> Dict[str, str]:
+        """Adjective -> the country it pertains to ("japanese" -> "japan"), for the given country names."""
+        wanted = {c.lower(): c for c in countries}
+        nouns = self._lemmas("data.noun")
+        out: Dict[str, str] = {}
+        with open(os.path.join(self.folder, "data.adj"), encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(" "):
+                    continue
+                parts = line.split("|")[0].split()
+                count = int(parts[3], 16)
+                words = [re.sub(r"\(.*\)$", "", parts[4 + 2 * i]).lower() for i in range(count)]
+                k = 4 + 2 * count
+                for p in range(int(parts[k])):
+                    symbol, offset, pos, source_target = parts[k + 1 + 4 * p: k + 5 + 4 * p]
+                    if symbol != "\\" or pos != "n":
+                        continue
+                    source, target = int(source_target[:2], 16), int(source_target[2:], 16)
+                    adjective = words[source - 1] if 0 < source <= len(words) else None
+                    # any name of the country's synset: "american" -> "america" = "united states"
+                    countries = [n.replace("_", " ") for n in nouns.get(offset, []) if n.replace("_", " ") in wanted]
+                    if countries and adjective and "_" not in adjective:
+                        out.setdefault(adjective, wanted[countries[0]])
+        return out
+
+
+def plural(word: str, irregular: Optional[Dict[str, str]] = None) -> str:
+    """The plural of a noun phrase's last word ("red apple" -> "red apples", "mouse" -> "mice", "fox" -> "foxes")."""
+    head, _, last = word.rpartition(" ")
+    if irregular and last in irregular:
+        form = irregular[last]
+    elif re.search(r"(s|x|z|ch|sh)$", last):
+        form = last + "es"
+    elif re.search(r"[^aeiou]y$", last):
+        form = last[:-1] + "ies"
+    else:
+        form = last + "s"
+    return f"{head} {form}" if head else form
+
+
+def build_table(names_by_chars: Dict[str, str], cldr: Dict[str, List[str]], wordnet: Optional[WordNet]) -> Dict[str, Set[str]]:
+    """typed head form -> the emoji names it stands for. `names_by_chars`: an emoji's characters (no variation
+    selectors) -> its caption, for the emoji that may be targets."""
+    table: Dict[str, Set[str]] = {}
+
+    def add(typed: str, name: str) -> None:
+        typed = " ".join(typed.lower().replace("_", " ").split())
+        if _WORD.match(typed) and typed != name:
+            table.setdefault(typed, set()).add(name)
+
+    for chars, name in names_by_chars.items():
+        heads = [name] + cldr.get(chars, [])
+        for head in heads:
+            add(head, name)
+        if wordnet is not None:
+            for head in heads:
+                for synonym in wordnet.synonyms(head):
+                    add(synonym, name)
+    for typed, names in list(table.items()):  # plurals of every head form ("kittens", "mice")
+        for name in names:
+            add(plural(typed, wordnet.plural_of if wordnet else None), name)
+    for name in names_by_chars.values():
+        add(plural(name, wordnet.plural_of if wordnet else None), name)
+    if wordnet is not None:  # "japanese flag" -> "flag: japan"
+        flags = {n[len("flag: "):]: n for n in names_by_chars.values() if n.startswith("flag: ")}
+        for adjective, country in wordnet.country_adjectives(flags).items():
+            add(f"{adjective} flag", flags[country])
+    return table
+
+
+def write_table(table: Dict[str, Set[str]], path: str) -> int:
+    lines = sorted(f"{typed}\t{name}" for typed, names in table.items() for name in names)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def read_table(path: str) -> Dict[str, List[str]]:
+    table: Dict[str, List[str]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            typed, _, name = line.rstrip("\n").partition("\t")
+            if name:
+                table.setdefault(typed, []).append(name)
+    return table
+
+
+def keyword_targets(emojis) -> Dict[str, str]:
+    """The emoji a keyword may stand for: the training split's names without a skin tone, by their characters."""
+    from .data import held_out_split
+
+    held = set(held_out_split(emojis))
+    out = {}
+    for e in emojis:
+        if e.caption in held or "skin tone" in e.caption:
+            continue
+        out[strip_variation("".join(chr(int(c, 16)) for c in e.code.split("-")))] = e.caption
+    return out
+
+
+def build_keywords(cldr_dir: str, wordnet_dir: str, out: str) -> int:
+    """Writes the keyword table from the CLDR packages' folder and WordNet's; returns its number of lines."""
+    from .data import load_emoji
+
+    paths = [os.path.join(cldr_dir, sub, "en", "annotations.json") for sub in ("annotations", "annotationsDerived")]
+    cldr = read_cldr(p for p in paths if os.path.exists(p))
+    if not cldr:
+        raise FileNotFoundError(f"no CLDR annotations under {cldr_dir} (annotations/en/annotations.json); "
+                                "run scripts/fetch_keyword_sources.sh")
+    return write_table(build_table(keyword_targets(load_emoji()), cldr, WordNet(wordnet_dir)), out)

@@ -1,0 +1,94 @@
+"""Captions in the forms people type: "a cat", "the Japanese flag", "kittens", "a picture of a pizza slice",
+"coffee emoji", "Bike!".
+
+A typed form is made from a head (the emoji's name, its plain phrasing, an alias, or a keyword / synonym / plural
+of the keyword table, `keywords.py`) with a determiner, an optional frame ("a picture of X", "X emoji"), and an
+optional trailing punctuation mark. Case needs no variants: the tokenizer lower-cases. Training shows these forms
+with the images of the emoji they stand for, and the evaluation (`evaluation/phrasing.py`) asks with its own list
+of everyday prompts.
+"""
+from __future__ import annotations
+
+import random
+from typing import Dict, List, Sequence, Tuple
+
+DETERMINERS = [("", 0.40), ("a", 0.30), ("the", 0.15), ("some", 0.05), ("my", 0.03), ("this", 0.03), ("one", 0.04)]
+PLURAL_DETERMINERS = [("", 0.55), ("the", 0.2), ("some", 0.15), ("many", 0.05), ("my", 0.05)]
+FRAMES = [("{}", 0.50), ("{} emoji", 0.10), ("{} icon", 0.04), ("a picture of {}", 0.06), ("a drawing of {}", 0.05),
+          ("an image of {}", 0.04), ("an icon of {}", 0.03), ("an emoji of {}", 0.04), ("a photo of {}", 0.03),
+          ("emoji of {}", 0.02), ("{} emoji please", 0.02), ("draw {}", 0.03), ("show me {}", 0.02),
+          ("a cute {}", 0.01), ("a little {}", 0.01)]
+PUNCTUATION = [("", 0.85), (".", 0.05), ("!", 0.05), ("?", 0.05)]
+FLAG_FORMS = ["flag of {}", "the flag of {}", "{} flag", "the {} flag", "flag {}", "{}'s flag", "{}"]
+
+
+def _pick(rng: random.Random, weighted: Sequence[Tuple[str, float]]) -> str:
+    return rng.choices([w for w, _ in weighted], [p for _, p in weighted])[0]
+
+
+def article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def with_determiner(head: str, rng: random.Random, is_plural: bool = False) -> str:
+    det = _pick(rng, PLURAL_DETERMINERS if is_plural else DETERMINERS)
+    if det == "a":
+        det = article(head)
+    return f"{det} {head}".strip()
+
+
+def typed_form(head: str, rng: random.Random, is_plural: bool = False) -> str:
+    """One typed form of `head` ("kitten" -> "a picture of a kitten!")."""
+    frame = _pick(rng, FRAMES)
+    inner = with_determiner(head, rng, is_plural) if not frame.endswith("{} emoji") or rng.random() < 0.3 else head
+    if frame.startswith("a cute") or frame.startswith("a little"):
+        inner = head
+    text = frame.format(inner)
+    if text.startswith("a ") and text[2:3] in "aeiou":  # "a cute" stays; "a icon" cannot arise, "a emoji" can
+        text = "an " + text[2:]
+    return text + _pick(rng, PUNCTUATION)
+
+
+def flag_form(country: str, rng: random.Random) -> str:
+    """"flag: japan" -> "the flag of japan", "japan flag", ..."""
+    return rng.choice(FLAG_FORMS).format(country) + _pick(rng, PUNCTUATION)
+
+
+class PhrasingSampler:
+    """Draws (typed prompt, emoji name) pairs: half from the keyword table (keywords, synonyms, plurals, country
+    adjectives), half from the names themselves in typed forms (articles, frames, flag forms)."""
+
+    def __init__(self, names: Sequence[str], table: Dict[str, List[str]], plural_heads: Sequence[str] = ()):
+        self.names = list(names)
+        known = set(self.names)
+        self.table = {typed: [n for n in targets if n in known] for typed, targets in table.items()}
+        self.table = {typed: targets for typed, targets in self.table.items() if targets}
+        self.typed = sorted(self.table)
+        self.plural_heads = set(plural_heads)  # typed heads that are plurals (for their determiners)
+        self._by_name: Dict[str, List[str]] = {}  # emoji name -> the typed heads that stand for it
+        for typed, targets in self.table.items():
+            for n in targets:
+                self._by_name.setdefault(n, []).append(typed)
+
+    def target(self, typed: str, rng: random.Random) -> str:
+        """One emoji the typed head stands for; those whose name holds the typed word are drawn 4x as often."""
+        targets = self.table[typed]
+        weights = [4.0 if f" {typed} " in f" {n} " else 1.0 for n in targets]
+        return rng.choices(targets, weights)[0]
+
+    def sample(self, rng: random.Random) -> Tuple[str, str]:
+        if self.typed and rng.random() < 0.5:
+            head = rng.choice(self.typed)
+            name = self.target(head, rng)
+        else:
+            name = rng.choice(self.names)
+            if name.startswith("flag: ") and rng.random() < 0.7:
+                return flag_form(name[len("flag: "):], rng), name
+            head = " ".join(name.replace(":", " ").replace(",", " ").split()) if rng.random() < 0.5 else name
+        if head not in self.plural_heads and rng.random() < 0.15:  # two keywords of one emoji, as people combine them ("pizza slice", "hot coffee")
+            others = [t for t in self._by_name.get(name, []) if " " not in t and t not in self.plural_heads
+                      and not any(t[:4] == w[:4] for w in head.split())]  # not "kittens kitten"
+            if others:
+                head = f"{rng.choice(others)} {head}" if rng.random() < 0.5 else f"{head} {rng.choice(others)}"
+        is_plural = head in self.plural_heads or head.split()[-1] in self.plural_heads
+        return typed_form(head, rng, is_plural=is_plural), name

@@ -1,0 +1,210 @@
+"""Teaching the text encoder the forms people type (`python -m imagen_app tune-text`).
+
+The base U-Net draws every emoji from its CLDR name. A typed form ("a kitten", "the Japanese flag", "coffee
+emoji") should reach it as a condition that draws the same picture. The text encoder learns that by
+distillation through the frozen base U-Net: for a typed form of emoji E, a render of E is noised at a random
+timestep, and the U-Net's prediction with the *typed* form's embeddings (from the encoder being trained) is
+pulled to its prediction with E's *name* under the original encoder (the teacher, fixed):
+
+    loss = | unet(x_t, t, encoder(typed)) - unet(x_t, t, encoder_0(name)) |^2  +  w * | encoder(name) - encoder_0(name) |^2
+
+This is the diffusion loss with a lower-variance target (the teacher's prediction in place of the sampled noise),
+so a keyword naming many emoji learns the distribution over them, as it would from the images. The second term
+(the anchor) keeps what every name the U-Nets were trained on encodes to: the families and examples stay. New
+words (keywords, synonyms, plurals, "?") get new rows in the embedding table (`text_extension.extended_tokenizer`),
+each starting from the mean row of the words of an emoji it stands for. Imagen keeps T5 frozen while the U-Nets
+train (section 2.1); here it is the U-Nets that stay frozen while the encoder learns new ways to say what they draw.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+CHECKPOINT = "text_tuning.pt"
+
+
+@dataclass
+class TextTuningConfig:
+    weights: str = "weights"  # the pipeline folder whose text encoder is taught (and whose base U-Net teaches)
+    keywords: Optional[str] = None  # the keyword table (default: weights/keywords.txt)
+    run_dir: str = "runs/text_tuning"  # checkpoint (resumable) and log
+    out: str = "runs/text_tuning/export"  # tokenizer/ and text_encoder/ written here
+    steps: int = 3000
+    batch_size: int = 48
+    anchor_batch: int = 96
+    anchor_weight: float = 4.0
+    lr: float = 3e-4
+    warmup_steps: int = 50
+    threads: Optional[int] = None
+    seed: int = 0
+    log_every: int = 25
+    save_every: int = 200
+
+
+def vocabulary_texts(sampler, tokenizer_words: set, rng: random.Random, samples: int = 20000) -> List[str]:
+    """Texts that hold every word training can produce: the table's heads, the names, and many sampled forms."""
+    from .phrasing import DETERMINERS, FLAG_FORMS, FRAMES, PLURAL_DETERMINERS, PUNCTUATION
+
+    texts = list(sampler.typed) + list(sampler.names)
+    texts += [w for w, _ in DETERMINERS + PLURAL_DETERMINERS + FRAMES + PUNCTUATION] + FLAG_FORMS + ["an"]
+    texts += [sampler.sample(rng)[0] for _ in range(samples)]
+    return texts
+
+
+class TextTuning:
+    """The pieces of a run: teacher and student encoders, the frozen U-Net, the renders, the sampler."""
+
+    def __init__(self, cfg: TextTuningConfig, log=print):
+        from ..models.caption_vocabulary import CaptionVocabulary
+        from ..models.schedules import noise_schedule
+        from ..models.text_encoder import load_text_encoder
+        from ..models.unet import ImagenUNet
+        from .data import held_out_split, load_emoji, rendered_corpus
+        from .keywords import KEYWORD_FILE, plural, read_table
+        from .phrasing import PhrasingSampler
+        from .text_extension import extended_tokenizer, new_words
+
+        self.cfg, self.log = cfg, log
+        self.tokenizer0, self.encoder0 = load_text_encoder(cfg.weights)
+        self.vocabulary = CaptionVocabulary.from_folder(cfg.weights)
+        self.unet = ImagenUNet.from_pretrained(os.path.join(cfg.weights, "unet_1")).float().requires_grad_(False).eval()
+        self.scheduler = noise_schedule("squaredcos_cap_v2", self.unet.config.prediction_type)
+        emojis = load_emoji()
+        held = set(held_out_split(emojis))
+        self.index = {e.caption: i for i, e in enumerate(emojis)}
+        self.corpus = rendered_corpus(emojis, self.unet.config.sample_size)
+        self.names = [e.caption for e in emojis if e.caption not in held]
+        table = read_table(cfg.keywords or os.path.join(cfg.weights, KEYWORD_FILE))
+        plurals = {plural(t) for t in table} | {plural(n) for n in self.names}
+        self.sampler = PhrasingSampler(self.names, table, plural_heads=[t for t in table if t in plurals])
+        rng = random.Random(cfg.seed)
+        texts = [self.canonical(t) for t in vocabulary_texts(self.sampler, set(self.tokenizer0.get_vocab()), rng)]
+        words = new_words(self.tokenizer0, texts)
+        self.tokenizer = extended_tokenizer(self.tokenizer0, words)
+        self.encoder = self._student(words)
+        # The anchor holds the names the encoder already reads word for word (no unknown word in the old vocabulary:
+        # a word that is new to the tokenizer now reads differently, as it should).
+        unk = self.tokenizer0.unk_token_id
+        self.anchor_names = [n for n in self.names if unk not in self.tokenizer0(n).input_ids]
+        log(f"{len(self.names)} names, {len(self.sampler.typed)} typed heads, {len(words)} new words")
+
+    def canonical(self, prompt: str) -> str:
+        """What the pipeline gives the encoder for a prompt (the one shared normalisation)."""
+        return self.vocabulary.canonical(prompt) if self.vocabulary is not None else prompt
+
+    @torch.no_grad()
+    def _student(self, words: List[str]):
+        """A copy of the encoder with a row per new word: the mean row of the old words of an emoji it names."""
+        import copy
+
+        encoder = copy.deepcopy(self.encoder0)
+        old = encoder.get_input_embeddings().weight.detach().clone()
+        vocab = self.tokenizer0.get_vocab()
+        stands_for: Dict[str, str] = {}  # a word -> the first emoji named by a typed head that holds it
+        for typed in self.sampler.typed:
+            for w in re.findall(r"\w+", typed):
+                stands_for.setdefault(w, self.sampler.table[typed][0])
+        rows = []
+        for w in words:
+            ids = [vocab[x] for x in re.findall(r"\w+", stands_for.get(w, w.rstrip("s"))) if x in vocab]
+            rows.append(old[ids].mean(0) if ids else old.mean(0))
+        table = torch.nn.Embedding(old.shape[0] + len(words), old.shape[1])
+        table.weight.copy_(torch.cat([old, torch.stack(rows)]) if rows else old)
+        encoder.set_input_embeddings(table)
+        encoder.config.vocab_size = table.num_embeddings
+        return encoder.requires_grad_(True).train()
+
+    def embed(self, encoder, tokenizer, prompts: List[str]):
+        tok = tokenizer(prompts, padding=True, truncation=True, max_length=self.tokenizer0.model_max_length,
+                        return_tensors="pt")
+        mask = tok["attention_mask"].bool()
+        hidden = encoder(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+        return hidden * mask[..., None], mask
+
+    def losses(self, rng: random.Random, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        cfg = self.cfg
+        pairs = [self.sampler.sample(rng) for _ in range(cfg.batch_size)]
+        typed = [self.canonical(p) for p, _ in pairs]
+        names = [n for _, n in pairs]
+        images = torch.from_numpy(self.corpus[[self.index[n] for n in names]]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        noise = torch.randn(images.shape, generator=generator)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(pairs),), generator=generator)
+        noisy = self.scheduler.add_noise(images, noise, t)
+        with torch.no_grad():
+            teacher_embeds, teacher_mask = self.embed(self.encoder0, self.tokenizer0, names)
+            target = self.unet(noisy, t, teacher_embeds, teacher_mask).sample
+        embeds, mask = self.embed(self.encoder, self.tokenizer, typed)
+        distill = F.mse_loss(self.unet(noisy, t, embeds, mask).sample, target)
+        anchors = [rng.choice(self.anchor_names) for _ in range(cfg.anchor_batch)] if self.anchor_names else []
+        if not anchors:
+            return dict(distill=distill, anchor=torch.zeros(()))
+        with torch.no_grad():
+            fixed, fixed_mask = self.embed(self.encoder0, self.tokenizer0, anchors)
+        moved, _ = self.embed(self.encoder, self.tokenizer, anchors)
+        anchor = (moved - fixed).pow(2).sum() / (fixed_mask.sum() * fixed.shape[-1])
+        return dict(distill=distill, anchor=anchor)
+
+    def save(self, out: str) -> None:
+        os.makedirs(out, exist_ok=True)
+        self.tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
+        self.encoder.save_pretrained(os.path.join(out, "text_encoder"), safe_serialization=True)
+
+
+def tune_text(cfg: TextTuningConfig, max_minutes: Optional[float] = None, log=print) -> int:
+    """Trains (or resumes) the run; writes cfg.out at the end. Returns the step reached."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    with open(os.path.join(cfg.run_dir, "text_tuning.json"), "w") as f:
+        json.dump(asdict(cfg), f, indent=2)
+    run = TextTuning(cfg, log)
+    opt = torch.optim.AdamW(run.encoder.parameters(), lr=cfg.lr, weight_decay=0.0)
+    ckpt_path = os.path.join(cfg.run_dir, CHECKPOINT)
+    step = 0
+    rng, generator = random.Random(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 1)
+    if os.path.exists(ckpt_path):
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        run.encoder.load_state_dict(ckpt["encoder"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        rng.setstate(ckpt["rng"])
+        generator.set_state(ckpt["generator"])
+        log(f"resumed from {ckpt_path} at step {step}")
+
+    def save_checkpoint():
+        tmp = ckpt_path + ".tmp"
+        torch.save(dict(encoder=run.encoder.state_dict(), optimizer=opt.state_dict(), step=step, rng=rng.getstate(),
+                        generator=generator.get_state()), tmp)
+        os.replace(tmp, ckpt_path)
+
+    t0, deadline = time.time(), (time.time() + max_minutes * 60 if max_minutes else None)
+    first, avg = step, {}
+    while step < cfg.steps and (deadline is None or time.time() < deadline):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+        parts = run.losses(rng, generator)
+        loss = parts["distill"] + cfg.anchor_weight * parts["anchor"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.encoder.parameters(), 1.0)
+        opt.step()
+        step += 1
+        avg = {k: 0.9 * avg.get(k, v.item()) + 0.1 * v.item() for k, v in parts.items()}
+        if step % cfg.log_every == 0:
+            log(f"step {step} distill {avg['distill']:.5f} anchor {avg['anchor']:.6f} "
+                f"{(step - first) / (time.time() - t0):.2f} steps/s")
+        if step % cfg.save_every == 0:
+            save_checkpoint()
+    save_checkpoint()
+    run.save(cfg.out)
+    log(f"stopped at step {step}; text encoder and tokenizer in {cfg.out}")
+    return step

@@ -1,0 +1,141 @@
+"""The forms people type: the keyword table (CLDR + WordNet), the typed-form sampler, and the text tuning run."""
+import os
+import random
+
+import pytest
+
+from conftest import WEIGHTS
+from imagen_app.training.keywords import WordNet, build_table, plural, read_table
+from imagen_app.training.phrasing import PhrasingSampler, typed_form
+
+
+def write_wordnet(folder):
+    """A four-synset WordNet in the database format: cat (sense 1: cat, true_cat), bicycle (bike), Japan, and the
+    adjective Japanese that pertains to it; mice as the irregular plural of mouse."""
+    os.makedirs(folder, exist_ok=True)
+    nouns = {"02121620": "02121620 05 n 02 cat 0 true_cat 0 000 | feline",
+             "02834778": "02834778 06 n 02 bicycle 0 bike 0 000 | wheeled vehicle",
+             "08921850": "08921850 15 n 02 Japan 0 Nippon 0 000 | a country",
+             "08500000": "08500000 15 n 03 America 0 United_States 0 USA 0 000 | a country"}
+    with open(os.path.join(folder, "data.noun"), "w") as f:
+        f.write("  1 license header\n" + "\n".join(nouns.values()) + "\n")
+    with open(os.path.join(folder, "index.noun"), "w") as f:
+        f.write("  1 license header\n")
+        f.write("bicycle n 1 0 1 0 02834778\ncat n 1 0 1 0 02121620\njapan n 1 0 1 0 08921850\n")
+    with open(os.path.join(folder, "noun.exc"), "w") as f:
+        f.write("mice mouse\n")
+    with open(os.path.join(folder, "data.adj"), "w") as f:
+        f.write("  1 license header\n")
+        f.write("02965044 01 a 02 Japanese 0 Nipponese 0 001 \\ 08921850 n 0101 | of Japan\n")
+        f.write("02927512 01 a 01 American 0 001 \\ 08500000 n 0101 | of America\n")
+
+
+def test_keyword_table_from_cldr_and_wordnet(tmp_path):
+    write_wordnet(tmp_path / "wn")
+    wordnet = WordNet(str(tmp_path / "wn"))
+    names = {"🐱": "cat face", "🚲": "bicycle", "🐭": "mouse face", "🇯🇵": "flag: japan", "🇺🇸": "flag: united states",
+             "😀": "grinning face", "😃": "grinning face with big eyes"}
+    cldr = {"🐱": ["cat", "kitten", "face"], "😀": ["face", "happy"], "😃": ["face", "happy"], "🐭": ["mouse"]}
+    table = build_table(names, cldr, wordnet)
+    assert table["kitten"] == {"cat face"} and table["kittens"] == {"cat face"}
+    assert table["true cat"] == {"cat face"}  # WordNet's first sense of the keyword "cat"
+    assert table["bike"] == {"bicycle"} and table["bikes"] == {"bicycle"}
+    assert table["mice"] == {"mouse face"}  # the irregular plural of the keyword
+    assert table["face"] == {"cat face", "grinning face", "grinning face with big eyes"}  # a keyword names them all
+    assert table["japanese flag"] == {"flag: japan"}
+    assert table["american flag"] == {"flag: united states"}  # through another name of the country's synset
+    assert "cat face" not in table  # a name is not its own keyword
+
+
+def test_plural():
+    assert [plural(w) for w in ["fox", "cherry", "red apple", "bus", "key", "dish"]] == \
+           ["foxes", "cherries", "red apples", "buses", "keys", "dishes"]
+    assert plural("mouse", {"mouse": "mice"}) == "mice"
+
+
+def test_shipped_keyword_table_targets_no_held_out_or_toned_emoji():
+    from imagen_app.training.data import held_out_split, load_emoji
+
+    table = read_table(os.path.join(WEIGHTS, "keywords.txt"))
+    targets = {n for names in table.values() for n in names}
+    held = set(held_out_split(load_emoji()))
+    assert not targets & held
+    assert not [n for n in targets if "skin tone" in n]
+    assert "cat face" in table["kitty"] and table["coffee"] == ["hot beverage"] and table["japanese flag"] == ["flag: japan"]
+    assert "bicycle" in table["bike"] and "mouse" in table["mice"]
+
+
+def test_sampler_forms():
+    names = ["cat face", "flag: japan", "hot beverage", "banana"]
+    table = {"kitten": ["cat face"], "kittens": ["cat face"], "coffee": ["hot beverage"], "face": ["cat face", "alien"]}
+    sampler = PhrasingSampler(names, table, plural_heads=["kittens"])
+    assert sampler.table["face"] == ["cat face"]  # targets outside the names are dropped
+    rng = random.Random(0)
+    pairs = [sampler.sample(rng) for _ in range(3000)]
+    assert {n for _, n in pairs} == set(names)
+    typed = [p for p, _ in pairs]
+    assert any(p.startswith("a picture of ") for p in typed) and any(p.endswith(" emoji") for p in typed)
+    assert any(p in ("the flag of japan", "japan flag") for p in typed)
+    assert any(p.startswith("an ") for p in typed) and not any(p.startswith("a kittens") for p in typed)
+    assert not any(p.startswith("a a") or p.startswith("a e") for p in typed)  # "an emoji of ...", never "a emoji"
+    assert any("coffee" in p for p, n in pairs if n == "hot beverage")
+
+
+def test_typed_form_article():
+    rng = random.Random(1)
+    forms = {typed_form("owl", rng) for _ in range(400)}
+    assert "an owl" in forms and "a owl" not in forms
+
+
+def test_text_tuning_keeps_old_ids_learns_new_words_and_resumes(tmp_path, tiny_pipe):
+    from imagen_app.pipeline.pipeline import ImagenPipeline
+    from imagen_app.training.text_tuning import TextTuningConfig, tune_text
+    from imagen_app.training.tiny import tiny_pipeline
+
+    folder = tmp_path / "pipe"
+    tiny_pipeline(resolutions=(32,)).save_pretrained(str(folder))
+    (folder / "keywords.txt").write_text("kitten\tcat face\nkittens\tcat face\ncoffee\thot beverage\n")
+    cfg = TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run"), out=str(tmp_path / "run" / "export"),
+                           steps=3, batch_size=4, anchor_batch=8, log_every=1, save_every=100, threads=1)
+    lines = []
+    assert tune_text(cfg, log=lines.append) == 3
+    old = ImagenPipeline.from_pretrained(str(folder)).tokenizer
+    new_tok, new_enc = _load(cfg.out)
+    for caption in ["red heart", "woman firefighter: dark skin tone", "man firefighter"]:  # the tiny model's words
+        assert new_tok(caption).input_ids == old(caption).input_ids  # every old word keeps its id
+    assert new_tok.unk_token_id not in new_tok("a picture of kittens").input_ids  # new words have rows
+    assert new_enc.get_input_embeddings().num_embeddings == len(new_tok)
+    anchor = [float(line.split("anchor ")[1].split()[0]) for line in lines if "anchor" in line]
+    assert anchor and all(a < 0.05 for a in anchor)
+    cfg.steps = 5
+    lines.clear()
+    assert tune_text(cfg, log=lines.append) == 5
+    assert any("resumed" in line and "step 3" in line for line in lines)
+
+
+def _load(folder):
+    from imagen_app.models.text_encoder import load_text_encoder
+
+    return load_text_encoder(folder)
+
+
+def test_unknown_words_named_once():
+    from imagen_app.models.text_encoder import PromptEncoder
+    from imagen_app.training.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(resolutions=(8,))
+    report = PromptEncoder(pipe.tokenizer, pipe.text_encoder).report("zzqx heart zzqx zzqx blorf")
+    assert report.unknown_words == ["zzqx", "blorf"]
+
+
+@pytest.mark.parametrize("kind", ["article", "plural", "frame", "flag", "keyword", "case"])
+def test_everyday_prompt_list(kind):
+    from imagen_app.evaluation.phrasing import PROMPTS
+    from imagen_app.training.data import load_emoji
+
+    names = {e.caption for e in load_emoji()}
+    assert len(PROMPTS) >= 60 and len({p for p, _, _ in PROMPTS}) == len(PROMPTS)
+    rows = [r for r in PROMPTS if r[1] == kind]
+    assert len(rows) >= 6
+    for prompt, _, acceptable in rows:
+        assert [n for n in acceptable if n not in names] == [], prompt
