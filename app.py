@@ -5,7 +5,9 @@
 
 Environment variables: IMAGEN_WEIGHTS, IMAGEN_IF_STAGE_2, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, IMAGEN_SHARE=1,
 IMAGEN_CACHE_MINUTES (--cache-minutes: files written for a request are deleted after this long, default 60),
-IMAGEN_MCP=1 (--mcp: also serve `generate` as an MCP tool; needs `pip install "gradio[mcp]"`).
+IMAGEN_MCP=1 (--mcp: also serve `generate` as an MCP tool; needs `pip install "gradio[mcp]"`), and the request
+budget IMAGEN_MAX_STEPS, IMAGEN_MAX_IMAGES, IMAGEN_MAX_COMPARE_CELLS (--max-steps, --max-images,
+--max-compare-cells; docs/app.md).
 `--weights` also takes an IF stage I folder, or a JSON file naming {"stage_1": ..., "stage_2": ...}.
 On Hugging Face Spaces the same file is the app_file.
 """
@@ -17,6 +19,7 @@ from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the shipped model is on disk; no hub at run time
 
+from imagen_app.app.budget import add_budget_flags, budget_from_args  # noqa: E402
 from imagen_app.app.ui import CSS, build_app  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -58,11 +61,18 @@ def main(argv=None):
     parser.add_argument("--mcp", action="store_true", default=os.environ.get("IMAGEN_MCP") == "1",
                         help='also serve generate as an MCP tool at /gradio_api/mcp/sse (env IMAGEN_MCP=1; '
                              'needs pip install "gradio[mcp]")')
+    add_budget_flags(parser)
     args = parser.parse_args(argv)
     source = {"stage_1": args.weights, "stage_2": args.stage_2} if args.stage_2 else args.weights
     if args.cache_minutes <= 0:
         parser.error("--cache-minutes must be more than 0")
-    demo = build_app(source, concurrency_limit=args.concurrency, max_queue=args.max_queue, cache_minutes=args.cache_minutes)
+    try:
+        budget = budget_from_args(args)  # a bad value is named before the model loads
+    except ValueError as e:
+        parser.error(str(e))
+    print(f"request budget: {budget.describe()}", flush=True)
+    demo = build_app(source, concurrency_limit=args.concurrency, max_queue=args.max_queue, cache_minutes=args.cache_minutes,
+                     budget=budget)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS, show_error=False,
                 mcp_server=mcp_server(args.mcp))
 

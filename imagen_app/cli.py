@@ -193,6 +193,27 @@ def cmd_extend_text_encoder(args) -> int:
     return 0
 
 
+def cmd_build_keywords(args) -> int:
+    from .training.data import cache_dir
+    from .training.keywords import build_keywords
+
+    sources = os.path.join(cache_dir(), "keyword-sources")
+    lines = build_keywords(args.cldr or os.path.join(sources, "cldr"), args.wordnet or os.path.join(sources, "wordnet"),
+                           args.out)
+    print(f"{lines} keyword lines -> {args.out}")
+    return 0
+
+
+def cmd_tune_text(args) -> int:
+    from .training.text_tuning import TextTuningConfig, tune_text
+
+    cfg = TextTuningConfig(weights=args.weights, run_dir=args.run_dir, out=args.out or os.path.join(args.run_dir, "export"),
+                           steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+                           anchor_weight=args.anchor_weight)
+    tune_text(cfg, max_minutes=args.max_minutes)
+    return 0
+
+
 def cmd_train_text_encoder(args) -> int:
     from .training.text_pretrain import train_text_encoder
 
@@ -358,6 +379,26 @@ def build_parser() -> argparse.ArgumentParser:
     xt.add_argument("out")
     xt.add_argument("--weights", default=DEFAULT_WEIGHTS, help="folder with tokenizer/ and text_encoder/")
     xt.set_defaults(func=cmd_extend_text_encoder)
+
+    bk = sub.add_parser("build-keywords", help="the keyword table (keywords.txt) from the CLDR emoji annotations and "
+                                               "WordNet (scripts/fetch_keyword_sources.sh downloads both)")
+    bk.add_argument("--out", default=os.path.join(DEFAULT_WEIGHTS, "keywords.txt"))
+    bk.add_argument("--cldr", help="folder with annotations/ and annotationsDerived/ (default: the cache's)")
+    bk.add_argument("--wordnet", help="WordNet 3.0 database folder (default: the cache's)")
+    bk.set_defaults(func=cmd_build_keywords)
+
+    tt = sub.add_parser("tune-text", help="teach the text encoder the forms people type (keywords, articles, plurals, "
+                                          "frames), distilled through the frozen base U-Net; resumable")
+    tt.add_argument("--weights", default=DEFAULT_WEIGHTS, help="pipeline folder (its keywords.txt, unet_1, text encoder)")
+    tt.add_argument("--run-dir", default="runs/text_tuning")
+    tt.add_argument("--out", help="where tokenizer/ and text_encoder/ go (default RUN_DIR/export)")
+    tt.add_argument("--steps", type=int, default=4000)
+    tt.add_argument("--batch-size", type=int, default=48)
+    tt.add_argument("--lr", type=float, default=3e-4)
+    tt.add_argument("--anchor-weight", type=float, default=4.0)
+    tt.add_argument("--threads", type=int)
+    tt.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after so many minutes")
+    tt.set_defaults(func=cmd_tune_text)
 
     te = sub.add_parser("train-text-encoder", help="tokenizer + span-corruption T5 on the emoji captions")
     te.add_argument("out")

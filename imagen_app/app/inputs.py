@@ -7,11 +7,12 @@ import json
 import logging
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator, Optional, Tuple
 
 import gradio as gr
 
+from .budget import Budget
 from .memory import release_freed_memory
 from ..pipeline.settings import SETTING, Setting, whole_number
 from ..models.text_encoder import check_text
@@ -82,6 +83,34 @@ STAGE_CONTROLS = (
 CONTROL = {c.name: c for c in STAGE_CONTROLS}
 
 
+def stage_controls(budget: Optional[Budget] = None) -> Tuple[StageControl, ...]:
+    """STAGE_CONTROLS with the steps sliders (and the API's description of steps) ending at the request budget's
+    max_steps (budget.py; the default budget's is the sliders' own 200)."""
+    if budget is None:
+        return STAGE_CONTROLS
+    return tuple(replace(c, slider_high=budget.max_steps) if c.name == "num_inference_steps" else c
+                 for c in STAGE_CONTROLS)
+
+
+def steps_name(stage: int) -> str:
+    """A stage's steps as the API and the UI name them: "steps_stage_2 (Steps, stage 2)"."""
+    control = CONTROL["num_inference_steps"]
+    return f"{control.api_name(stage)} ({control.setting.label}, stage {stage})"
+
+
+def check_budget(budget: Budget, stages, given_steps=None) -> None:
+    """A run within the request budget (budget.py), before any work: `given_steps` ({stage: steps as sent}) first,
+    then the resolved `stages` (StageSettings: the steps a request left out are the pipeline's defaults). Over it:
+    an input error that names the input, the limit and how to raise it."""
+    for stage, steps in (given_steps or {}).items():
+        message = budget.steps_refusal(steps_name(stage), steps)
+        if message:
+            raise input_error(message)
+    message = budget.stages_refusal(stages or [], steps_name)
+    if message:
+        raise input_error(message)
+
+
 # The page's note under text boxes that cut at MAX_PROMPT_CHARS (the browser's maxlength drops the rest of a paste
 # without a word): run in the browser on every input, no request to the server.
 LENGTH_NOTICE = (f"⚠️ This box holds at most {MAX_PROMPT_CHARS} characters: the text was cut there, and anything "
@@ -143,7 +172,9 @@ def user_facing_errors(what: str, value_error: Callable[[ValueError], str] = api
 def refuse_extra_inputs(demo: gr.Blocks) -> None:
     """Makes each API endpoint of `demo` refuse more values than it has inputs, by name. Gradio 6.31 checks only
     too few (Blocks.validate_inputs) and drops the rest before the function runs, so a script that passes an
-    argument too many would get a result computed without it and never know."""
+    argument too many would get a result computed without it and never know. Also gives each input component
+    that has a `check_api_value(value)` (the Edit and Upscale tabs' image components) the value as sent, before
+    Gradio's own validation of it, which answers a string or a number where a file goes with its generic error."""
     check_too_few = demo.validate_inputs
 
     def validate_inputs(block_fn, inputs):
@@ -152,6 +183,10 @@ def refuse_extra_inputs(demo: gr.Blocks) -> None:
             extra = ", ".join(repr(v) for v in inputs[len(block_fn.inputs):])
             raise input_error(f"/{block_fn.api_name} takes {len(block_fn.inputs)} inputs but got {len(inputs)}: "
                               f"remove the extra value(s) at the end ({extra[:200]})")
+        for block, value in zip(block_fn.inputs, inputs):
+            check = getattr(block, "check_api_value", None)
+            if check is not None:
+                check(value)
 
     demo.validate_inputs = validate_inputs
 

@@ -28,8 +28,10 @@ from .edit_tabs import build_edit_tabs
 from .stage_pane import StagePane, stage_pane
 from .stop import ActiveRuns, session_of, wire_stop
 from ..threads import use_available_cores
-from .inputs import (CONTROL, MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, STAGE_CONTROLS, api_message, input_error,
-                     length_notice, refuse_extra_inputs, text_input, user_facing_errors, whole_input)
+from .budget import Budget
+from .inputs import (MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, STAGE_CONTROLS, api_message, check_budget,
+                     input_error, length_notice, refuse_extra_inputs, stage_controls, text_input, user_facing_errors,
+                     whole_input)
 from ..pipeline.pipeline import ImagenPipeline
 from ..pipeline.settings import StageSettings, resolve_settings
 
@@ -171,9 +173,10 @@ def generate_outputs(values: Sequence, n_stages: int) -> Dict[str, Any]:
     return dict(zip(names, values))
 
 
-def generate_docstring(n_stages: int) -> str:
+def generate_docstring(n_stages: int, budget: Optional[Budget] = None) -> str:
     """generate()'s docstring: what an API or MCP client sees of the tool (Gradio reads its "Args:" lines as the
-    description of each parameter)."""
+    description of each parameter); the steps and images as the request budget allows them."""
+    budget = budget or Budget()
     lines = [
         "Draws images for a text prompt with the loaded Imagen cascade (a base diffusion model, then super-resolution "
         f"stages; {n_stages} stage(s)), streaming every stage's x0 preview as it denoises.",
@@ -186,8 +189,8 @@ def generate_docstring(n_stages: int) -> str:
         f"    seed: the random seed, a whole number from 0 to {MAX_SEED}; the same seed and settings give the same image.",
         "    randomize_seed: true to ignore seed and draw a random one (it is returned with the result).",
     ]
-    lines += [f"    {c.describe(k)}" for c in STAGE_CONTROLS for k in range(c.first_stage, n_stages + 1)]
-    lines += ["    num_images: how many images to draw, 1 to 4.",
+    lines += [f"    {c.describe(k)}" for c in stage_controls(budget) for k in range(c.first_stage, n_stages + 1)]
+    lines += [f"    num_images: how many images to draw, 1 to {budget.max_images}.",
               f"    last_stage: the last stage to run, 1 to {n_stages} (a smaller image, sooner).",
               "",
               "Returns:",
@@ -196,11 +199,13 @@ def generate_docstring(n_stages: int) -> str:
     return "\n".join(lines)
 
 
-def make_generate(holder: PipelineHolder, active_runs: Optional[ActiveRuns] = None):
+def make_generate(holder: PipelineHolder, active_runs: Optional[ActiveRuns] = None, budget: Optional[Budget] = None):
     """The app's generate(prompt, negative_prompt, seed, randomize_seed, <per-stage settings>, num_images,
-    last_stage), a generator of output updates; its per-stage parameters follow the loaded pipeline."""
+    last_stage), a generator of output updates; its per-stage parameters follow the loaded pipeline. `budget`: the
+    request budget (budget.py; default Budget())."""
     n_stages = holder.pipe.num_stages if holder.pipe is not None else 3
     signature = inspect.Signature(generate_parameters(n_stages))
+    budget = budget or Budget()
 
     def generate(*args, **kwargs):
         """Generates images for `prompt`, streaming every stage's x0 preview as it denoises.
@@ -210,17 +215,17 @@ def make_generate(holder: PipelineHolder, active_runs: Optional[ActiveRuns] = No
         arguments = dict(bound.arguments)
         request = arguments.pop("request", None)
         with active_runs.track(session_of(request)):  # ends when the generator is closed, Stop included
-            yield from _generate(holder, n_stages, **arguments)
+            yield from _generate(holder, n_stages, budget, **arguments)
 
     active_runs = active_runs or ActiveRuns()
     generate.__signature__ = signature
     generate.__annotations__ = {"request": gr.Request}  # how Gradio tells which parameter takes the request
-    generate.__doc__ = generate_docstring(n_stages)  # the tool description an API or MCP client sees
+    generate.__doc__ = generate_docstring(n_stages, budget)  # the tool description an API or MCP client sees
     return generate
 
 
-def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, seed, randomize_seed, num_images,
-              last_stage, progress, **per_stage):
+def _generate(holder: PipelineHolder, n_stages: int, budget: Budget, prompt, negative_prompt, seed, randomize_seed,
+              num_images, last_stage, progress, **per_stage):
     pipe = holder.get()
     # {setting: one value per stage (None: that stage's default; stages without the control too)}
     given = {c.name: [None] * (c.first_stage - 1) + [per_stage.get(c.api_name(k)) for k in range(c.first_stage, n_stages + 1)]
@@ -233,12 +238,18 @@ def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, se
     seed = whole_input(seed, "seed", 0, MAX_SEED, default=0)
     if randomize_seed is not None and not isinstance(randomize_seed, bool):
         raise input_error(f"randomize_seed (Randomize seed) must be true or false, got {randomize_seed!r:.60}")
-    num_images = whole_input(num_images, "num_images (Number of images)", 1, 4, default=1)
+    images_over = budget.images_refusal("num_images (Number of images)", num_images)
+    if images_over:  # the request budget (budget.py), before any work
+        raise input_error(images_over)
+    num_images = whole_input(num_images, "num_images (Number of images)", 1, budget.max_images, default=1)
     seed = random.randint(0, MAX_SEED) if randomize_seed else seed
+    steps_given = dict(enumerate(given["num_inference_steps"], 1))
+    check_budget(budget, None, steps_given)  # steps as sent: over the budget is named before the pipeline's bounds
     try:  # resolved once, here; the stream runs these settings as they are
         stages = pipe.resolve_settings(stop_at_stage=last_stage, **given)
     except ValueError as e:
         raise input_error(api_message(e)) from None
+    check_budget(budget, stages)  # and the steps left out: the pipeline's defaults
     if not prompt.strip():
         gr.Info("Empty prompt: drawing an unconditional sample.")
     understood = understanding_markdown(pipe, prompt)
@@ -286,13 +297,19 @@ def _generate(holder: PipelineHolder, n_stages: int, prompt, negative_prompt, se
             stream.close()  # Stop (or a lost client) ends the work at the current step; then the memory is released
 
 
-def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_minutes: float = 60) -> gr.Blocks:
+def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_minutes: float = 60,
+              budget: Optional[Budget] = None) -> gr.Blocks:
     """The playground for a pipeline (or a weights folder to load it from); its per-stage controls
     follow the pipeline's stages (1-6) and resolutions. Every file Gradio or the app writes for a request
     (preview frames, results, PNG downloads) is deleted about `cache_minutes` after it was written, while the app
     runs: by Gradio's `delete_cache`, and whatever it does not track (the downloads folder's PNGs, a file recorded
     on a per-session copy of a component) two sweeps later by a cache_sweeper.py thread on the components' cache
-    folder and the downloads folder (files there before the build are never touched)."""
+    folder and the downloads folder (files there before the build are never touched). `budget`: the most one
+    request may ask (budget.py; default: Budget.from_env(), the defaults or IMAGEN_MAX_STEPS, IMAGEN_MAX_IMAGES,
+    IMAGEN_MAX_COMPARE_CELLS), every endpoint refusing a request beyond it at once."""
+    budget = budget if budget is not None else Budget.from_env()
+    log.info("request budget: %s", budget.describe())
+    controls_of_app = {c.name: c for c in stage_controls(budget)}
     holder = PipelineHolder(source)
     pipe = holder.pipe
     defaults = stage_controls_defaults(pipe)
@@ -303,7 +320,7 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
         return f"stage {k + 1}" + (f" ({resolutions[k]} px)" if resolutions[k] else "")
 
     active_runs = ActiveRuns()
-    generate = make_generate(holder, active_runs)
+    generate = make_generate(holder, active_runs, budget)
     try:  # ZeroGPU on Hugging Face Spaces: hold a GPU only while generating
         import spaces  # type: ignore
 
@@ -336,7 +353,7 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
         controls = {c.name: [] for c in STAGE_CONTROLS}  # {setting: its control of each stage that has one}
 
         def add_control(name: str, k: int, d: StageSettings) -> None:  # stage k + 1's, set to its default d
-            control = CONTROL[name]
+            control = controls_of_app[name]
             if k + 1 >= control.first_stage:
                 controls[name].append(control.component(value=getattr(d, name), label=control.label(stage_name(k))))
 
@@ -352,9 +369,11 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
                         if name not in MAIN_CONTROLS:
                             add_control(name, k, d)
             with gr.Row():
-                count = gr.Slider(1, 4, value=1, step=1, precision=0, label="Number of images")
+                count = gr.Slider(1, max(budget.max_images, 2), value=1, step=1, precision=0, label="Number of images",
+                                  visible=budget.max_images > 1)  # a budget of one image: nothing to choose
                 last_stage = (gr.Slider(1, n_stages, value=n_stages, step=1, precision=0, label="Last stage to run")
                               if n_stages > 1 else gr.Number(value=1, precision=0, visible=False, label="Last stage to run"))
+            gr.Markdown(f"This app's request budget: {budget.describe()} (a request beyond it is refused at once).")
         status = gr.Markdown("Ready.", label="Status")
         with gr.Row():
             stage_images = [stage_pane(k, resolutions[k]) for k in range(n_stages)]
@@ -386,9 +405,9 @@ def build_app(source, concurrency_limit: int = 1, max_queue: int = 16, cache_min
         # "Stopped." now, and again once the cancelled run has ended: that second answer is queued, so it comes
         # over the session's stream after every update the run sent (stop.py).
         wire_stop(stop, event, status, active_runs, triggers=[run.click, prompt.submit])
-        build_edit_tabs(holder, concurrency_limit)  # the Edit and Upscale tabs (edit_tabs.py)
+        build_edit_tabs(holder, concurrency_limit, budget)  # the Edit and Upscale tabs (edit_tabs.py)
         with gr.Tab("Compare"):  # Imagen Fig. A.10: guidance x thresholding, same seed (compare_tab.py)
-            build_compare_tab(holder, n_stages, concurrency_limit)
+            build_compare_tab(holder, n_stages, concurrency_limit, budget)
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
     refuse_extra_inputs(demo)  # Gradio would drop them silently
     # After the examples are cached. Two periods later than Gradio's own sweep, which by then has deleted the files

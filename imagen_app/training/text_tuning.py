@@ -204,7 +204,8 @@ def tune_text(cfg: TextTuningConfig, max_minutes: Optional[float] = None, log=pr
                 f"{(step - first) / (time.time() - t0):.2f} steps/s")
         if step % cfg.save_every == 0:
             save_checkpoint()
-    save_checkpoint()
+    if step > first:  # (a run asked for no more steps than its checkpoint has only exports it)
+        save_checkpoint()
     run.save(cfg.out)
     log(f"stopped at step {step}; text encoder and tokenizer in {cfg.out}")
     return step
