@@ -131,6 +131,9 @@ def understanding_markdown(pipe: ImagenPipeline, prompt: str) -> str:
         return "**Empty prompt**: an unconditional sample (the model draws whatever it likes)."
     tokens = " ".join(f"`{t}`" for t in rep.tokens)
     lines = [f"**Tokens the model sees:** {tokens}"]
+    if rep.prompt != " ".join(prompt.lower().split()):  # the shared normalisation changed more than case and spacing
+        lines.insert(0, f"**Read as:** {rep.prompt!r} (the form of the emoji's name the model was trained on: case, "
+                        "punctuation, a leading article, a flag's or skin tone's wording, an alias)")
     if rep.unknown_words:
         lines.append("⚠️ **The model doesn't know** " + ", ".join(f"'{w}'" for w in rep.unknown_words) +
                      ": it was trained on emoji names only (see *What the model knows* below).")

@@ -11,7 +11,8 @@ lookup in the pipeline's own caption list (`captions.txt` and `held_out.txt` bes
 - a country typed alone becomes its flag ("japan" -> "flag: japan", "myanmar" -> "flag: myanmar (burma)"),
   unless the word is itself the name of another emoji ("turkey" stays the bird);
 - an emoji's alias (the shortcodes of chat apps, `aliases.txt`: "cupid" -> "heart with arrow", ":knife:" ->
-  "kitchen knife"), unless it is a known name or a country ("sunglasses" stays the sunglasses emoji).
+  "kitchen knife"), unless it is a known name or a country ("sunglasses" stays the sunglasses emoji);
+- any of these after a leading article or determiner ("an astronaut", "the panda", "some grapes").
 
 A known name always maps to itself, so training captions (all known names) are encoded exactly as
 before: the lookup is part of the one prompt normalisation, shared by training and inference. What
@@ -29,6 +30,9 @@ from .text_encoder import normalize_prompt
 
 CAPTION_FILES = ("captions.txt", "held_out.txt")
 ALIAS_FILE = "aliases.txt"  # one "alias<TAB>name" per line
+# A leading article or determiner, dropped only where a known name remains (a name that starts with one, such as
+# "a button (blood type)", matches whole first).
+_DETERMINER = re.compile(r"^(?:a|an|the|some|my|this|one)\s+(?=\S)")
 
 
 def fold(text: str) -> str:
@@ -71,9 +75,15 @@ class CaptionVocabulary:
         return len(self.names)
 
     def canonical(self, prompt: str) -> str:
-        """The prompt as the model is given it: normalised, then the known name it stands for, if any."""
+        """The prompt as the model is given it: normalised, then the known name it stands for, if any, also after a
+        leading article or determiner ("an astronaut", "the panda" -> the name; "a red car" stays as typed)."""
         text = normalize_prompt(prompt)
-        return self._lookup.get(fold(text), text) if text else text
+        if not text:
+            return text
+        found = self._lookup.get(fold(text))
+        if found is None:
+            found = self._lookup.get(fold(_DETERMINER.sub("", text)))
+        return found or text
 
     @classmethod
     def from_folder(cls, folder: str) -> Optional["CaptionVocabulary"]:

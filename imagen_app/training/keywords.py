@@ -4,8 +4,8 @@
   `annotations*/en/annotations.json`): the keywords people associate with each emoji ("kitten", "kitty", "pet"
   for the cat face; "coffee", "tea" for the hot beverage; "bike" for the bicycle). The derived file adds the
   sequences (roles, flags).
-- **WordNet 3.0** (Debian `wordnet-base`, `/usr/share/wordnet`): the first sense's synonyms of an emoji's name or
-  keyword ("bicycle" -> "bike", "cycle"; "automobile" -> "car"), irregular plurals (`noun.exc`: "mice" ->
+- **WordNet 3.0** (Debian `wordnet-base`, `/usr/share/wordnet`): the first sense's synonyms of an emoji's name, or
+  of the name's head noun ("bicycle" -> "bike", "cycle"; "automobile" -> "car"; "hot beverage" -> "hot drink"), irregular plurals (`noun.exc`: "mice" ->
   "mouse"), and the adjective of a country ("japanese" -> "japan", by WordNet's pertainym pointers) for
   "the Japanese flag".
 
@@ -134,9 +134,10 @@ def build_table(names_by_chars: Dict[str, str], cldr: Dict[str, List[str]], word
         heads = [name] + cldr.get(chars, [])
         for head in heads:
             add(head, name)
-        if wordnet is not None:
-            for head in heads:
-                for synonym in wordnet.synonyms(head):
+        if wordnet is not None:  # synonyms of the name, or of its head noun in the name ("hot beverage" -> "hot drink")
+            for head in [name] + cldr.get(chars, [])[-1:]:  # the name, and CLDR's own name for the emoji (its tts)
+                words = head.split()
+                for synonym in wordnet.synonyms(head) or [" ".join(words[:-1] + [s]) for s in wordnet.synonyms(words[-1])]:
                     add(synonym, name)
     for typed, names in list(table.items()):  # plurals of every head form ("kittens", "mice")
         for name in names:

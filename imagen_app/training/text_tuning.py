@@ -31,6 +31,29 @@ import torch.nn.functional as F
 CHECKPOINT = "text_tuning.pt"
 
 
+class GrowingEmbedding(torch.nn.Module):
+    """T5's embedding table as the old rows (fixed: every name reads as before) and the new words' rows (learned, at
+    a learning rate of their own: a word seen a few dozen times must move its row by a good part of the table's
+    scale, where Adam at the transformer's learning rate would move it by a hundredth)."""
+
+    def __init__(self, old: torch.Tensor, new: torch.Tensor):
+        super().__init__()
+        self.old = torch.nn.Parameter(old.clone(), requires_grad=False)
+        self.new = torch.nn.Parameter(new.clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.cat([self.old, self.new])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+    def merged(self) -> torch.nn.Embedding:
+        table = torch.nn.Embedding(self.old.shape[0] + self.new.shape[0], self.old.shape[1])
+        table.weight.data.copy_(self.weight.detach())
+        return table
+
+
 @dataclass
 class TextTuningConfig:
     weights: str = "weights"  # the pipeline folder whose text encoder is taught (and whose base U-Net teaches)
@@ -41,7 +64,8 @@ class TextTuningConfig:
     batch_size: int = 48
     anchor_batch: int = 96
     anchor_weight: float = 4.0
-    lr: float = 3e-4
+    lr: float = 1e-4  # the encoder's layers
+    new_word_lr: float = 1e-2  # the new words' embedding rows
     warmup_steps: int = 50
     threads: Optional[int] = None
     seed: int = 0
@@ -49,7 +73,7 @@ class TextTuningConfig:
     save_every: int = 200
 
 
-def vocabulary_texts(sampler, tokenizer_words: set, rng: random.Random, samples: int = 20000) -> List[str]:
+def vocabulary_texts(sampler, rng: random.Random, samples: int = 20000) -> List[str]:
     """Texts that hold every word training can produce: the table's heads, the names, and many sampled forms."""
     from .phrasing import DETERMINERS, FLAG_FORMS, FRAMES, PLURAL_DETERMINERS, PUNCTUATION
 
@@ -85,15 +109,24 @@ class TextTuning:
         table = read_table(cfg.keywords or os.path.join(cfg.weights, KEYWORD_FILE))
         plurals = {plural(t) for t in table} | {plural(n) for n in self.names}
         self.sampler = PhrasingSampler(self.names, table, plural_heads=[t for t in table if t in plurals])
-        rng = random.Random(cfg.seed)
-        texts = [self.canonical(t) for t in vocabulary_texts(self.sampler, set(self.tokenizer0.get_vocab()), rng)]
-        words = new_words(self.tokenizer0, texts)
-        self.tokenizer = extended_tokenizer(self.tokenizer0, words)
+        saved = os.path.join(cfg.run_dir, "tokenizer")
+        if os.path.isdir(saved):  # a resumed run keeps the vocabulary it started with
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(saved)
+            old_size = len(self.tokenizer0)
+            words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= old_size]
+        else:
+            rng = random.Random(cfg.seed)
+            texts = [self.canonical(t) for t in vocabulary_texts(self.sampler, rng)]
+            words = new_words(self.tokenizer0, texts)
+            self.tokenizer = extended_tokenizer(self.tokenizer0, words)
+            self.tokenizer.save_pretrained(saved)
         self.encoder = self._student(words)
-        # The anchor holds the names the encoder already reads word for word (no unknown word in the old vocabulary:
-        # a word that is new to the tokenizer now reads differently, as it should).
+        # The anchor holds every caption of the corpus that the encoder already reads word for word (held-out
+        # compositions too: it is a constraint on embeddings and shows the U-Net no image of them).
         unk = self.tokenizer0.unk_token_id
-        self.anchor_names = [n for n in self.names if unk not in self.tokenizer0(n).input_ids]
+        self.anchor_names = [e.caption for e in emojis if unk not in self.tokenizer0(e.caption).input_ids]
         log(f"{len(self.names)} names, {len(self.sampler.typed)} typed heads, {len(words)} new words")
 
     def canonical(self, prompt: str) -> str:
@@ -116,10 +149,8 @@ class TextTuning:
         for w in words:
             ids = [vocab[x] for x in re.findall(r"\w+", stands_for.get(w, w.rstrip("s"))) if x in vocab]
             rows.append(old[ids].mean(0) if ids else old.mean(0))
-        table = torch.nn.Embedding(old.shape[0] + len(words), old.shape[1])
-        table.weight.copy_(torch.cat([old, torch.stack(rows)]) if rows else old)
-        encoder.set_input_embeddings(table)
-        encoder.config.vocab_size = table.num_embeddings
+        encoder.set_input_embeddings(GrowingEmbedding(old, torch.stack(rows) if rows else old[:0]))
+        encoder.config.vocab_size = old.shape[0] + len(words)
         return encoder.requires_grad_(True).train()
 
     def embed(self, encoder, tokenizer, prompts: List[str]):
@@ -153,9 +184,14 @@ class TextTuning:
         return dict(distill=distill, anchor=anchor)
 
     def save(self, out: str) -> None:
+        """tokenizer/ and text_encoder/ in `out`, as transformers saves them (one plain embedding table)."""
+        import copy
+
         os.makedirs(out, exist_ok=True)
         self.tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
-        self.encoder.save_pretrained(os.path.join(out, "text_encoder"), safe_serialization=True)
+        encoder = copy.deepcopy(self.encoder)
+        encoder.set_input_embeddings(encoder.get_input_embeddings().merged())
+        encoder.save_pretrained(os.path.join(out, "text_encoder"), safe_serialization=True)
 
 
 def tune_text(cfg: TextTuningConfig, max_minutes: Optional[float] = None, log=print) -> int:
@@ -167,7 +203,10 @@ def tune_text(cfg: TextTuningConfig, max_minutes: Optional[float] = None, log=pr
     with open(os.path.join(cfg.run_dir, "text_tuning.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=2)
     run = TextTuning(cfg, log)
-    opt = torch.optim.AdamW(run.encoder.parameters(), lr=cfg.lr, weight_decay=0.0)
+    new_rows = run.encoder.get_input_embeddings().new
+    layers = [p for p in run.encoder.parameters() if p.requires_grad and p is not new_rows]
+    opt = torch.optim.AdamW([dict(params=layers, lr=cfg.lr), dict(params=[new_rows], lr=cfg.new_word_lr)], weight_decay=0.0)
+    base_lrs = [cfg.lr, cfg.new_word_lr]
     ckpt_path = os.path.join(cfg.run_dir, CHECKPOINT)
     step = 0
     rng, generator = random.Random(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 1)
@@ -189,8 +228,8 @@ def tune_text(cfg: TextTuningConfig, max_minutes: Optional[float] = None, log=pr
     t0, deadline = time.time(), (time.time() + max_minutes * 60 if max_minutes else None)
     first, avg = step, {}
     while step < cfg.steps and (deadline is None or time.time() < deadline):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+        for group, lr in zip(opt.param_groups, base_lrs):
+            group["lr"] = lr * min(1.0, (step + 1) / cfg.warmup_steps)
         parts = run.losses(rng, generator)
         loss = parts["distill"] + cfg.anchor_weight * parts["anchor"]
         opt.zero_grad(set_to_none=True)

@@ -277,6 +277,15 @@ def test_a_prompt_that_fills_the_box_is_named(tiny_pipe):
     assert "500 characters" not in understanding_markdown(tiny_pipe, "red heart")
 
 
+def test_understood_says_how_the_prompt_was_read_when_it_was_brought_to_a_name(tiny_pipe):
+    """The shared normalisation (case, articles, a flag's wording) is shown, not hidden; a prompt read as typed
+    gets no such line."""
+    from imagen_app.app.ui import understanding_markdown
+
+    assert "**Read as:** 'flag: japan'" in understanding_markdown(tiny_pipe, "The flag of Japan")
+    assert "Read as" not in understanding_markdown(tiny_pipe, "Red  Heart")
+
+
 # ----- 6. Compare --------------------------------------------------------------------------------------------------
 def test_compare_cells_show_a_stage_big_enough_to_see(tiny_pipe):
     """Varying the tiny cascade's stage 1 (8 px) shows each cell as the cascade's 128 px image (stage 3, the first of
@@ -291,3 +300,4 @@ def test_compare_cells_show_a_stage_big_enough_to_see(tiny_pipe):
     blocky = np.kron(cell[::16, ::16], np.ones((16, 16, 1), int))  # what an 8 px image enlarged 16x looks like
     assert np.abs(cell - blocky).mean() > 2, "the cell is the base stage's 8 px image enlarged"
     assert status == "Done: 6 cells, seed 0." and "stage 3, 128 px" in first, first  # the status says which stage
+

@@ -27,9 +27,19 @@ def test_fold_drops_punctuation_accents_and_reads_ampersand_as_and():
     ("family man woman boy", "family: man, woman, boy"), ("Woman firefighter dark skin tone", "woman firefighter: dark skin tone"),
     ("keycap", "keycap"),  # two known names fold to it: left as typed
     ("purple heart", "purple heart"),  # not a known name: composition is left to the model
+    ("a red heart", "red heart"), ("The Red Heart!", "red heart"), ("some turkey", "turkey"), ("an japan", "flag: japan"),
+    ("a purple heart", "a purple heart"),  # no known name after the article: left to the model, article and all
+    ("the", "the"), ("a  red heart", "red heart"),
 ])
 def test_typed_forms_become_the_known_name(typed, known):
     assert CaptionVocabulary(NAMES).canonical(typed) == known
+
+
+def test_a_name_that_starts_with_an_article_matches_whole_first():
+    vocabulary = CaptionVocabulary(["a button (blood type)", "button", "the horns"])
+    assert vocabulary.canonical("a button blood type") == "a button (blood type)"
+    assert vocabulary.canonical("a button") == "button"
+    assert vocabulary.canonical("The Horns") == "the horns"
 
 
 def test_every_shipped_name_maps_to_itself_so_training_captions_are_unchanged():

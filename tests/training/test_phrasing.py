@@ -16,12 +16,14 @@ def write_wordnet(folder):
     nouns = {"02121620": "02121620 05 n 02 cat 0 true_cat 0 000 | feline",
              "02834778": "02834778 06 n 02 bicycle 0 bike 0 000 | wheeled vehicle",
              "08921850": "08921850 15 n 02 Japan 0 Nippon 0 000 | a country",
-             "08500000": "08500000 15 n 03 America 0 United_States 0 USA 0 000 | a country"}
+             "08500000": "08500000 15 n 03 America 0 United_States 0 USA 0 000 | a country",
+             "07881800": "07881800 13 n 02 beverage 0 drink 0 000 | a liquid to drink"}
     with open(os.path.join(folder, "data.noun"), "w") as f:
         f.write("  1 license header\n" + "\n".join(nouns.values()) + "\n")
     with open(os.path.join(folder, "index.noun"), "w") as f:
         f.write("  1 license header\n")
-        f.write("bicycle n 1 0 1 0 02834778\ncat n 1 0 1 0 02121620\njapan n 1 0 1 0 08921850\n")
+        f.write("beverage n 1 0 1 0 07881800\nbicycle n 1 0 1 0 02834778\ncat n 1 0 1 0 02121620\n"
+                "japan n 1 0 1 0 08921850\n")
     with open(os.path.join(folder, "noun.exc"), "w") as f:
         f.write("mice mouse\n")
     with open(os.path.join(folder, "data.adj"), "w") as f:
@@ -33,12 +35,13 @@ def write_wordnet(folder):
 def test_keyword_table_from_cldr_and_wordnet(tmp_path):
     write_wordnet(tmp_path / "wn")
     wordnet = WordNet(str(tmp_path / "wn"))
-    names = {"🐱": "cat face", "🚲": "bicycle", "🐭": "mouse face", "🇯🇵": "flag: japan", "🇺🇸": "flag: united states",
-             "😀": "grinning face", "😃": "grinning face with big eyes"}
+    names = {"🐱": "cat face", "🐈": "cat", "🚲": "bicycle", "🐭": "mouse face", "🇯🇵": "flag: japan",
+             "🇺🇸": "flag: united states", "😀": "grinning face", "😃": "grinning face with big eyes", "☕": "hot beverage"}
     cldr = {"🐱": ["cat", "kitten", "face"], "😀": ["face", "happy"], "😃": ["face", "happy"], "🐭": ["mouse"]}
     table = build_table(names, cldr, wordnet)
     assert table["kitten"] == {"cat face"} and table["kittens"] == {"cat face"}
-    assert table["true cat"] == {"cat face"}  # WordNet's first sense of the keyword "cat"
+    assert table["true cat"] == {"cat"}  # WordNet's first sense of the name
+    assert table["hot drink"] == {"hot beverage"}  # ... or of the name's head noun
     assert table["bike"] == {"bicycle"} and table["bikes"] == {"bicycle"}
     assert table["mice"] == {"mouse face"}  # the irregular plural of the keyword
     assert table["face"] == {"cat face", "grinning face", "grinning face with big eyes"}  # a keyword names them all
