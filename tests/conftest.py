@@ -55,6 +55,29 @@ def app_url(tiny_pipe):
     demo.close()
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium through Playwright (skipped without either), one per test module."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture()
+def page(browser, app_url):
+    """A fresh page (its own session) of the app on the tiny cascade for each test."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(app_url, wait_until="networkidle", timeout=60_000)
+    yield page
+    page.close()
+
+
 @pytest.fixture()
 def client(app_url):
     """A gradio_client of the app on the tiny cascade (skipped without gradio_client)."""

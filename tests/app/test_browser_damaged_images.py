@@ -7,28 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CHROMIUM, CHROMIUM_ARGS
+from conftest import CHROMIUM
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture()
-def page(browser, app_url):
-    page = browser.new_page(viewport={"width": 1280, "height": 1400})
-    page.goto(app_url, wait_until="networkidle", timeout=60_000)
-    yield page
-    page.close()
 
 
 def test_a_damaged_upload_on_the_upscale_tab_is_named(page, tmp_path):

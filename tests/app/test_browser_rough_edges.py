@@ -10,32 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CHROMIUM, CHROMIUM_ARGS, MAIN_PROMPT, REPO
+from conftest import CHROMIUM, MAIN_PROMPT, REPO
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
 PROMPT = MAIN_PROMPT
 STATUS_JS = """() => [...document.querySelectorAll('.prose, .md')].map(e => e.innerText.trim())
                 .find(t => /^(Stage \\d|Done:|Ready|Stopped|Nothing)/.test(t)) || ''"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture()
-def page(browser, app_url):
-    """A fresh page (its own session) for each test."""
-    page = browser.new_page(viewport={"width": 1280, "height": 1400})
-    page.goto(app_url, wait_until="networkidle", timeout=60_000)
-    yield page
-    page.close()
 
 
 def set_steps(page, steps):
