@@ -55,11 +55,13 @@ def flag_form(country: str, rng: random.Random) -> str:
 
 
 class PhrasingSampler:
-    """Draws (typed prompt, emoji name) pairs: half from the keyword table (keywords, synonyms, plurals, country
-    adjectives), half from the names themselves in typed forms (articles, frames, flag forms)."""
+    """Draws (typed prompt, emoji name) pairs: `keyword_share` from the keyword table (keywords, synonyms, plurals,
+    country adjectives), the rest from the names themselves in typed forms (articles, frames, flag forms)."""
 
-    def __init__(self, names: Sequence[str], table: Dict[str, List[str]], plural_heads: Sequence[str] = ()):
+    def __init__(self, names: Sequence[str], table: Dict[str, List[str]], plural_heads: Sequence[str] = (),
+                 keyword_share: float = 0.7):
         self.names = list(names)
+        self.keyword_share = keyword_share  # the share of draws from the table (the rest: the names, typed)
         known = set(self.names)
         self.table = {typed: [n for n in targets if n in known] for typed, targets in table.items()}
         self.table = {typed: targets for typed, targets in self.table.items() if targets}
@@ -77,7 +79,7 @@ class PhrasingSampler:
         return rng.choices(targets, weights)[0]
 
     def sample(self, rng: random.Random) -> Tuple[str, str]:
-        if self.typed and rng.random() < 0.5:
+        if self.typed and rng.random() < self.keyword_share:
             head = rng.choice(self.typed)
             name = self.target(head, rng)
         else:

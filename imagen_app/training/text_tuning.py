@@ -67,6 +67,7 @@ class TextTuningConfig:
     lr: float = 1e-4  # the encoder's layers
     new_word_lr: float = 1e-2  # the new words' embedding rows
     warmup_steps: int = 50
+    min_timestep: int = 250  # the distillation's timesteps: [min_timestep, 1000)
     threads: Optional[int] = None
     seed: int = 0
     log_every: int = 25
@@ -141,17 +142,29 @@ class TextTuning:
         encoder = copy.deepcopy(self.encoder0)
         old = encoder.get_input_embeddings().weight.detach().clone()
         vocab = self.tokenizer0.get_vocab()
-        stands_for: Dict[str, str] = {}  # a word -> the first emoji named by a typed head that holds it
-        for typed in self.sampler.typed:
-            for w in re.findall(r"\w+", typed):
-                stands_for.setdefault(w, self.sampler.table[typed][0])
-        rows = []
-        for w in words:
-            ids = [vocab[x] for x in re.findall(r"\w+", stands_for.get(w, w.rstrip("s"))) if x in vocab]
-            rows.append(old[ids].mean(0) if ids else old.mean(0))
+        rows = [old[ids].mean(0) if ids else old.mean(0) for ids in (self._starting_words(w, vocab) for w in words)]
         encoder.set_input_embeddings(GrowingEmbedding(old, torch.stack(rows) if rows else old[:0]))
         encoder.config.vocab_size = old.shape[0] + len(words)
         return encoder.requires_grad_(True).train()
+
+    def _starting_words(self, word: str, vocab: Dict[str, int]) -> List[int]:
+        """The old words a new word's row starts from: a plural's singular ("cats" -> "cat"); else the words that an
+        emoji it names has and the typed head lacks ("japanese" in "japanese flag" -> "japan" of "flag: japan";
+        "kitty" -> "cat", "face"); else all of that name's words."""
+        for singular in (word[:-3] + "y", word[:-2], word[:-1]) if word.endswith("s") else ():
+            if singular in vocab:
+                return [vocab[singular]]
+        if not hasattr(self, "_head_of_word"):
+            self._head_of_word: Dict[str, str] = {}
+            for typed in self.sampler.typed:
+                for w in re.findall(r"\w+", typed):
+                    self._head_of_word.setdefault(w, typed)
+        head = self._head_of_word.get(word)
+        if head is None:
+            return []
+        name_words = [w for w in re.findall(r"\w+", self.sampler.table[head][0]) if w in vocab]
+        head_words = set(re.findall(r"\w+", head))
+        return [vocab[w] for w in name_words if w not in head_words] or [vocab[w] for w in name_words]
 
     def embed(self, encoder, tokenizer, prompts: List[str]):
         tok = tokenizer(prompts, padding=True, truncation=True, max_length=self.tokenizer0.model_max_length,
@@ -167,7 +180,9 @@ class TextTuning:
         names = [n for _, n in pairs]
         images = torch.from_numpy(self.corpus[[self.index[n] for n in names]]).permute(0, 3, 1, 2).float() / 127.5 - 1
         noise = torch.randn(images.shape, generator=generator)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(pairs),), generator=generator)
+        # The upper timesteps, where what is drawn is still open and the text decides it (near t = 0 the noisy image
+        # already holds the emoji and the prediction hardly depends on the text: a weak signal for the encoder).
+        t = torch.randint(self.cfg.min_timestep, self.scheduler.config.num_train_timesteps, (len(pairs),), generator=generator)
         noisy = self.scheduler.add_noise(images, noise, t)
         with torch.no_grad():
             teacher_embeds, teacher_mask = self.embed(self.encoder0, self.tokenizer0, names)

@@ -142,3 +142,22 @@ def test_everyday_prompt_list(kind):
     assert len(rows) >= 6
     for prompt, _, acceptable in rows:
         assert [n for n in acceptable if n not in names] == [], prompt
+
+
+def test_a_new_words_row_starts_from_the_word_it_stands_for(tmp_path):
+    """A plural starts as its singular; a country's adjective as the country ("japanese" in "japanese flag" ->
+    "japan" of "flag: japan"); the old rows stay as they were."""
+    from imagen_app.training.text_tuning import TextTuning, TextTuningConfig
+    from imagen_app.training.tiny import tiny_pipeline
+
+    folder = tmp_path / "pipe"
+    pipe = tiny_pipeline(resolutions=(32,))
+    pipe.save_pretrained(str(folder))
+    (folder / "keywords.txt").write_text("japanese flag\tflag: japan\nhearts\tred heart\n")
+    run = TextTuning(TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run")), log=lambda *_: None)
+    table = run.encoder.get_input_embeddings().weight
+    old = pipe.text_encoder.get_input_embeddings().weight
+    vocab, old_vocab = run.tokenizer.get_vocab(), pipe.tokenizer.get_vocab()
+    assert (table[vocab["japanese"]] == old[old_vocab["japan"]]).all()
+    assert (table[vocab["hearts"]] == old[old_vocab["heart"]]).all()
+    assert (table[: old.shape[0]] == old).all()
