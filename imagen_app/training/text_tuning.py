@@ -32,13 +32,13 @@ CHECKPOINT = "text_tuning.pt"
 
 
 class GrowingEmbedding(torch.nn.Module):
-    """T5's embedding table as the old rows (fixed: every name reads as before) and the new words' rows (learned, at
-    a learning rate of their own: a word seen a few dozen times must move its row by a good part of the table's
-    scale, where Adam at the transformer's learning rate would move it by a hundredth)."""
+    """T5's embedding table as the old rows and the new words' rows, each with a learning rate of its own: a new word
+    seen a few dozen times must move its row by a good part of the table's scale, where Adam at the layers' learning
+    rate would move it by a hundredth; an old word's row moves slowly (or not at: `old_word_lr` 0)."""
 
     def __init__(self, old: torch.Tensor, new: torch.Tensor):
         super().__init__()
-        self.old = torch.nn.Parameter(old.clone(), requires_grad=False)
+        self.old = torch.nn.Parameter(old.clone(), requires_grad=False)  # tune_text lets it learn at old_word_lr
         self.new = torch.nn.Parameter(new.clone())
 
     @property
@@ -64,8 +64,10 @@ class TextTuningConfig:
     batch_size: int = 48
     anchor_batch: int = 96
     anchor_weight: float = 4.0
-    lr: float = 1e-4  # the encoder's layers
+    lr: float = 3e-4  # the encoder's layers
     new_word_lr: float = 1e-2  # the new words' embedding rows
+    old_word_lr: float = 1e-3  # the old words' rows ("japanese" of "japanese castle" learns "the japanese flag" too;
+    # the anchor keeps every name's embeddings); 0: fixed
     warmup_steps: int = 50
     min_timestep: int = 250  # the distillation's timesteps: [min_timestep, 1000)
     threads: Optional[int] = None
@@ -218,18 +220,26 @@ def tune_text(cfg: TextTuningConfig, max_minutes: Optional[float] = None, log=pr
     with open(os.path.join(cfg.run_dir, "text_tuning.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=2)
     run = TextTuning(cfg, log)
-    new_rows = run.encoder.get_input_embeddings().new
-    layers = [p for p in run.encoder.parameters() if p.requires_grad and p is not new_rows]
-    opt = torch.optim.AdamW([dict(params=layers, lr=cfg.lr), dict(params=[new_rows], lr=cfg.new_word_lr)], weight_decay=0.0)
-    base_lrs = [cfg.lr, cfg.new_word_lr]
+    table = run.encoder.get_input_embeddings()
+    layers = [p for p in run.encoder.parameters() if p is not table.new and p is not table.old]
+    groups = [dict(params=layers, lr=cfg.lr), dict(params=[table.new], lr=cfg.new_word_lr)]
+    if cfg.old_word_lr:
+        groups.append(dict(params=[table.old], lr=cfg.old_word_lr))
+    table.old.requires_grad_(bool(cfg.old_word_lr))
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    base_lrs = [g["lr"] for g in groups]
     ckpt_path = os.path.join(cfg.run_dir, CHECKPOINT)
-    step = 0
+    step = warm_from = 0
     rng, generator = random.Random(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 1)
     if os.path.exists(ckpt_path):
         ckpt = torch.load(ckpt_path, weights_only=False)
         run.encoder.load_state_dict(ckpt["encoder"])
-        opt.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
+        try:
+            opt.load_state_dict(ckpt["optimizer"])
+        except ValueError:  # the parameter groups changed (learning rates of their own): Adam's moments start afresh
+            warm_from = step
+            log(f"optimizer state not loaded (its groups changed); the learning rates warm up again from step {step}")
         rng.setstate(ckpt["rng"])
         generator.set_state(ckpt["generator"])
         log(f"resumed from {ckpt_path} at step {step}")
@@ -244,7 +254,7 @@ def tune_text(cfg: TextTuningConfig, max_minutes: Optional[float] = None, log=pr
     first, avg = step, {}
     while step < cfg.steps and (deadline is None or time.time() < deadline):
         for group, lr in zip(opt.param_groups, base_lrs):
-            group["lr"] = lr * min(1.0, (step + 1) / cfg.warmup_steps)
+            group["lr"] = lr * min(1.0, (step - warm_from + 1) / cfg.warmup_steps)
         parts = run.losses(rng, generator)
         loss = parts["distill"] + cfg.anchor_weight * parts["anchor"]
         opt.zero_grad(set_to_none=True)
