@@ -151,21 +151,46 @@ def build_table(names_by_chars: Dict[str, str], cldr: Dict[str, List[str]], word
     return table
 
 
-def write_table(table: Dict[str, Set[str]], path: str) -> int:
-    lines = sorted(f"{typed}\t{name}" for typed, names in table.items() for name in names)
+def word_frequency():
+    """typed -> its Zipf frequency in English (wordfreq: log10 of uses per billion words; "kitten" 3.6, "music"
+    5.5, "medico" 2.5), or None without the `wordfreq` package (a build-time tool, not a run-time dependency)."""
+    try:
+        from wordfreq import zipf_frequency
+    except ImportError:
+        return None
+    return lambda typed: zipf_frequency(typed, "en")
+
+
+def write_table(table: Dict[str, Set[str]], path: str, frequency=None) -> int:
+    """One "typed<TAB>name" line per pair, sorted; with `frequency`, a third column: the typed form's Zipf frequency
+    (training draws common words more often: the words people type are the common ones)."""
+    zipf = {typed: frequency(typed) for typed in table} if frequency else {}
+    lines = sorted(f"{typed}\t{name}" + (f"\t{zipf[typed]:.2f}" if frequency else "")
+                   for typed, names in table.items() for name in names)
     with open(path, "w", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in lines))
     return len(lines)
 
 
 def read_table(path: str) -> Dict[str, List[str]]:
+    """typed -> the names it stands for."""
     table: Dict[str, List[str]] = {}
+    for typed, name, _ in _rows(path):
+        table.setdefault(typed, []).append(name)
+    return table
+
+
+def read_frequencies(path: str) -> Dict[str, float]:
+    """typed -> its Zipf frequency, where the table has the column (else empty)."""
+    return {typed: float(zipf) for typed, _, zipf in _rows(path) if zipf}
+
+
+def _rows(path: str):
     with open(path, encoding="utf-8") as f:
         for line in f:
-            typed, _, name = line.rstrip("\n").partition("\t")
-            if name:
-                table.setdefault(typed, []).append(name)
-    return table
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) >= 2 and parts[1]:
+                yield parts[0], parts[1], parts[2] if len(parts) > 2 else None
 
 
 def keyword_targets(emojis) -> Dict[str, str]:
@@ -190,4 +215,4 @@ def build_keywords(cldr_dir: str, wordnet_dir: str, out: str) -> int:
     if not cldr:
         raise FileNotFoundError(f"no CLDR annotations under {cldr_dir} (annotations/en/annotations.json); "
                                 "run scripts/fetch_keyword_sources.sh")
-    return write_table(build_table(keyword_targets(load_emoji()), cldr, WordNet(wordnet_dir)), out)
+    return write_table(build_table(keyword_targets(load_emoji()), cldr, WordNet(wordnet_dir)), out, word_frequency())

@@ -9,8 +9,9 @@ of everyday prompts.
 """
 from __future__ import annotations
 
+import itertools
 import random
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 DETERMINERS = [("", 0.40), ("a", 0.30), ("the", 0.15), ("some", 0.05), ("my", 0.03), ("this", 0.03), ("one", 0.04)]
 PLURAL_DETERMINERS = [("", 0.55), ("the", 0.2), ("some", 0.15), ("many", 0.05), ("my", 0.05)]
@@ -59,13 +60,18 @@ class PhrasingSampler:
     country adjectives), the rest from the names themselves in typed forms (articles, frames, flag forms)."""
 
     def __init__(self, names: Sequence[str], table: Dict[str, List[str]], plural_heads: Sequence[str] = (),
-                 keyword_share: float = 0.7):
+                 keyword_share: float = 0.7, zipf: Optional[Dict[str, float]] = None):
         self.names = list(names)
         self.keyword_share = keyword_share  # the share of draws from the table (the rest: the names, typed)
         known = set(self.names)
         self.table = {typed: [n for n in targets if n in known] for typed, targets in table.items()}
         self.table = {typed: targets for typed, targets in self.table.items() if targets}
         self.typed = sorted(self.table)
+        # A typed head is drawn in proportion to how common it is in English (2^(Zipf - 4), within 0.1-4: "music" 2.9,
+        # "kitten" 0.8, "medico" 0.2): the words people type are the common ones. Uniform without frequencies.
+        zipf = zipf or {}
+        self._cumulative = list(itertools.accumulate(
+            min(4.0, max(0.1, 2 ** (zipf[t] - 4))) if t in zipf else 1.0 for t in self.typed))
         self.plural_heads = set(plural_heads)  # typed heads that are plurals (for their determiners)
         self._by_name: Dict[str, List[str]] = {}  # emoji name -> the typed heads that stand for it
         for typed, targets in self.table.items():
@@ -80,7 +86,7 @@ class PhrasingSampler:
 
     def sample(self, rng: random.Random) -> Tuple[str, str]:
         if self.typed and rng.random() < self.keyword_share:
-            head = rng.choice(self.typed)
+            head = rng.choices(self.typed, cum_weights=self._cumulative)[0]
             name = self.target(head, rng)
         else:
             name = rng.choice(self.names)

@@ -95,7 +95,7 @@ class TextTuning:
         from ..models.text_encoder import load_text_encoder
         from ..models.unet import ImagenUNet
         from .data import held_out_split, load_emoji, rendered_corpus
-        from .keywords import KEYWORD_FILE, plural, read_table
+        from .keywords import KEYWORD_FILE, plural, read_frequencies, read_table
         from .phrasing import PhrasingSampler
         from .text_extension import extended_tokenizer, new_words
 
@@ -109,9 +109,11 @@ class TextTuning:
         self.index = {e.caption: i for i, e in enumerate(emojis)}
         self.corpus = rendered_corpus(emojis, self.unet.config.sample_size)
         self.names = [e.caption for e in emojis if e.caption not in held]
-        table = read_table(cfg.keywords or os.path.join(cfg.weights, KEYWORD_FILE))
+        table_path = cfg.keywords or os.path.join(cfg.weights, KEYWORD_FILE)
+        table = read_table(table_path)
         plurals = {plural(t) for t in table} | {plural(n) for n in self.names}
-        self.sampler = PhrasingSampler(self.names, table, plural_heads=[t for t in table if t in plurals])
+        self.sampler = PhrasingSampler(self.names, table, plural_heads=[t for t in table if t in plurals],
+                                       zipf=read_frequencies(table_path))
         saved = os.path.join(cfg.run_dir, "tokenizer")
         if os.path.isdir(saved):  # a resumed run keeps the vocabulary it started with
             from transformers import AutoTokenizer

@@ -161,3 +161,11 @@ def test_a_new_words_row_starts_from_the_word_it_stands_for(tmp_path):
     assert (table[vocab["japanese"]] == old[old_vocab["japan"]]).all()
     assert (table[vocab["hearts"]] == old[old_vocab["heart"]]).all()
     assert (table[: old.shape[0]] == old).all()
+
+
+def test_common_words_are_drawn_more_often():
+    sampler = PhrasingSampler(["cat face", "hot beverage"], {"kitten": ["cat face"], "medico": ["hot beverage"]},
+                              keyword_share=1.0, zipf={"kitten": 4.0, "medico": 2.0})
+    rng = random.Random(0)
+    heads = [sampler.sample(rng)[1] for _ in range(2000)]
+    assert 3 < heads.count("cat face") / heads.count("hot beverage") < 6  # 2^0 / 2^-2 = 4
