@@ -68,6 +68,10 @@ class TextTuningConfig:
     new_word_lr: float = 1e-2  # the new words' embedding rows
     old_word_lr: float = 1e-3  # the old words' rows ("japanese" of "japanese castle" learns "the japanese flag" too;
     # the anchor keeps every name's embeddings); 0: fixed
+    # Only the new words' rows learn: every caption made of old words encodes bit for bit as before (the families, the
+    # examples and the held-out compositions cannot move); what old words do in a new form ("emoji", "a picture of")
+    # is then not learned.
+    new_words_only: bool = True
     warmup_steps: int = 50
     min_timestep: int = 250  # the distillation's timesteps: [min_timestep, 1000)
     threads: Optional[int] = None
@@ -128,6 +132,7 @@ class TextTuning:
             self.tokenizer = extended_tokenizer(self.tokenizer0, words)
             self.tokenizer.save_pretrained(saved)
         self.encoder = self._student(words)
+        self.old_vocab_size = len(self.tokenizer0)
         # The anchor holds every caption of the corpus that the encoder already reads word for word (held-out
         # compositions too: it is a constraint on embeddings and shows the U-Net no image of them).
         unk = self.tokenizer0.unk_token_id
@@ -179,8 +184,17 @@ class TextTuning:
 
     def losses(self, rng: random.Random, generator: torch.Generator) -> Dict[str, torch.Tensor]:
         cfg = self.cfg
-        pairs = [self.sampler.sample(rng) for _ in range(cfg.batch_size)]
-        typed = [self.canonical(p) for p, _ in pairs]
+        pairs, typed = [], []
+        for _ in range(50 * cfg.batch_size):
+            if len(pairs) == cfg.batch_size:
+                break
+            pair = self.sampler.sample(rng)
+            prompt = self.canonical(pair[0])
+            # Only the new words learn: a form made of old words alone would teach nothing, so it is drawn again.
+            if cfg.new_words_only and max(self.tokenizer(prompt).input_ids) < self.old_vocab_size:
+                continue
+            pairs.append(pair)
+            typed.append(prompt)
         names = [n for _, n in pairs]
         images = torch.from_numpy(self.corpus[[self.index[n] for n in names]]).permute(0, 3, 1, 2).float() / 127.5 - 1
         noise = torch.randn(images.shape, generator=generator)
@@ -193,7 +207,8 @@ class TextTuning:
             target = self.unet(noisy, t, teacher_embeds, teacher_mask).sample
         embeds, mask = self.embed(self.encoder, self.tokenizer, typed)
         distill = F.mse_loss(self.unet(noisy, t, embeds, mask).sample, target)
-        anchors = [rng.choice(self.anchor_names) for _ in range(cfg.anchor_batch)] if self.anchor_names else []
+        anchors = ([rng.choice(self.anchor_names) for _ in range(cfg.anchor_batch)]
+                   if self.anchor_names and not cfg.new_words_only else [])  # nothing old moves: no anchor needed
         if not anchors:
             return dict(distill=distill, anchor=torch.zeros(()))
         with torch.no_grad():
@@ -224,10 +239,14 @@ def tune_text(cfg: TextTuningConfig, max_minutes: Optional[float] = None, log=pr
     run = TextTuning(cfg, log)
     table = run.encoder.get_input_embeddings()
     layers = [p for p in run.encoder.parameters() if p is not table.new and p is not table.old]
-    groups = [dict(params=layers, lr=cfg.lr), dict(params=[table.new], lr=cfg.new_word_lr)]
-    if cfg.old_word_lr:
+    groups = [dict(params=[table.new], lr=cfg.new_word_lr)]
+    if not cfg.new_words_only:
+        groups.append(dict(params=layers, lr=cfg.lr))
+    if cfg.old_word_lr and not cfg.new_words_only:
         groups.append(dict(params=[table.old], lr=cfg.old_word_lr))
-    table.old.requires_grad_(bool(cfg.old_word_lr))
+    for p in layers:
+        p.requires_grad_(not cfg.new_words_only)
+    table.old.requires_grad_(bool(cfg.old_word_lr) and not cfg.new_words_only)
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     base_lrs = [g["lr"] for g in groups]
     ckpt_path = os.path.join(cfg.run_dir, CHECKPOINT)

@@ -3,6 +3,7 @@ import os
 import random
 
 import pytest
+import torch
 
 from conftest import WEIGHTS
 from imagen_app.training.keywords import WordNet, build_table, plural, read_table
@@ -169,3 +170,25 @@ def test_common_words_are_drawn_more_often():
     rng = random.Random(0)
     heads = [sampler.sample(rng)[1] for _ in range(2000)]
     assert 3 < heads.count("cat face") / heads.count("hot beverage") < 6  # 2^0 / 2^-2 = 4
+
+
+def test_new_words_only_leaves_every_old_caption_as_it_was(tmp_path):
+    """With only the new words' rows learning (the default), a caption of old words encodes bit for bit as before."""
+    from imagen_app.models.text_encoder import load_text_encoder
+    from imagen_app.training.text_tuning import TextTuningConfig, tune_text
+    from imagen_app.training.tiny import TINY_CAPTIONS, tiny_pipeline
+
+    folder = tmp_path / "pipe"
+    pipe = tiny_pipeline(resolutions=(32,))
+    pipe.save_pretrained(str(folder))
+    (folder / "keywords.txt").write_text("hearts\tred heart\njapanese flag\tflag: japan\n")
+    cfg = TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run"), out=str(tmp_path / "export"),
+                           steps=4, batch_size=4, threads=1)
+    tune_text(cfg, log=lambda *_: None)
+    tokenizer, encoder = load_text_encoder(cfg.out)
+    for caption in TINY_CAPTIONS:
+        before = pipe.text_encoder(**pipe.tokenizer(caption, return_tensors="pt")).last_hidden_state
+        after = encoder(**tokenizer(caption, return_tensors="pt")).last_hidden_state
+        assert torch.equal(before, after), caption
+    new = encoder.get_input_embeddings().weight[tokenizer.get_vocab()["japanese"]]  # it started as "japan" and learned
+    assert not torch.equal(new, pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.get_vocab()["japan"]])
