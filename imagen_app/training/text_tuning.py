@@ -60,12 +60,12 @@ class TextTuningConfig:
     keywords: Optional[str] = None  # the keyword table (default: weights/keywords.txt)
     run_dir: str = "runs/text_tuning"  # checkpoint (resumable) and log
     out: str = "runs/text_tuning/export"  # tokenizer/ and text_encoder/ written here
-    steps: int = 3000
+    steps: int = 1800
     batch_size: int = 48
     anchor_batch: int = 96
     anchor_weight: float = 4.0
     lr: float = 3e-4  # the encoder's layers
-    new_word_lr: float = 1e-2  # the new words' embedding rows
+    new_word_lr: float = 2e-2  # the new words' embedding rows
     old_word_lr: float = 1e-3  # the old words' rows ("japanese" of "japanese castle" learns "the japanese flag" too;
     # the anchor keeps every name's embeddings); 0: fixed
     # Only the new words' rows learn: every caption made of old words encodes bit for bit as before (the families, the
