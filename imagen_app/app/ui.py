@@ -136,7 +136,7 @@ def understanding_markdown(pipe: ImagenPipeline, prompt: str) -> str:
                         "punctuation, a leading article, a flag's or skin tone's wording, an alias)")
     if rep.unknown_words:
         lines.append("⚠️ **The model doesn't know** " + ", ".join(f"'{w}'" for w in rep.unknown_words) +
-                     ": it was trained on emoji names only (see *What the model knows* below).")
+                     ": it knows the emoji names and the words people use for them (see *What the model knows* below).")
     if rep.truncated_words:
         lines.append("⚠️ **Cut by the length limit:** " + " ".join(rep.truncated_words))
     if len(prompt) >= MAX_PROMPT_CHARS:
@@ -433,7 +433,8 @@ def known_captions_markdown(pipe: Optional[ImagenPipeline]) -> str:
         return "No model loaded."
     vocab = sorted(w for w in pipe.tokenizer.get_vocab() if not w.startswith("<"))
     text = (f"The shipped model was trained on the names of emoji (OpenMoji, CC BY-SA 4.0), e.g. 'red heart', "
-            f"'flag: japan', 'woman firefighter: dark skin tone'. Its vocabulary has {len(vocab)} words; other words "
-            "are unknown to it. The full caption list is `weights/captions.txt`; compositions held out of training "
-            "are in `weights/held_out.txt`.\n\n")
+            f"'flag: japan', 'woman firefighter: dark skin tone', and taught the words people use for them (the "
+            f"keywords, synonyms and plurals of `weights/keywords.txt`: 'kitten', 'bike', 'the Japanese flag'). Its "
+            f"vocabulary has {len(vocab)} words; other words are unknown to it. The full caption list is "
+            "`weights/captions.txt`; compositions held out of training are in `weights/held_out.txt`.\n\n")
     return text + "<details><summary>All known words</summary>\n\n" + ", ".join(vocab) + "\n\n</details>"
