@@ -98,7 +98,7 @@ def read_image(source, what: str = "The image", mode: Optional[str] = "RGB", max
         elif isinstance(record.get("url"), str) and record["url"].startswith("data:"):
             source = record["url"]
         else:
-            raise refuse(f"must be an image file; got a record without a file path ({_short(record)})")
+            raise refuse(f"must be an image file; got a record without a file path ({short_repr(record)})")
     if isinstance(source, str) and source.startswith("data:"):
         try:
             header, payload = source.split(",", 1)
@@ -118,11 +118,12 @@ def read_image(source, what: str = "The image", mode: Optional[str] = "RGB", max
     elif isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     else:
-        raise refuse(f"must be an image file, got {type(source).__name__} {_short(source)}")
+        raise refuse(f"must be an image file, got {type(source).__name__} {short_repr(source)}")
     return _in_mode(_decode(data, name, max_side, refuse), mode, refuse)
 
 
-def _short(value) -> str:
+def short_repr(value) -> str:
+    """repr(value), cut to 60 characters: how a message quotes a value a user sent."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -6,20 +6,19 @@ each cell's settings update as each cell finishes. Every input of its `compare` 
 inputs.py's checks, as /generate's are, and the grid's size (cells) and the steps its cells run against the request
 budget (budget.py) before any work.
 
-The cells run as `imagen_app.evaluation.compare.run_cells` runs them (the same settings, the same images), but over
-the pipeline's `stream`, one denoising step at a time, with a status update at least every STATUS_INTERVAL_S: Gradio
+The cells run through `imagen_app.evaluation.compare.stream_cells` (as the CLI's grid does), one denoising step at a
+time, with a status update at least every STATUS_INTERVAL_S: Gradio
 cancels a streaming event (the Stop button, a client's cancel) only between two updates, so a cancel ends the grid
 within a step, not at the end of a whole cell (which took 4.7 s; /generate's cancel is as quick).
 """
 from __future__ import annotations
 
 import time
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import List, Optional
 
 import gradio as gr
-import torch
 
-from ..evaluation.compare import Cell, Row, labelled_grid, parse_row, readable_stage
+from ..evaluation.compare import Cell, labelled_grid, parse_row, readable_stage, stream_cells
 from .budget import Budget
 from .inputs import (CONTROL, MAX_PROMPT_CHARS, MAX_SEED, check_budget, choice_input, input_error, text_input,
                      user_facing_errors, whole_input)
@@ -55,38 +54,6 @@ def parse_grid(guidance_text, row_kind: str, budget: Optional[Budget] = None):
     return guidances, rows
 
 
-def _at_stage(value, stage: int, n: int):
-    """A per-stage list of stages 1..n that sets `stage` (1-based), the others at their defaults (as run_cells)."""
-    return None if value is None else [None] * (stage - 1) + [value] + [None] * (n - stage)
-
-
-def cell_settings(row: Row, guidance: float, stage: int, show: int) -> dict:
-    """The pipeline's per-stage settings of one cell: run_cells' (evaluation/compare.py), for `pipe.stream`."""
-    return dict(guidance_scale=_at_stage(float(guidance), stage, show),
-                dynamic_thresholding_percentile=_at_stage(row.dynamic_thresholding_percentile, stage, show),
-                dynamic_thresholding_max=_at_stage(1.0, stage, show) if row.static else None,
-                noise_aug_level=_at_stage(row.noise_aug_level, stage, show), stop_at_stage=show)
-
-
-def stream_cells(pipe, prompt: str, guidances: Sequence[float], rows: Sequence[Row], seed: int, stage: int,
-                 show: int) -> Iterator[Union[Cell, object]]:
-    """run_cells, one denoising step at a time: the pipeline's StageEvent after every step of every cell, and each
-    Cell (its image the output of stage `show`) when it finishes. Closing it ends the current cell at its step."""
-    for i, row in enumerate(rows):
-        for j, g in enumerate(guidances):
-            events = pipe.stream(prompt, generator=torch.Generator().manual_seed(seed),
-                                 **cell_settings(row, g, stage, show))
-            try:
-                for ev in events:
-                    if ev.is_final:
-                        yield Cell(i, j, float(g), row.dynamic_thresholding_percentile, row.static,
-                                   row.noise_aug_level, seed, stage, ev.output.images[0], shown_stage=show)
-                    else:
-                        yield ev
-            finally:
-                events.close()
-
-
 def make_compare(holder, budget: Optional[Budget] = None, active_runs: Optional[ActiveRuns] = None):
     n_stages = holder.pipe.num_stages if holder.pipe is not None else 3
     budget = budget or Budget()
@@ -112,9 +79,6 @@ def _compare(holder, n_stages: int, budget: Budget, prompt, guidance_text, row_k
     guidances, rows = parse_grid(guidance_text, row_kind, budget)
     stage = whole_input(stage, "stage (Stage)", 1, n_stages, default=1)
     seed = whole_input(seed, "seed", 0, MAX_SEED, default=0)
-    if stage == 1 and any(r.noise_aug_level is not None for r in rows):  # as run_cells says it, before any work
-        raise input_error(f"noise augmentation rows need a super-resolution stage: pass stage 2 or more "
-                          f"(row_kind {row_kind!r}, stage {stage})")
     cells: List = []
     total = len(guidances) * len(rows)
     # Each cell at a size that shows the difference: the varied stage's image carried on (default settings) to
@@ -126,9 +90,10 @@ def _compare(holder, n_stages: int, budget: Budget, prompt, guidance_text, row_k
     where = corner + (f" (stage {stage} varied)" if shown != stage else "")
     grid, table = labelled_grid(cells, guidances, rows, corner=corner), []
     last_update = time.monotonic()
-    # A ValueError is bad settings, named with the rows and stage (inputs.user_facing_errors).
+    # A ValueError is bad settings (noise rows on the base stage: stream_cells says so before any work), named with
+    # the rows and stage (inputs.user_facing_errors).
     with user_facing_errors("Compare", lambda e: f"{e} (row_kind {row_kind!r}, stage {stage})"):
-        events = stream_cells(pipe, prompt, guidances, rows, seed, stage, shown)
+        events = stream_cells(pipe, prompt, guidances, rows, seed, stage, show_stage=shown)
         try:
             for item in events:
                 now = time.monotonic()

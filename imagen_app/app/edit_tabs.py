@@ -31,7 +31,7 @@ from gradio.utils import get_upload_folder
 from PIL import Image, ImageChops
 
 from ..pipeline.editing import mask_gray
-from ..images import ImageInputError, accepted_images, image_grid, read_image
+from ..images import ImageInputError, accepted_images, image_grid, read_image, short_repr
 from .budget import Budget
 from .stage_pane import StagePane, stage_pane
 from .inputs import (CONTROL, MAX_PROMPT_CHARS, MAX_SEED, PREVIEW_INTERVAL_S, api_message, check_budget, input_error,
@@ -128,15 +128,10 @@ def _uploaded(path: str) -> bool:
         return False
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def not_a_file(what: str, value, expected: str = "an image file") -> gr.Error:
     """The message for a value that is not a file where an image goes (a string, a number, a list, ...)."""
     return input_error(f"{what} must be {expected} (from a script, each file as gradio_client's "
-                       f"handle_file('picture.png') sends it), got {type(value).__name__} {_short(value)}. Accepted "
+                       f"handle_file('picture.png') sends it), got {type(value).__name__} {short_repr(value)}. Accepted "
                        f"images: {accepted_images()}.")
 
 
@@ -147,10 +142,10 @@ def check_file(what: str, value, needs_meta: bool = False) -> None:
         raise not_a_file(what, value)
     if needs_meta and value.get("meta") != {"_type": "gradio.FileData"}:
         raise input_error(f"{what} must be a file record as gradio_client's handle_file sends it, with "
-                          f"\"meta\": {{\"_type\": \"gradio.FileData\"}}, got {_short(value)}")
+                          f"\"meta\": {{\"_type\": \"gradio.FileData\"}}, got {short_repr(value)}")
     if value.get("path") is not None and not _uploaded(value["path"]):
         raise input_error(f"{what} must be a file uploaded to this app (gradio_client's handle_file uploads it), "
-                          f"not a path on the server: {_short(value['path'])}")
+                          f"not a path on the server: {short_repr(value['path'])}")
 
 
 def read_input_image(value, what: str, mode: Optional[str] = "RGB") -> Image.Image:

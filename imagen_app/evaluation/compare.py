@@ -61,11 +61,22 @@ def _at_stage(value, stage: int, n: Optional[int] = None):
     return None if value is None else [None] * (stage - 1) + [value] + [None] * (n - stage)
 
 
-def run_cells(pipe, prompt: str, guidances: Sequence[float], rows: Sequence[Row], seed: int = 0,
-              stage: int = 1, negative_prompt: Optional[str] = None, show_stage: Optional[int] = None) -> Iterator[Cell]:
-    """Runs the grid cell by cell (rows, then columns), yielding each cell with its image as it finishes. The
-    settings vary at `stage`; each cell's image is the output of `show_stage` (default `stage`; a later stage runs
-    with its default settings on the varied stage's image, which shows the difference at a size one can see)."""
+def cell_settings(row: Row, guidance: float, stage: int, show: int) -> dict:
+    """One cell's per-stage settings for the pipeline: `guidance` and the row's setting at `stage`, the other stages
+    up to `show` at their defaults."""
+    return dict(guidance_scale=_at_stage(float(guidance), stage, show),
+                dynamic_thresholding_percentile=_at_stage(row.dynamic_thresholding_percentile, stage, show),
+                dynamic_thresholding_max=_at_stage(1.0, stage, show) if row.static else None,
+                noise_aug_level=_at_stage(row.noise_aug_level, stage, show), stop_at_stage=show)
+
+
+def stream_cells(pipe, prompt: str, guidances: Sequence[float], rows: Sequence[Row], seed: int = 0, stage: int = 1,
+                 negative_prompt: Optional[str] = None, show_stage: Optional[int] = None) -> Iterator:
+    """Runs the grid cell by cell (rows, then columns) over the pipeline's `stream`: the StageEvent of every denoising
+    step, and each Cell with its image when it finishes. The settings vary at `stage`; each cell's image is the output
+    of `show_stage` (default `stage`; a later stage runs with its default settings on the varied stage's image, which
+    shows the difference at a size one can see). Closing the iterator ends the current cell at its step (the app's
+    Stop)."""
     if not 1 <= stage <= pipe.num_stages:
         raise ValueError(f"stage must be between 1 and {pipe.num_stages}, got {stage}")
     show = stage if show_stage is None else show_stage
@@ -75,13 +86,21 @@ def run_cells(pipe, prompt: str, guidances: Sequence[float], rows: Sequence[Row]
         raise ValueError("noise augmentation rows need a super-resolution stage: pass stage 2 or more")
     for i, row in enumerate(rows):
         for j, g in enumerate(guidances):
-            out = pipe(prompt, negative_prompt=negative_prompt, guidance_scale=_at_stage(float(g), stage, show),
-                       dynamic_thresholding_percentile=_at_stage(row.dynamic_thresholding_percentile, stage, show),
-                       dynamic_thresholding_max=_at_stage(1.0, stage, show) if row.static else None,
-                       noise_aug_level=_at_stage(row.noise_aug_level, stage, show), stop_at_stage=show,
-                       generator=torch.Generator().manual_seed(seed))
-            yield Cell(i, j, float(g), row.dynamic_thresholding_percentile, row.static, row.noise_aug_level, seed, stage,
-                       out.images[0], shown_stage=show)
+            events = pipe.stream(prompt, negative_prompt=negative_prompt, generator=torch.Generator().manual_seed(seed),
+                                 **cell_settings(row, g, stage, show))
+            try:
+                for event in events:
+                    yield (Cell(i, j, float(g), row.dynamic_thresholding_percentile, row.static, row.noise_aug_level,
+                                seed, stage, event.output.images[0], shown_stage=show) if event.is_final else event)
+            finally:
+                events.close()
+
+
+def run_cells(pipe, prompt: str, guidances: Sequence[float], rows: Sequence[Row], seed: int = 0,
+              stage: int = 1, negative_prompt: Optional[str] = None, show_stage: Optional[int] = None) -> Iterator[Cell]:
+    """stream_cells' cells alone, each as it finishes."""
+    return (item for item in stream_cells(pipe, prompt, guidances, rows, seed, stage, negative_prompt, show_stage)
+            if isinstance(item, Cell))
 
 
 def readable_stage(pipe, stage: int, min_px: int = 128) -> int:

@@ -120,9 +120,9 @@ def phrasing(pipe, emojis, corpus, generate_base, seeds=(0, 1), prompts=PROMPTS)
         distances = torch.cdist(images.flatten(1), corpus.flatten(1))
         nearest3 = distances.topk(3, largest=False).indices.tolist()
         right = [any(i in ok for i in n3) for n3 in nearest3]
-        report = pipe.prompt_encoder.report(prompt) if hasattr(pipe, "prompt_encoder") else None
+        report = pipe.check_prompt(prompt)
         rows.append(dict(prompt=prompt, kind=kind, right=right, nearest=[emojis[n3[0]].caption for n3 in nearest3],
-                         understood=getattr(report, "prompt", None), unknown=getattr(report, "unknown_words", [])))
+                         understood=report.prompt, unknown=report.unknown_words))
     kinds: Dict[str, Dict] = {}
     for r in rows:
         k = kinds.setdefault(r["kind"], dict(right=0, asked=0))

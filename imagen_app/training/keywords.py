@@ -97,7 +97,7 @@ class WordNet:
                     symbol, offset, pos, source_target = parts[k + 1 + 4 * p: k + 5 + 4 * p]
                     if symbol != "\\" or pos != "n":
                         continue
-                    source, target = int(source_target[:2], 16), int(source_target[2:], 16)
+                    source = int(source_target[:2], 16)  # the adjective's word in its synset
                     adjective = words[source - 1] if 0 < source <= len(words) else None
                     # any name of the country's synset: "american" -> "america" = "united states"
                     countries = [n.replace("_", " ") for n in nouns.get(offset, []) if n.replace("_", " ") in wanted]
@@ -195,14 +195,14 @@ def _rows(path: str):
 
 def keyword_targets(emojis) -> Dict[str, str]:
     """The emoji a keyword may stand for: the training split's names without a skin tone, by their characters."""
-    from .data import held_out_split
+    from .data import code_chars, held_out_split
 
     held = set(held_out_split(emojis))
     out = {}
     for e in emojis:
         if e.caption in held or "skin tone" in e.caption:
             continue
-        out[strip_variation("".join(chr(int(c, 16)) for c in e.code.split("-")))] = e.caption
+        out[strip_variation(code_chars(e.code))] = e.caption
     return out
 
 

@@ -15,10 +15,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 DETERMINERS = [("", 0.40), ("a", 0.30), ("the", 0.15), ("some", 0.05), ("my", 0.03), ("this", 0.03), ("one", 0.04)]
 PLURAL_DETERMINERS = [("", 0.55), ("the", 0.2), ("some", 0.15), ("many", 0.05), ("my", 0.05)]
-FRAMES = [("{}", 0.50), ("{} emoji", 0.10), ("{} icon", 0.04), ("a picture of {}", 0.06), ("a drawing of {}", 0.05),
-          ("an image of {}", 0.04), ("an icon of {}", 0.03), ("an emoji of {}", 0.04), ("a photo of {}", 0.03),
-          ("emoji of {}", 0.02), ("{} emoji please", 0.02), ("draw {}", 0.03), ("show me {}", 0.02),
-          ("a cute {}", 0.01), ("a little {}", 0.01)]
+# (frame, weight, how often the head inside takes a determiner: "a picture of a cat", but mostly "cat emoji")
+FRAMES = [("{}", 0.50, 1.0), ("{} emoji", 0.10, 0.3), ("{} icon", 0.04, 1.0), ("a picture of {}", 0.06, 1.0),
+          ("a drawing of {}", 0.05, 1.0), ("an image of {}", 0.04, 1.0), ("an icon of {}", 0.03, 1.0),
+          ("an emoji of {}", 0.04, 1.0), ("a photo of {}", 0.03, 1.0), ("emoji of {}", 0.02, 1.0),
+          ("{} emoji please", 0.02, 1.0), ("draw {}", 0.03, 1.0), ("show me {}", 0.02, 1.0), ("a cute {}", 0.01, 0.0),
+          ("a little {}", 0.01, 0.0)]
 PUNCTUATION = [("", 0.85), (".", 0.05), ("!", 0.05), ("?", 0.05)]
 FLAG_FORMS = ["flag of {}", "the flag of {}", "{} flag", "the {} flag", "flag {}", "{}'s flag", "{}"]
 
@@ -40,14 +42,9 @@ def with_determiner(head: str, rng: random.Random, is_plural: bool = False) -> s
 
 def typed_form(head: str, rng: random.Random, is_plural: bool = False) -> str:
     """One typed form of `head` ("kitten" -> "a picture of a kitten!")."""
-    frame = _pick(rng, FRAMES)
-    inner = with_determiner(head, rng, is_plural) if not frame.endswith("{} emoji") or rng.random() < 0.3 else head
-    if frame.startswith("a cute") or frame.startswith("a little"):
-        inner = head
-    text = frame.format(inner)
-    if text.startswith("a ") and text[2:3] in "aeiou":  # "a cute" stays; "a icon" cannot arise, "a emoji" can
-        text = "an " + text[2:]
-    return text + _pick(rng, PUNCTUATION)
+    frame, _, with_det = rng.choices(FRAMES, [w for _, w, _ in FRAMES])[0]
+    inner = with_determiner(head, rng, is_plural) if rng.random() < with_det else head
+    return frame.format(inner) + _pick(rng, PUNCTUATION)
 
 
 def flag_form(country: str, rng: random.Random) -> str:

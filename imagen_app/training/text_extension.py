@@ -19,6 +19,30 @@ import os
 from typing import Dict, Iterable, List, Optional
 
 import torch
+import torch.nn.functional as F
+
+
+class GrowingEmbedding(torch.nn.Module):
+    """T5's embedding table as the old rows and the new words' rows, each with a learning rate of its own: a new word
+    seen a few dozen times must move its row by a good part of the table's scale, where Adam at the layers' learning
+    rate would move it by a hundredth; an old word's row moves slowly, or not at all (`old_word_lr` 0)."""
+
+    def __init__(self, old: torch.Tensor, new: torch.Tensor):
+        super().__init__()
+        self.old = torch.nn.Parameter(old.clone(), requires_grad=False)  # tune_text lets it learn at old_word_lr
+        self.new = torch.nn.Parameter(new.clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.cat([self.old, self.new])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+    def merged(self) -> torch.nn.Embedding:
+        table = torch.nn.Embedding(self.old.shape[0] + self.new.shape[0], self.old.shape[1])
+        table.weight.data.copy_(self.weight.detach())
+        return table
 
 
 def new_words(tokenizer, texts: Iterable[str]) -> List[str]:
@@ -72,8 +96,7 @@ def extend_text_encoder(src: str, out: str, texts: Iterable[str], stands_for: Op
             rows.append(old[vocab[like]])
         else:  # a fresh direction at the table's own scale
             rows.append(torch.randn(old.shape[1], generator=generator) * old.std())
-    table = torch.nn.Embedding(old.shape[0] + len(words), old.shape[1])
-    table.weight.copy_(torch.cat([old, torch.stack(rows)]) if rows else old)
+    table = GrowingEmbedding(old, torch.stack(rows) if rows else old[:0]).merged()
     encoder.set_input_embeddings(table)
     encoder.config.vocab_size = table.num_embeddings
     os.makedirs(out, exist_ok=True)

@@ -28,30 +28,10 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
+from ..images import pixels_to_tensor
+from .text_extension import GrowingEmbedding
+
 CHECKPOINT = "text_tuning.pt"
-
-
-class GrowingEmbedding(torch.nn.Module):
-    """T5's embedding table as the old rows and the new words' rows, each with a learning rate of its own: a new word
-    seen a few dozen times must move its row by a good part of the table's scale, where Adam at the layers' learning
-    rate would move it by a hundredth; an old word's row moves slowly (or not at: `old_word_lr` 0)."""
-
-    def __init__(self, old: torch.Tensor, new: torch.Tensor):
-        super().__init__()
-        self.old = torch.nn.Parameter(old.clone(), requires_grad=False)  # tune_text lets it learn at old_word_lr
-        self.new = torch.nn.Parameter(new.clone())
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return torch.cat([self.old, self.new])
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.weight)
-
-    def merged(self) -> torch.nn.Embedding:
-        table = torch.nn.Embedding(self.old.shape[0] + self.new.shape[0], self.old.shape[1])
-        table.weight.data.copy_(self.weight.detach())
-        return table
 
 
 @dataclass
@@ -80,13 +60,15 @@ class TextTuningConfig:
     save_every: int = 200
 
 
-def vocabulary_texts(sampler, rng: random.Random, samples: int = 20000) -> List[str]:
-    """Texts that hold every word training can produce: the table's heads, the names, and many sampled forms."""
+def vocabulary_texts(sampler) -> List[str]:
+    """Texts that hold every word the sampler can produce: the table's heads, the names, and the words of its
+    determiners, frames, flag forms and punctuation (each frame around a name, so that "{}" adds no word)."""
     from .phrasing import DETERMINERS, FLAG_FORMS, FRAMES, PLURAL_DETERMINERS, PUNCTUATION
 
-    texts = list(sampler.typed) + list(sampler.names)
-    texts += [w for w, _ in DETERMINERS + PLURAL_DETERMINERS + FRAMES + PUNCTUATION] + FLAG_FORMS + ["an"]
-    texts += [sampler.sample(rng)[0] for _ in range(samples)]
+    name = sampler.names[0]
+    texts = list(sampler.typed) + list(sampler.names) + ["an"]
+    texts += [w for w, _ in DETERMINERS + PLURAL_DETERMINERS + PUNCTUATION]
+    texts += [frame.format(name) for frame in [f for f, _, _ in FRAMES] + FLAG_FORMS]
     return texts
 
 
@@ -96,7 +78,7 @@ class TextTuning:
     def __init__(self, cfg: TextTuningConfig, log=print):
         from ..models.caption_vocabulary import CaptionVocabulary
         from ..models.schedules import noise_schedule
-        from ..models.text_encoder import load_text_encoder
+        from ..models.text_encoder import PromptEncoder, load_text_encoder
         from ..models.unet import ImagenUNet
         from .data import held_out_split, load_emoji, rendered_corpus
         from .keywords import KEYWORD_FILE, plural, read_frequencies, read_table
@@ -105,10 +87,12 @@ class TextTuning:
 
         self.cfg, self.log = cfg, log
         self.tokenizer0, self.encoder0 = load_text_encoder(cfg.weights)
+        emojis = load_emoji()
+        # The teacher's side: the original encoder's embeddings of the names, each computed once and cached.
+        self.teacher = PromptEncoder(self.tokenizer0, self.encoder0, cache_size=len(emojis) + 16)
         self.vocabulary = CaptionVocabulary.from_folder(cfg.weights)
         self.unet = ImagenUNet.from_pretrained(os.path.join(cfg.weights, "unet_1")).float().requires_grad_(False).eval()
         self.scheduler = noise_schedule("squaredcos_cap_v2", self.unet.config.prediction_type)
-        emojis = load_emoji()
         held = set(held_out_split(emojis))
         self.index = {e.caption: i for i, e in enumerate(emojis)}
         self.corpus = rendered_corpus(emojis, self.unet.config.sample_size)
@@ -126,8 +110,7 @@ class TextTuning:
             old_size = len(self.tokenizer0)
             words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= old_size]
         else:
-            rng = random.Random(cfg.seed)
-            texts = [self.canonical(t) for t in vocabulary_texts(self.sampler, rng)]
+            texts = [self.canonical(t) for t in vocabulary_texts(self.sampler)]
             words = new_words(self.tokenizer0, texts)
             self.tokenizer = extended_tokenizer(self.tokenizer0, words)
             self.tokenizer.save_pretrained(saved)
@@ -151,24 +134,24 @@ class TextTuning:
         encoder = copy.deepcopy(self.encoder0)
         old = encoder.get_input_embeddings().weight.detach().clone()
         vocab = self.tokenizer0.get_vocab()
-        rows = [old[ids].mean(0) if ids else old.mean(0) for ids in (self._starting_words(w, vocab) for w in words)]
+        head_of_word: Dict[str, str] = {}  # a word -> the first typed head that holds it
+        for typed in self.sampler.typed:
+            for w in re.findall(r"\w+", typed):
+                head_of_word.setdefault(w, typed)
+        rows = [old[ids].mean(0) if ids else old.mean(0)
+                for ids in (self._starting_words(w, vocab, head_of_word) for w in words)]
         encoder.set_input_embeddings(GrowingEmbedding(old, torch.stack(rows) if rows else old[:0]))
         encoder.config.vocab_size = old.shape[0] + len(words)
         return encoder.requires_grad_(True).train()
 
-    def _starting_words(self, word: str, vocab: Dict[str, int]) -> List[int]:
+    def _starting_words(self, word: str, vocab: Dict[str, int], head_of_word: Dict[str, str]) -> List[int]:
         """The old words a new word's row starts from: a plural's singular ("cats" -> "cat"); else the words that an
         emoji it names has and the typed head lacks ("japanese" in "japanese flag" -> "japan" of "flag: japan";
         "kitty" -> "cat", "face"); else all of that name's words."""
         for singular in (word[:-3] + "y", word[:-2], word[:-1]) if word.endswith("s") else ():
             if singular in vocab:
                 return [vocab[singular]]
-        if not hasattr(self, "_head_of_word"):
-            self._head_of_word: Dict[str, str] = {}
-            for typed in self.sampler.typed:
-                for w in re.findall(r"\w+", typed):
-                    self._head_of_word.setdefault(w, typed)
-        head = self._head_of_word.get(word)
+        head = head_of_word.get(word)
         if head is None:
             return []
         name_words = [w for w in re.findall(r"\w+", self.sampler.table[head][0]) if w in vocab]
@@ -196,23 +179,21 @@ class TextTuning:
             pairs.append(pair)
             typed.append(prompt)
         names = [n for _, n in pairs]
-        images = torch.from_numpy(self.corpus[[self.index[n] for n in names]]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        images = pixels_to_tensor(self.corpus[[self.index[n] for n in names]])
         noise = torch.randn(images.shape, generator=generator)
         # The upper timesteps, where what is drawn is still open and the text decides it (near t = 0 the noisy image
         # already holds the emoji and the prediction hardly depends on the text: a weak signal for the encoder).
         t = torch.randint(self.cfg.min_timestep, self.scheduler.config.num_train_timesteps, (len(pairs),), generator=generator)
         noisy = self.scheduler.add_noise(images, noise, t)
         with torch.no_grad():
-            teacher_embeds, teacher_mask = self.embed(self.encoder0, self.tokenizer0, names)
-            target = self.unet(noisy, t, teacher_embeds, teacher_mask).sample
+            target = self.unet(noisy, t, *self.teacher.encode(names)).sample
         embeds, mask = self.embed(self.encoder, self.tokenizer, typed)
         distill = F.mse_loss(self.unet(noisy, t, embeds, mask).sample, target)
         anchors = ([rng.choice(self.anchor_names) for _ in range(cfg.anchor_batch)]
                    if self.anchor_names and not cfg.new_words_only else [])  # nothing old moves: no anchor needed
         if not anchors:
             return dict(distill=distill, anchor=torch.zeros(()))
-        with torch.no_grad():
-            fixed, fixed_mask = self.embed(self.encoder0, self.tokenizer0, anchors)
+        fixed, fixed_mask = self.teacher.encode(anchors)
         moved, _ = self.embed(self.encoder, self.tokenizer, anchors)
         anchor = (moved - fixed).pow(2).sum() / (fixed_mask.sum() * fixed.shape[-1])
         return dict(distill=distill, anchor=anchor)

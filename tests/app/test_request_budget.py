@@ -211,22 +211,22 @@ def test_cancelling_compare_is_as_quick_as_cancelling_generate(slow_url):
     assert result["status"].startswith("Done") and time.time() - t0 < 10
 
 
-def test_compare_streams_the_same_cells_as_run_cells(tiny_pipe):
-    """The tab's cells run step by step over the pipeline's stream: the same images as evaluation's run_cells."""
+def test_compare_streams_the_same_cells_as_whole_runs(tiny_pipe):
+    """The grid's cells run step by step over the pipeline's stream (evaluation.compare.stream_cells, which the tab and
+    the CLI share): the same images as whole pipeline calls with each cell's settings."""
     import numpy as np
+    import torch
 
-    from imagen_app.app.compare_tab import stream_cells
-    from imagen_app.evaluation.compare import Cell, parse_row, run_cells
+    from imagen_app.evaluation.compare import Cell, cell_settings, parse_row, stream_cells
 
     rows = [parse_row("0"), parse_row("static")]
-    expected = list(run_cells(tiny_pipe, "red heart", [1.0, 4.0], rows, seed=3, stage=1, show_stage=2))
-    cells = [c for c in stream_cells(tiny_pipe, "red heart", [1.0, 4.0], rows, 3, 1, 2) if isinstance(c, Cell)]
-    assert len(cells) == len(expected) == 4
-    for got, want in zip(cells, expected):
-        assert (got.row, got.col, got.guidance_scale, got.static_thresholding) == (want.row, want.col,
-                                                                                 want.guidance_scale,
-                                                                                 want.static_thresholding)
-        assert np.array_equal(np.asarray(got.image), np.asarray(want.image))
+    cells = [c for c in stream_cells(tiny_pipe, "red heart", [1.0, 4.0], rows, 3, 1, show_stage=2) if isinstance(c, Cell)]
+    assert len(cells) == 4
+    for got in cells:
+        want = tiny_pipe("red heart", generator=torch.Generator().manual_seed(3),
+                         **cell_settings(rows[got.row], [1.0, 4.0][got.col], 1, 2)).images[0]
+        assert got.guidance_scale == [1.0, 4.0][got.col] and got.static_thresholding == rows[got.row].static
+        assert np.array_equal(np.asarray(got.image), np.asarray(want))
 
 
 def test_compare_has_a_stop_button(tiny_pipe):
