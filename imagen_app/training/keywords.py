@@ -84,7 +84,7 @@ class WordNet:
         """Adjective -> the country it pertains to ("japanese" -> "japan"), for the given country names."""
         wanted = {c.lower(): c for c in countries}
         nouns = self._lemmas("data.noun")
-        out: Dict[str, str] = {}
+        found: Dict[str, List[str]] = {}
         with open(os.path.join(self.folder, "data.adj"), encoding="utf-8") as f:
             for line in f:
                 if line.startswith(" "):
@@ -102,8 +102,18 @@ class WordNet:
                     # any name of the country's synset: "american" -> "america" = "united states"
                     countries = [n.replace("_", " ") for n in nouns.get(offset, []) if n.replace("_", " ") in wanted]
                     if countries and adjective and "_" not in adjective:
-                        out.setdefault(adjective, wanted[countries[0]])
-        return out
+                        found.setdefault(adjective, []).extend(wanted[c] for c in countries)
+        # An adjective can pertain to several synsets ("chinese": China and Taiwan, the Republic of China): the
+        # country whose name shares the longest start with it is meant.
+        return {adjective: max(names, key=lambda c: _common_start(adjective, c.lower()))
+                for adjective, names in found.items()}
+
+
+def _common_start(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def plural(word: str, irregular: Optional[Dict[str, str]] = None) -> str:

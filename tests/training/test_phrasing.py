@@ -18,7 +18,9 @@ def write_wordnet(folder):
              "02834778": "02834778 06 n 02 bicycle 0 bike 0 000 | wheeled vehicle",
              "08921850": "08921850 15 n 02 Japan 0 Nippon 0 000 | a country",
              "08500000": "08500000 15 n 03 America 0 United_States 0 USA 0 000 | a country",
-             "07881800": "07881800 13 n 02 beverage 0 drink 0 000 | a liquid to drink"}
+             "07881800": "07881800 13 n 02 beverage 0 drink 0 000 | a liquid to drink",
+             "08700000": "08700000 15 n 02 Taiwan 0 Republic_of_China 0 000 | an island",
+             "08710000": "08710000 15 n 02 China 0 PRC 0 000 | a country"}
     with open(os.path.join(folder, "data.noun"), "w") as f:
         f.write("  1 license header\n" + "\n".join(nouns.values()) + "\n")
     with open(os.path.join(folder, "index.noun"), "w") as f:
@@ -31,13 +33,16 @@ def write_wordnet(folder):
         f.write("  1 license header\n")
         f.write("02965044 01 a 02 Japanese 0 Nipponese 0 001 \\ 08921850 n 0101 | of Japan\n")
         f.write("02927512 01 a 01 American 0 001 \\ 08500000 n 0101 | of America\n")
+        # Chinese pertains to both China synsets; Taiwan's comes first in the file
+        f.write("02960000 01 a 01 Chinese 0 002 \\ 08700000 n 0101 \\ 08710000 n 0101 | of China\n")
 
 
 def test_keyword_table_from_cldr_and_wordnet(tmp_path):
     write_wordnet(tmp_path / "wn")
     wordnet = WordNet(str(tmp_path / "wn"))
     names = {"🐱": "cat face", "🐈": "cat", "🚲": "bicycle", "🐭": "mouse face", "🇯🇵": "flag: japan",
-             "🇺🇸": "flag: united states", "😀": "grinning face", "😃": "grinning face with big eyes", "☕": "hot beverage"}
+             "🇺🇸": "flag: united states", "😀": "grinning face", "😃": "grinning face with big eyes", "☕": "hot beverage",
+             "🇹🇼": "flag: taiwan", "🇨🇳": "flag: china"}
     cldr = {"🐱": ["cat", "kitten", "face"], "😀": ["face", "happy"], "😃": ["face", "happy"], "🐭": ["mouse"]}
     table = build_table(names, cldr, wordnet)
     assert table["kitten"] == {"cat face"} and table["kittens"] == {"cat face"}
@@ -48,6 +53,7 @@ def test_keyword_table_from_cldr_and_wordnet(tmp_path):
     assert table["face"] == {"cat face", "grinning face", "grinning face with big eyes"}  # a keyword names them all
     assert table["japanese flag"] == {"flag: japan"}
     assert table["american flag"] == {"flag: united states"}  # through another name of the country's synset
+    assert table["chinese flag"] == {"flag: china"}  # of its countries, the one whose name it starts as
     assert "cat face" not in table  # a name is not its own keyword
 
 
@@ -66,6 +72,7 @@ def test_shipped_keyword_table_targets_no_held_out_or_toned_emoji():
     assert not targets & held
     assert not [n for n in targets if "skin tone" in n]
     assert "cat face" in table["kitty"] and table["coffee"] == ["hot beverage"] and table["japanese flag"] == ["flag: japan"]
+    assert table["chinese flag"] == ["flag: china"]
     assert "bicycle" in table["bike"] and "mouse" in table["mice"]
 
 
