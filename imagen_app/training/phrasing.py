@@ -40,9 +40,9 @@ def with_determiner(head: str, rng: random.Random, is_plural: bool = False) -> s
     return f"{det} {head}".strip()
 
 
-def typed_form(head: str, rng: random.Random, is_plural: bool = False) -> str:
-    """One typed form of `head` ("kitten" -> "a picture of a kitten!")."""
-    frame, _, with_det = rng.choices(FRAMES, [w for _, w, _ in FRAMES])[0]
+def typed_form(head: str, rng: random.Random, is_plural: bool = False, frames: Sequence[Tuple[str, float, float]] = FRAMES) -> str:
+    """One typed form of `head` ("kitten" -> "a picture of a kitten!") in one of `frames`."""
+    frame, _, with_det = rng.choices(frames, [w for _, w, _ in frames])[0]
     inner = with_determiner(head, rng, is_plural) if rng.random() < with_det else head
     return frame.format(inner) + _pick(rng, PUNCTUATION)
 
@@ -60,6 +60,7 @@ class PhrasingSampler:
                  keyword_share: float = 0.7, zipf: Optional[Dict[str, float]] = None):
         self.names = list(names)
         self.keyword_share = keyword_share  # the share of draws from the table (the rest: the names, typed)
+        self.frames = list(FRAMES)  # the frames typed forms are drawn in
         known = set(self.names)
         self.table = {typed: [n for n in targets if n in known] for typed, targets in table.items()}
         self.table = {typed: targets for typed, targets in self.table.items() if targets}
@@ -96,4 +97,4 @@ class PhrasingSampler:
             if others:
                 head = f"{rng.choice(others)} {head}" if rng.random() < 0.5 else f"{head} {rng.choice(others)}"
         is_plural = head in self.plural_heads or head.split()[-1] in self.plural_heads
-        return typed_form(head, rng, is_plural=is_plural), name
+        return typed_form(head, rng, is_plural=is_plural, frames=self.frames), name

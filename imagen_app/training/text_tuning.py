@@ -48,9 +48,10 @@ class TextTuningConfig:
     new_word_lr: float = 2e-2  # the new words' embedding rows
     old_word_lr: float = 1e-3  # the old words' rows ("japanese" of "japanese castle" learns "the japanese flag" too;
     # the anchor keeps every name's embeddings); 0: fixed
-    # Only the new words' rows learn: every caption made of old words encodes bit for bit as before (the families, the
-    # examples and the held-out compositions cannot move); what old words do in a new form ("emoji", "a picture of")
-    # is then not learned.
+    # Only the rows of words that no caption holds learn (the new words, and the old vocabulary's words that only an
+    # alias had, such as "emoji" and "icon"): every caption encodes bit for bit as before (the families, the examples
+    # and the held-out compositions cannot move); what a caption's words do in a new form ("a picture of") is then
+    # not learned, and such forms are not shown.
     new_words_only: bool = True
     warmup_steps: int = 50
     min_timestep: int = 250  # the distillation's timesteps: [min_timestep, 1000)
@@ -120,7 +121,18 @@ class TextTuning:
         # compositions too: it is a constraint on embeddings and shows the U-Net no image of them).
         unk = self.tokenizer0.unk_token_id
         self.anchor_names = [e.caption for e in emojis if unk not in self.tokenizer0(e.caption).input_ids]
+        captions = [e.caption for e in emojis] + (self.vocabulary.names if self.vocabulary is not None else [])
+        self.free_old_rows = free_rows(self.tokenizer0, captions)
+        self.learnable = set(self.free_old_rows) | set(range(self.old_vocab_size, len(self.tokenizer)))
+        if cfg.new_words_only:  # a form whose frame holds a caption's word could only be learned by moving captions
+            self.sampler.frames = [f for f in self.sampler.frames if self.frame_learnable(f[0])]
         log(f"{len(self.names)} names, {len(self.sampler.typed)} typed heads, {len(words)} new words")
+
+    def frame_learnable(self, frame: str) -> bool:
+        """Whether every word of `frame` ("a picture of {}") but a leading article is a word whose row learns."""
+        words = frame.replace("{}", " ").split()
+        words = words[1:] if words[:1] and words[0] in ("a", "an", "the") else words
+        return all(i in self.learnable for w in words for i in self.tokenizer(w, add_special_tokens=False).input_ids)
 
     def canonical(self, prompt: str) -> str:
         """What the pipeline gives the encoder for a prompt (the one shared normalisation)."""
@@ -173,8 +185,8 @@ class TextTuning:
                 break
             pair = self.sampler.sample(rng)
             prompt = self.canonical(pair[0])
-            # Only the new words learn: a form made of old words alone would teach nothing, so it is drawn again.
-            if cfg.new_words_only and max(self.tokenizer(prompt).input_ids) < self.old_vocab_size:
+            # Only the free rows learn: a form without such a word would teach nothing, so it is drawn again.
+            if cfg.new_words_only and not self.learnable.intersection(self.tokenizer(prompt).input_ids):
                 continue
             pairs.append(pair)
             typed.append(prompt)
@@ -209,6 +221,13 @@ class TextTuning:
         encoder.save_pretrained(os.path.join(out, "text_encoder"), safe_serialization=True)
 
 
+def free_rows(tokenizer, captions: List[str]) -> List[int]:
+    """The ids of the tokenizer's plain words that none of `captions` holds: rows that can learn while every caption
+    encodes exactly as before."""
+    used = {i for ids in tokenizer(list(captions)).input_ids for i in ids} | set(tokenizer.all_special_ids)
+    return [i for i in range(len(tokenizer)) if i not in used]
+
+
 def tune_text(cfg: TextTuningConfig, max_minutes: Optional[float] = None, log=print) -> int:
     """Trains (or resumes) the run; writes cfg.out at the end. Returns the step reached."""
     if cfg.threads:
@@ -228,6 +247,14 @@ def tune_text(cfg: TextTuningConfig, max_minutes: Optional[float] = None, log=pr
     for p in layers:
         p.requires_grad_(not cfg.new_words_only)
     table.old.requires_grad_(bool(cfg.old_word_lr) and not cfg.new_words_only)
+    if cfg.new_words_only and run.free_old_rows:
+        # The old words no caption holds learn as the new ones do; every other old row gets a zero gradient, so Adam
+        # leaves it bit for bit as it was.
+        free = torch.zeros(table.old.shape[0], 1)
+        free[run.free_old_rows] = 1.0
+        table.old.requires_grad_(True)
+        table.old.register_hook(lambda grad: grad * free)
+        groups.append(dict(params=[table.old], lr=cfg.new_word_lr))
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     base_lrs = [g["lr"] for g in groups]
     ckpt_path = os.path.join(cfg.run_dir, CHECKPOINT)

@@ -199,3 +199,40 @@ def test_new_words_only_leaves_every_old_caption_as_it_was(tmp_path):
         assert torch.equal(before, after), caption
     new = encoder.get_input_embeddings().weight[tokenizer.get_vocab()["japanese"]]  # it started as "japan" and learned
     assert not torch.equal(new, pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.get_vocab()["japan"]])
+
+
+def test_rows_that_no_caption_holds_learn_and_captions_stay(tmp_path):
+    """An old word that no caption holds ("emoji", which only an alias had) learns as a new word does, and only the
+    frames whose words can learn are shown; every caption still encodes bit for bit as before."""
+    from transformers import T5EncoderModel
+
+    from imagen_app.models.text_encoder import load_text_encoder
+    from imagen_app.training.text_pretrain import small_t5_config, train_caption_tokenizer
+    from imagen_app.training.text_tuning import TextTuning, TextTuningConfig, free_rows, tune_text
+    from imagen_app.training.tiny import TINY_CAPTIONS, tiny_pipeline
+
+    pipe = tiny_pipeline(resolutions=(32,))
+    pipe.tokenizer = train_caption_tokenizer(TINY_CAPTIONS + ["heart emoji", "framed picture of"],
+                                             max_length=pipe.tokenizer.model_max_length)
+    pipe.text_encoder = T5EncoderModel(small_t5_config(len(pipe.tokenizer), d_model=16, layers=1, heads=2)).eval()
+    folder = tmp_path / "pipe"
+    pipe.save_pretrained(str(folder))
+    (folder / "keywords.txt").write_text("hearts\tred heart\n")
+    emoji = pipe.tokenizer.get_vocab()["emoji"]
+    assert emoji in free_rows(pipe.tokenizer, TINY_CAPTIONS)
+    assert pipe.tokenizer.get_vocab()["heart"] not in free_rows(pipe.tokenizer, TINY_CAPTIONS)
+
+    cfg = TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run"), out=str(tmp_path / "export"),
+                           steps=6, batch_size=8, threads=1)
+    run = TextTuning(cfg, log=lambda *_: None)
+    frames = {f for f, _, _ in run.sampler.frames}
+    assert "{} emoji" in frames and "draw {}" in frames  # "draw" is a new word
+    assert "a picture of {}" not in frames  # "picture" and "of" are old words that a caption may hold
+    tune_text(cfg, log=lambda *_: None)
+    tokenizer0, encoder0 = load_text_encoder(str(folder))  # as saved (a fresh T5 and its reloaded copy differ in the last bit)
+    tokenizer, encoder = load_text_encoder(cfg.out)
+    for caption in TINY_CAPTIONS:
+        before = encoder0(**tokenizer0(caption, return_tensors="pt")).last_hidden_state
+        after = encoder(**tokenizer(caption, return_tensors="pt")).last_hidden_state
+        assert torch.equal(before, after), caption
+    assert not torch.equal(encoder.get_input_embeddings().weight[emoji], encoder0.get_input_embeddings().weight[emoji])
