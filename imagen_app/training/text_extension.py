@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Dict, Iterable, List, Optional
 
 import torch
@@ -57,18 +58,31 @@ def new_words(tokenizer, texts: Iterable[str]) -> List[str]:
     return sorted(found)
 
 
-def extended_tokenizer(tokenizer, words: List[str]):
-    """A copy of the word-level `tokenizer` with `words` appended (old ids unchanged)."""
-    from tokenizers import Tokenizer, models
+def phrase_token(phrase: str) -> str:
+    """The one word a multi-word phrase is read as: "picture of" -> "picture_of"."""
+    return "_".join(phrase.split())
+
+
+def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = ()):
+    """A copy of the word-level `tokenizer` with `words` appended (old ids unchanged), and each of `phrases` read as
+    one word of its own ("a picture of a cat" -> "a", "picture_of", "a", "cat"): a phrase no caption holds gets a
+    row that can learn what it means as a whole, where its words ("picture" of "framed picture", "of") are caption
+    words whose rows must stay."""
+    from tokenizers import Regex, Tokenizer, models, normalizers
     from transformers import PreTrainedTokenizerFast
 
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab: Dict[str, int] = dict(state["model"]["vocab"])
-    for w in words:
+    phrases = [p for p in phrases if " " in p.strip()]
+    for w in list(words) + [phrase_token(p) for p in phrases]:
         if w not in vocab:
             vocab[w] = len(vocab)
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.model = models.WordLevel(vocab=vocab, unk_token=state["model"].get("unk_token", "<unk>"))
+    if phrases:  # after the lower-casing: "Picture  of" reads as "picture_of" too
+        merges = [normalizers.Replace(Regex(r"\b" + r"\s+".join(map(re.escape, p.split())) + r"\b"), phrase_token(p))
+                  for p in phrases]
+        backend.normalizer = normalizers.Sequence(([backend.normalizer] if backend.normalizer else []) + merges)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token,
         unk_token=tokenizer.unk_token, additional_special_tokens=[t for t in tokenizer.all_special_tokens if t.startswith("<extra_id_")],

@@ -83,8 +83,8 @@ class TextTuning:
         from ..models.unet import ImagenUNet
         from .data import held_out_split, load_emoji, rendered_corpus
         from .keywords import KEYWORD_FILE, plural, read_frequencies, read_table
-        from .phrasing import PhrasingSampler
-        from .text_extension import extended_tokenizer, new_words
+        from .phrasing import FRAME_PHRASES, PhrasingSampler
+        from .text_extension import extended_tokenizer, new_words, phrase_token
 
         self.cfg, self.log = cfg, log
         self.tokenizer0, self.encoder0 = load_text_encoder(cfg.weights)
@@ -112,8 +112,10 @@ class TextTuning:
             words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= old_size]
         else:
             texts = [self.canonical(t) for t in vocabulary_texts(self.sampler)]
-            words = new_words(self.tokenizer0, texts)
-            self.tokenizer = extended_tokenizer(self.tokenizer0, words)
+            phrases = [p for p in FRAME_PHRASES if p not in " ".join(self.vocabulary.names if self.vocabulary else [])]
+            words = new_words(extended_tokenizer(self.tokenizer0, [], phrases), texts)  # a phrase's words are not new
+            self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases)
+            words += [phrase_token(p) for p in phrases]
             self.tokenizer.save_pretrained(saved)
         self.encoder = self._student(words)
         self.old_vocab_size = len(self.tokenizer0)
@@ -130,9 +132,10 @@ class TextTuning:
 
     def frame_learnable(self, frame: str) -> bool:
         """Whether every word of `frame` ("a picture of {}") but a leading article is a word whose row learns."""
-        words = frame.replace("{}", " ").split()
-        words = words[1:] if words[:1] and words[0] in ("a", "an", "the") else words
-        return all(i in self.learnable for w in words for i in self.tokenizer(w, add_special_tokens=False).input_ids)
+        ids = self.tokenizer(" ".join(frame.replace("{}", " ").split()), add_special_tokens=False).input_ids
+        articles = set(self.tokenizer(["a", "an", "the"], add_special_tokens=False).input_ids[i][0] for i in range(3))
+        ids = ids[1:] if ids[:1] and ids[0] in articles else ids
+        return all(i in self.learnable for i in ids)
 
     def canonical(self, prompt: str) -> str:
         """What the pipeline gives the encoder for a prompt (the one shared normalisation)."""
@@ -160,6 +163,8 @@ class TextTuning:
         """The old words a new word's row starts from: a plural's singular ("cats" -> "cat"); else the words that an
         emoji it names has and the typed head lacks ("japanese" in "japanese flag" -> "japan" of "flag: japan";
         "kitty" -> "cat", "face"); else all of that name's words."""
+        if "_" in word:  # a frame phrase ("picture_of"), which should come to read as little as an article does
+            return [vocab["a"]] if "a" in vocab else []
         for singular in (word[:-3] + "y", word[:-2], word[:-1]) if word.endswith("s") else ():
             if singular in vocab:
                 return [vocab[singular]]

@@ -24,3 +24,22 @@ def test_extension_keeps_old_embeddings_and_starts_plurals_at_their_singular(tmp
     assert torch.equal(table[vocab["hearts"]], table[vocab["heart"]])
     assert "<unk>" not in ext.tokenizer.tokenize("two hearts above a panda")
     assert "<unk>" in old.tokenizer.tokenize("two hearts above a panda")
+
+
+def test_a_phrase_reads_as_one_word_of_its_own(tmp_path, tiny_pipe):
+    """"picture of" becomes the one new word "picture_of" in any case and spacing, and survives a save; every caption
+    and a word that merely starts alike ("pictures often") tokenize as before."""
+    from transformers import AutoTokenizer
+
+    from imagen_app.training.text_extension import extended_tokenizer
+    from imagen_app.training.tiny import TINY_CAPTIONS
+
+    old = tiny_pipe.tokenizer
+    new = extended_tokenizer(old, ["picture", "cat", "a", "!"], ["picture of"])
+    new.save_pretrained(str(tmp_path / "tok"))
+    new = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert new.tokenize("A  Picture   of a cat!") == ["a", "picture_of", "a", "cat", "!"]
+    assert new.tokenize("pictures often") == ["<unk>", "<unk>"]  # two words, unknown as before
+    assert new.convert_tokens_to_ids("picture_of") == len(old) + 4
+    for caption in TINY_CAPTIONS:
+        assert new(caption).input_ids == old(caption).input_ids
