@@ -41,7 +41,7 @@ import functools
 import math
 import threading
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -136,15 +136,36 @@ class TextAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        out = self.attend(tokens, h, w, context, context_mask)
+        return x + out.transpose(1, 2).view(b, c, h, w)
+
+    def attend(self, tokens: torch.Tensor, h: int, w: int, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        """What the layer adds for the normed pixel `tokens` (B, HW, C), as (B, HW, C)."""
+        return self.text_side(*self.pixel_side(tokens, h, w), context, context_mask, shape=(h, w))
+
+    def pixel_side(self, tokens: torch.Tensor, h: int, w: int, pixels: Optional[torch.Tensor] = None):
+        """The part that does not depend on the text: the queries and, with self-attention, the pixels' own keys and
+        values. Text tuning (training/attention_traces.py) keeps them from a teacher's forward pass; for a
+        cross-attention-only layer (whose pixels do not see each other) only some pixels: `pixels` (B, K) their
+        indices in the h x w map, `tokens` (B, K, C)."""
         q = self.to_q(tokens)
         if self.coordinates is not None:
-            q = q + self.coordinates(pixel_grid(h, w, x.device, x.dtype))[None]
+            grid = pixel_grid(h, w, tokens.device, tokens.dtype)
+            q = q + (self.coordinates(grid)[None] if pixels is None else self.coordinates(grid[pixels]))
+        if self.self_attention:
+            return (q, *self.to_kv(tokens).chunk(2, dim=-1))
+        return q, None, None
+
+    def text_side(self, q: torch.Tensor, pixel_k: Optional[torch.Tensor], pixel_v: Optional[torch.Tensor],
+                  context: torch.Tensor, context_mask: torch.Tensor, shape: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """The attention of the queries (B, K, C) to the text (and the pixels' keys), through the output projection;
+        `shape`: the (h, w) of the map the queries are, for an attention recorder."""
+        b, n, c = q.shape
         k, v = self.context_kv(context).chunk(2, dim=-1)  # (B, L, C)
         mask = context_mask  # (B, L) bool, True = attend
-        if self.self_attention:
-            ks, vs = self.to_kv(tokens).chunk(2, dim=-1)
-            k, v = torch.cat([ks, k], dim=1), torch.cat([vs, v], dim=1)
-            mask = torch.cat([mask.new_ones(b, h * w), mask], dim=1)
+        if pixel_k is not None:
+            k, v = torch.cat([pixel_k, k], dim=1), torch.cat([pixel_v, v], dim=1)
+            mask = torch.cat([mask.new_ones(b, pixel_k.shape[1]), mask], dim=1)
 
         def split(t):  # (B, N, C) -> (B, heads, N, C/heads)
             return t.view(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)
@@ -153,17 +174,16 @@ class TextAttention(nn.Module):
         if recorder is not None:  # the explicit softmax, to hand its text columns to the recorder
             logits = split(q) @ split(k).transpose(-1, -2) / math.sqrt(c // self.heads)  # (B, heads, HW, keys)
             probs = logits.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(dim=-1)
-            recorder.record(probs[..., -context.shape[1]:], h, w)  # the text's columns (null tokens first)
+            recorder.record(probs[..., -context.shape[1]:], *shape)  # the text's columns (null tokens first)
             out = probs @ split(v)
-        elif self.self_attention:
+        elif pixel_k is not None:
             out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask[:, None, None, :])
         else:
             # Cross-attention only: few keys (the text tokens), where a plain softmax(QK^T)V is much
             # faster on CPU than the fused kernels, which are built for long key sequences.
             logits = split(q) @ split(k).transpose(-1, -2) / math.sqrt(c // self.heads)  # (B, heads, HW, L)
             out = logits.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(dim=-1) @ split(v)
-        out = self.to_out(out.transpose(1, 2).reshape(b, h * w, c))
-        return x + out.transpose(1, 2).view(b, c, h, w)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, c))
 
 
 class AttentionPool(nn.Module):

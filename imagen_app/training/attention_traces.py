@@ -1,0 +1,130 @@
+"""The frozen base U-Net's text path, traced once, for teaching the text encoder cheaply (`tune-text`).
+
+Text reaches the base U-Net in two places only (models/unet.py): the attention-pooled text vector added to the
+time embedding, and each text attention layer, where the pixels attend to the text tokens. If, for the pixels a
+layer sees while the U-Net draws emoji E, a typed form makes every text attention layer add what E's name makes it
+add, and pools to the same vector, then the whole forward pass is the same, layer by layer: so the typed form draws
+E. That is a local form of the distillation in text_tuning.py (the "layers" objective) whose costly part, the
+U-Net's convolutions, does not depend on the text and is done once: for each emoji name a few noised renders go
+through the U-Net under the name, and each text attention layer's text-free side (its queries; with self-attention
+the pixels' own keys and values) is kept in float16, with what the name made the layer add. A training step then
+runs only the text encoder, the pooling and the layers' text side: several times more samples a second than a
+U-Net forward and backward, which the CPU needs to show each of thousands of new words the hundreds of examples a
+word takes to learn.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..models.unet import TextAttention
+
+
+def _half(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.half()
+
+
+class AttentionTraces:
+    """Per text attention layer and traced render: the layer's text-free side and the teacher's effect (float16).
+    A name is traced the first time it is asked for (`draws` renders at once), so a run pays only for what it uses."""
+
+    def __init__(self, unet, scheduler, renders: torch.Tensor, names: Sequence[str], teacher, draws: int = 2,
+                 min_timestep: int = 250, pixels: int = 32, seed: int = 0):
+        self.unet, self.scheduler, self.renders, self.teacher = unet, scheduler, renders, teacher
+        self.layers: List[TextAttention] = [m for m in unet.modules() if isinstance(m, TextAttention)]
+        self.index = {n: i for i, n in enumerate(names)}
+        self.draws, self.min_timestep, self.pixels = draws, min_timestep, pixels
+        self.traced = torch.zeros(len(self.index), dtype=torch.bool)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.sides: List[Tuple] = []  # per layer: (q, pixel k, pixel v), each (names x draws, K, C) or None
+        self.effects: List[torch.Tensor] = []  # the pooled vector, then each layer's output, as the name made them
+        self.seconds = 0.0  # spent tracing
+
+    def _store(self, buffers: List, j: int, rows: torch.Tensor, value: Optional[torch.Tensor]) -> None:
+        if value is None:
+            return
+        if j == len(buffers):  # the first trace: now the shapes are known
+            buffers.append(torch.empty((len(self.index) * self.draws,) + tuple(value.shape[1:]), dtype=torch.float16))
+        buffers[j][rows] = value.half()
+
+    @torch.no_grad()
+    def trace(self, names: Sequence[str]) -> None:
+        """Traces the names not yet traced: `draws` noised renders of each through the U-Net under the name."""
+        todo = [n for n in dict.fromkeys(names) if not self.traced[self.index[n]]]
+        if not todo:
+            return
+        start = time.time()
+        chunk = [n for n in todo for _ in range(self.draws)]
+        rows = torch.tensor([self.index[n] * self.draws + d for n in todo for d in range(self.draws)])
+        images = self.renders[[self.index[n] for n in chunk]]
+        noise = torch.randn(images.shape, generator=self.generator)
+        t = torch.randint(self.min_timestep, self.scheduler.config.num_train_timesteps, (len(chunk),),
+                          generator=self.generator)
+        embeds, mask = self.teacher.encode(chunk)
+        context, context_mask = self.unet._context(embeds, mask)
+        fresh = not self.effects
+        if fresh:
+            self.sides = [[] for _ in self.layers]
+        self._store(self.effects, 0, rows, self.unet.text_pool(context, context_mask))
+        for j, (layer, (tokens, (h, w))) in enumerate(zip(self.layers, self._record(
+                self.scheduler.add_noise(images, noise, t), t, embeds, mask))):
+            keep = None
+            if not layer.self_attention and tokens.shape[1] > self.pixels:
+                # its pixels do not see each other: a few of them carry the layer's text use at a fraction of the
+                # cost and memory
+                keep = torch.rand(tokens.shape[:2], generator=self.generator).argsort(dim=1)[:, :self.pixels]
+                tokens = tokens.gather(1, keep[..., None].expand(-1, -1, tokens.shape[2]))
+            side = layer.pixel_side(tokens, h, w, pixels=keep)
+            for part, value in enumerate(side):
+                self._store(self.sides[j], part, rows, value)
+            self._store(self.effects, j + 1, rows, layer.text_side(*side, context, context_mask))
+        if fresh:
+            self.sides = [tuple(parts) + (None,) * (3 - len(parts)) for parts in self.sides]
+        self.traced[[self.index[n] for n in todo]] = True
+        self.seconds += time.time() - start
+
+    @torch.no_grad()
+    def _record(self, noisy: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor):
+        """Each text attention layer's normed pixel tokens (B, HW, C) and map size in a forward pass."""
+        seen: List = [None] * len(self.layers)
+
+        def hook(j):
+            def record(layer, args):
+                x = args[0]
+                seen[j] = (layer.norm(x).flatten(2).transpose(1, 2), tuple(x.shape[-2:]))
+            return record
+
+        handles = [layer.register_forward_pre_hook(hook(j)) for j, layer in enumerate(self.layers)]
+        try:
+            self.unet(noisy, t, embeds, mask)
+        finally:
+            for h in handles:
+                h.remove()
+        return seen
+
+    def sample_rows(self, names: Sequence[str], generator: torch.Generator) -> torch.Tensor:
+        """One traced render of each name (traced now if it was not yet)."""
+        self.trace(names)
+        picks = torch.randint(0, self.draws, (len(names),), generator=generator)
+        return torch.tensor([self.index[n] * self.draws for n in names]) + picks
+
+    def text_effects(self, rows: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
+        """What the text `embeds` adds on the traced pixels of `rows`: the pooled vector, then each layer's output."""
+        context, context_mask = self.unet._context(embeds, mask)
+        effects = [self.unet.text_pool(context, context_mask)]
+        for layer, side in zip(self.layers, self.sides):
+            q, k, v = (None if t is None else t[rows].float() for t in side)
+            effects.append(layer.text_side(q, k, v, context, context_mask))
+        return effects
+
+    def loss(self, rows: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean over the pooled vector and the layers of the squared difference from what the name added, each
+        relative to the size of the name's effect there (so that no layer outweighs the others by its scale)."""
+        losses = []
+        for got, kept in zip(self.text_effects(rows, embeds, mask), self.effects):
+            target = kept[rows].float()
+            losses.append(F.mse_loss(got, target) / target.pow(2).mean().clamp_min(1e-8))
+        return torch.stack(losses).mean()
