@@ -210,7 +210,7 @@ def cmd_tune_text(args) -> int:
     cfg = TextTuningConfig(weights=args.weights, run_dir=args.run_dir, out=args.out or os.path.join(args.run_dir, "export"),
                            steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                            anchor_weight=args.anchor_weight, new_word_lr=args.new_word_lr,
-                           new_words_only=not args.all_layers)
+                           new_words_only=not args.all_layers, objective=args.objective, trace_draws=args.trace_draws)
     tune_text(cfg, max_minutes=args.max_minutes)
     return 0
 
@@ -393,10 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--weights", default=DEFAULT_WEIGHTS, help="pipeline folder (its keywords.txt, unet_1, text encoder)")
     tt.add_argument("--run-dir", default="runs/text_tuning")
     tt.add_argument("--out", help="where tokenizer/ and text_encoder/ go (default RUN_DIR/export)")
-    tt.add_argument("--steps", type=int, default=1800)
-    tt.add_argument("--batch-size", type=int, default=48)
-    tt.add_argument("--lr", type=float, default=3e-4, help="the encoder's layers (with --all-layers)")
-    tt.add_argument("--new-word-lr", type=float, default=2e-2, help="the new words' embedding rows")
+    from .training.text_tuning import TextTuningConfig as T  # its defaults are the shipped run's
+
+    tt.add_argument("--steps", type=int, default=T.steps)
+    tt.add_argument("--batch-size", type=int, default=T.batch_size)
+    tt.add_argument("--lr", type=float, default=T.lr, help="the encoder's layers (with --all-layers)")
+    tt.add_argument("--new-word-lr", type=float, default=T.new_word_lr, help="the new words' embedding rows")
+    tt.add_argument("--objective", choices=["layers", "output"], default=T.objective,
+                    help="layers: each text attention layer's output on pixels traced once per name (fast); "
+                         "output: the U-Net's prediction, run at every step")
+    tt.add_argument("--trace-draws", type=int, default=T.trace_draws, help="noised renders traced per name (layers)")
     tt.add_argument("--all-layers", action="store_true",
                     help="also teach the encoder's layers and old rows (with an anchor on every caption); without it "
                          "only the new words' rows learn and every old caption encodes bit for bit as before")
