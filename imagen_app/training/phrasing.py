@@ -62,7 +62,7 @@ class PhrasingSampler:
     country adjectives), the rest from the names themselves in typed forms (articles, frames, flag forms)."""
 
     def __init__(self, names: Sequence[str], table: Dict[str, List[str]], plural_heads: Sequence[str] = (),
-                 keyword_share: float = 0.7, zipf: Optional[Dict[str, float]] = None):
+                 keyword_share: float = 0.7, zipf: Optional[Dict[str, float]] = None, frequency_power: float = 1.0):
         self.names = list(names)
         self.keyword_share = keyword_share  # the share of draws from the table (the rest: the names, typed)
         self.frames = list(FRAMES)  # the frames typed forms are drawn in
@@ -72,9 +72,11 @@ class PhrasingSampler:
         self.typed = sorted(self.table)
         # A typed head is drawn in proportion to how common it is in English (2^(Zipf - 4), within 0.1-4: "music" 2.9,
         # "kitten" 0.8, "medico" 0.2): the words people type are the common ones. Uniform without frequencies.
+        # `frequency_power` sharpens it (2: "music" 8.4, "kitten" 0.6, "medico" 0.01).
         zipf = zipf or {}
         self._cumulative = list(itertools.accumulate(
-            min(4.0, max(0.1, 2 ** (zipf[t] - 4))) if t in zipf else 1.0 for t in self.typed))
+            min(4.0 ** frequency_power, max(0.1 ** frequency_power, 2 ** (frequency_power * (zipf[t] - 4))))
+            if t in zipf else 1.0 for t in self.typed))
         self.plural_heads = set(plural_heads)  # typed heads that are plurals (for their determiners)
         self._by_name: Dict[str, List[str]] = {}  # emoji name -> the typed heads that stand for it
         for typed, targets in self.table.items():

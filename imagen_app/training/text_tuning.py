@@ -59,6 +59,7 @@ class TextTuningConfig:
     # traced once (attention_traces.py; some 20x cheaper a sample); "output": the U-Net's prediction, run each step
     objective: str = "layers"
     trace_draws: int = 3  # noised renders traced per emoji name ("layers")
+    frequency_power: float = 1.0  # a typed head is drawn in proportion to (its English frequency) ^ this
     threads: Optional[int] = None
     seed: int = 0
     log_every: int = 25
@@ -106,7 +107,7 @@ class TextTuning:
         table = read_table(table_path)
         plurals = {plural(t) for t in table} | {plural(n) for n in self.names}
         self.sampler = PhrasingSampler(self.names, table, plural_heads=[t for t in table if t in plurals],
-                                       zipf=read_frequencies(table_path))
+                                       zipf=read_frequencies(table_path), frequency_power=cfg.frequency_power)
         saved = os.path.join(cfg.run_dir, "tokenizer")
         if os.path.isdir(saved):  # a resumed run keeps the vocabulary it started with
             from transformers import AutoTokenizer

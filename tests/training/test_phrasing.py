@@ -177,6 +177,10 @@ def test_common_words_are_drawn_more_often():
     rng = random.Random(0)
     heads = [sampler.sample(rng)[1] for _ in range(2000)]
     assert 3 < heads.count("cat face") / heads.count("hot beverage") < 6  # 2^0 / 2^-2 = 4
+    sharper = PhrasingSampler(["cat face", "hot beverage"], {"kitten": ["cat face"], "medico": ["hot beverage"]},
+                              keyword_share=1.0, zipf={"kitten": 4.0, "medico": 2.0}, frequency_power=2.0)
+    heads = [sharper.sample(rng)[1] for _ in range(4000)]
+    assert 11 < heads.count("cat face") / heads.count("hot beverage") < 24  # (2^0 / 2^-2)^2 = 16
 
 
 def test_new_words_only_leaves_every_old_caption_as_it_was(tmp_path):
