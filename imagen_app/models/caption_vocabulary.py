@@ -17,7 +17,10 @@ lookup in the pipeline's own caption list (`captions.txt` and `held_out.txt` bes
 A known name always maps to itself, so training captions (all known names) are encoded exactly as
 before: the lookup is part of the one prompt normalisation, shared by training and inference. What
 it does is shown to the user (the "understood" box shows the prompt the model saw). Prompts that are
-not a known name in any form pass through unchanged: composition is left to the model.
+not a known name in any form pass through without a leading article ("a red car" -> "red car": the U-Net learned
+names, which start with their content word, and reads the text tokens by position); the rest, composition
+included, is left to the model. Whoever trains a U-Net on other captions (the scene corpus) gives them the same
+normalisation, so that training and the page read a caption alike.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ ALIAS_FILE = "aliases.txt"  # one "alias<TAB>name" per line
 # A leading article or determiner, dropped only where a known name remains (a name that starts with one, such as
 # "a button (blood type)", matches whole first).
 _DETERMINER = re.compile(r"^(?:a|an|the|some|my|this|one)\s+(?=\S)")
+_ARTICLE = re.compile(r"^(?:a|an|the)\s+(?=\S)")
 
 
 def fold(text: str) -> str:
@@ -76,14 +80,15 @@ class CaptionVocabulary:
 
     def canonical(self, prompt: str) -> str:
         """The prompt as the model is given it: normalised, then the known name it stands for, if any, also after a
-        leading article or determiner ("an astronaut", "the panda" -> the name; "a red car" stays as typed)."""
+        leading article or determiner ("an astronaut", "the panda" -> the name); else without a leading article
+        ("a red car" -> "red car", "some bananas" as typed)."""
         text = normalize_prompt(prompt)
         if not text:
             return text
         found = self._lookup.get(fold(text))
         if found is None:
             found = self._lookup.get(fold(_DETERMINER.sub("", text)))
-        return found or text
+        return found or _ARTICLE.sub("", text)
 
     @classmethod
     def from_folder(cls, folder: str) -> Optional["CaptionVocabulary"]:

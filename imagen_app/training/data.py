@@ -261,6 +261,17 @@ def write_image_folder(data: CaptionedImages, folder: str) -> int:
     return len(data)
 
 
+def caption_vocabulary():
+    """The names a stage is trained on, as the exported pipeline reads typed prompts (captions.txt, held_out.txt,
+    aliases.txt): training encodes every caption through it too, so that a caption that is no name ("a cat and a
+    pizza") is read in training as the page will read it ("cat and a pizza")."""
+    from ..models.caption_vocabulary import CaptionVocabulary
+
+    emojis = load_emoji()
+    return CaptionVocabulary([e.caption for e in emojis],
+                             aliases={a: e.caption for e in emojis for a in e.aliases if a != e.caption})
+
+
 def write_caption_lists(out_dir: str) -> None:
     """Writes captions.txt (the emoji names trained on), held_out.txt (the held-out compositions) and aliases.txt
     (each emoji's other names: "alias<TAB>caption")."""

@@ -40,6 +40,7 @@ from ..pipeline.guidance import noise_augment
 from .checkpoints import CHECKPOINT, checkpoint_path, claim_run_folder, resume, save_checkpoint
 from .config import TrainConfig
 from .curriculum import log_text_use, make_curriculum, plan_next_pass
+from .data import caption_vocabulary
 from .distributed import (StopRequest, describe_processes, make_accelerator, process_rng, record_ranks, share_curriculum,
                           share_loss_and_stop, stop_with_launcher, unwrap)
 # cli.py imports export_stage and assemble_pipeline from here
@@ -85,7 +86,7 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
 
     # data: the images and captions, and the frozen text encoder with every caption encoded up front
     tokenizer, text_encoder = load_text_encoder(cfg.text_encoder)
-    encoder = PromptEncoder(tokenizer, text_encoder.to(device), cache_size=100_000)
+    encoder = PromptEncoder(tokenizer, text_encoder.to(device), cache_size=100_000, vocabulary=caption_vocabulary())
     data = load_images(cfg)
     encoder.warm([c for caps in data.captions for c in caps])
 

@@ -28,7 +28,8 @@ def test_fold_drops_punctuation_accents_and_reads_ampersand_as_and():
     ("keycap", "keycap"),  # two known names fold to it: left as typed
     ("purple heart", "purple heart"),  # not a known name: composition is left to the model
     ("a red heart", "red heart"), ("The Red Heart!", "red heart"), ("some turkey", "turkey"), ("an japan", "flag: japan"),
-    ("a purple heart", "a purple heart"),  # no known name after the article: left to the model, article and all
+    ("a purple heart", "purple heart"),  # no known name after the article: left to the model, the article read away
+    ("A plane!", "plane!"), ("some bananas", "some bananas"), ("the cat and a dog", "cat and a dog"),
     ("the", "the"), ("a  red heart", "red heart"),
 ])
 def test_typed_forms_become_the_known_name(typed, known):
@@ -87,3 +88,14 @@ def test_the_shipped_aliases_load_and_round_trip(tmp_path):
     again = CaptionVocabulary.from_folder(tmp_path)
     assert again.names == vocab.names and again.aliases == vocab.aliases
     assert (tmp_path / "captions.txt").read_text() == open(os.path.join(SHIPPED, "captions.txt")).read()
+
+
+def test_training_reads_captions_as_the_page_does():
+    """The training's vocabulary (training/data.py) keeps every emoji name as it is and reads a caption that is no
+    name as the shipped pipeline does (a scene: its leading article away)."""
+    from imagen_app.training.data import caption_vocabulary
+
+    training, page = caption_vocabulary(), CaptionVocabulary.from_folder(SHIPPED)
+    assert all(training.canonical(name) == name for name in page.names)
+    for typed in ["a cat and a pizza", "three foxes", "The Japanese flag", "an astronaut", "kitty", "a red car"]:
+        assert training.canonical(typed) == page.canonical(typed), typed
