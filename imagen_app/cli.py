@@ -210,7 +210,8 @@ def cmd_tune_text(args) -> int:
     cfg = TextTuningConfig(weights=args.weights, run_dir=args.run_dir, out=args.out or os.path.join(args.run_dir, "export"),
                            steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                            anchor_weight=args.anchor_weight, new_word_lr=args.new_word_lr,
-                           new_words_only=not args.all_layers, objective=args.objective, trace_draws=args.trace_draws)
+                           new_words_only=not args.all_layers, objective=args.objective, trace_draws=args.trace_draws,
+                           frequency_power=args.frequency_power)
     tune_text(cfg, max_minutes=args.max_minutes)
     return 0
 
@@ -403,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="layers: each text attention layer's output on pixels traced once per name (fast); "
                          "output: the U-Net's prediction, run at every step")
     tt.add_argument("--trace-draws", type=int, default=T.trace_draws, help="noised renders traced per name (layers)")
+    tt.add_argument("--frequency-power", type=float, default=T.frequency_power,
+                    help="typed heads are drawn in proportion to their English frequency to this power")
     tt.add_argument("--all-layers", action="store_true",
                     help="also teach the encoder's layers and old rows (with an anchor on every caption); without it "
                          "only the new words' rows learn and every old caption encodes bit for bit as before")

@@ -132,8 +132,9 @@ def understanding_markdown(pipe: ImagenPipeline, prompt: str) -> str:
     tokens = " ".join(f"`{t}`" for t in rep.tokens)
     lines = [f"**Tokens the model sees:** {tokens}"]
     if rep.prompt != " ".join(prompt.lower().split()):  # the shared normalisation changed more than case and spacing
-        lines.insert(0, f"**Read as:** {rep.prompt!r} (the form of the emoji's name the model was trained on: case, "
-                        "punctuation, a leading article, a flag's or skin tone's wording, an alias)")
+        lines.insert(0, f"**Read as:** {rep.prompt!r} (the prompt as the model reads it: an emoji's name in the form it "
+                        "was trained on, else the prompt without a leading article; case, punctuation, a flag's or skin "
+                        "tone's wording and aliases are brought to the name's)")
     if rep.unknown_words:
         lines.append("⚠️ **The model doesn't know** " + ", ".join(f"'{w}'" for w in rep.unknown_words) +
                      ": it knows the emoji names and the words people use for them (see *What the model knows* below).")

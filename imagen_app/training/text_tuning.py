@@ -40,12 +40,12 @@ class TextTuningConfig:
     keywords: Optional[str] = None  # the keyword table (default: weights/keywords.txt)
     run_dir: str = "runs/text_tuning"  # checkpoint (resumable) and log
     out: str = "runs/text_tuning/export"  # tokenizer/ and text_encoder/ written here
-    steps: int = 1800
-    batch_size: int = 48
+    steps: int = 1500
+    batch_size: int = 256
     anchor_batch: int = 96
     anchor_weight: float = 4.0
     lr: float = 3e-4  # the encoder's layers
-    new_word_lr: float = 2e-2  # the new words' embedding rows
+    new_word_lr: float = 3e-3  # the new words' embedding rows (Adam moves a row ~lr per element each time it is drawn)
     old_word_lr: float = 1e-3  # the old words' rows ("japanese" of "japanese castle" learns "the japanese flag" too;
     # the anchor keeps every name's embeddings); 0: fixed
     # Only the rows of words that no caption holds learn (the new words, and the old vocabulary's words that only an
@@ -59,7 +59,7 @@ class TextTuningConfig:
     # traced once (attention_traces.py; some 20x cheaper a sample); "output": the U-Net's prediction, run each step
     objective: str = "layers"
     trace_draws: int = 3  # noised renders traced per emoji name ("layers")
-    frequency_power: float = 1.0  # a typed head is drawn in proportion to (its English frequency) ^ this
+    frequency_power: float = 2.0  # a typed head is drawn in proportion to (its English frequency) ^ this
     threads: Optional[int] = None
     seed: int = 0
     log_every: int = 25
