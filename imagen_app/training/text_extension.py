@@ -73,7 +73,7 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = ())
 
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab: Dict[str, int] = dict(state["model"]["vocab"])
-    phrases = [p for p in phrases if " " in p.strip()]
+    phrases = [p for p in phrases if " " in p.strip() and phrase_token(p) not in vocab]  # (a taught one has its rule)
     for w in list(words) + [phrase_token(p) for p in phrases]:
         if w not in vocab:
             vocab[w] = len(vocab)

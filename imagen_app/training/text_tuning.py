@@ -117,7 +117,8 @@ class TextTuning:
             words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= old_size]
         else:
             texts = [self.canonical(t) for t in vocabulary_texts(self.sampler)]
-            phrases = [p for p in FRAME_PHRASES if p not in " ".join(self.vocabulary.names if self.vocabulary else [])]
+            phrases = [p for p in FRAME_PHRASES if p not in " ".join(self.vocabulary.names if self.vocabulary else [])
+                       and phrase_token(p) not in self.tokenizer0.get_vocab()]  # (a taught encoder has them)
             words = new_words(extended_tokenizer(self.tokenizer0, [], phrases), texts)  # a phrase's words are not new
             self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases)
             words += [phrase_token(p) for p in phrases]

@@ -43,3 +43,25 @@ def test_a_phrase_reads_as_one_word_of_its_own(tmp_path, tiny_pipe):
     assert new.convert_tokens_to_ids("picture_of") == len(old) + 4
     for caption in TINY_CAPTIONS:
         assert new(caption).input_ids == old(caption).input_ids
+
+
+
+def test_teaching_a_taught_encoder_again_adds_no_rows(tmp_path):
+    """tune-text on a pipeline whose encoder already has the frame phrases: one row per token, as before."""
+    import shutil
+
+    from imagen_app.training.text_tuning import TextTuning, TextTuningConfig, tune_text
+    from imagen_app.training.tiny import tiny_pipeline
+
+    folder = tmp_path / "pipe"
+    tiny_pipeline(resolutions=(32,)).save_pretrained(str(folder))
+    (folder / "keywords.txt").write_text("kitten\tcat face\n")
+    cfg = TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run"), out=str(tmp_path / "export"),
+                           steps=1, batch_size=4, threads=1)
+    tune_text(cfg, log=lambda *_: None)
+    for part in ("tokenizer", "text_encoder"):
+        shutil.rmtree(folder / part)
+        shutil.copytree(tmp_path / "export" / part, folder / part)
+    again = TextTuning(TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "again")), log=lambda *_: None)
+    assert len(again.tokenizer) == len(again.tokenizer0)
+    assert again.encoder.get_input_embeddings().weight.shape[0] == len(again.tokenizer)
