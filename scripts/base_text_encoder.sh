@@ -5,10 +5,10 @@
 set -euo pipefail
 OUT=${1:-runs/base_text}
 BEFORE=2d98db2^
-rm -rf "$OUT"; mkdir -p "$OUT"
-for f in weights/*; do ln -s "$(realpath "$f")" "$OUT/"; done
+TEXT=$(mktemp -d)
+trap 'rm -rf "$TEXT"' EXIT
 for d in tokenizer text_encoder; do
-  rm "$OUT/$d"; mkdir -p "$OUT/$d"
-  for f in $(git ls-tree --name-only "$BEFORE" "weights/$d/"); do git show "$BEFORE:$f" > "$OUT/$d/$(basename "$f")"; done
+  mkdir -p "$TEXT/$d"
+  for f in $(git ls-tree --name-only "$BEFORE" "weights/$d/"); do git show "$BEFORE:$f" > "$TEXT/$d/$(basename "$f")"; done
 done
-echo "$OUT: weights/ with the text encoder before any new words"
+bash "$(dirname "$0")/make_candidate.sh" "$OUT" "$TEXT"

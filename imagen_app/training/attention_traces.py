@@ -14,17 +14,12 @@ word takes to learn.
 """
 from __future__ import annotations
 
-import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..models.unet import TextAttention
-
-
-def _half(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    return None if t is None else t.half()
 
 
 class AttentionTraces:
@@ -39,15 +34,15 @@ class AttentionTraces:
         self.draws, self.min_timestep, self.pixels = draws, min_timestep, pixels
         self.traced = torch.zeros(len(self.index), dtype=torch.bool)
         self.generator = torch.Generator().manual_seed(seed)
-        self.sides: List[Tuple] = []  # per layer: (q, pixel k, pixel v), each (names x draws, K, C) or None
-        self.effects: List[torch.Tensor] = []  # the pooled vector, then each layer's output, as the name made them
-        self.seconds = 0.0  # spent tracing
+        # Allocated at the first trace, when the shapes are known; None where a layer has no such part.
+        self.sides: List[List[Optional[torch.Tensor]]] = [[None] * 3 for _ in self.layers]  # q, pixel k, pixel v
+        self.effects: List[Optional[torch.Tensor]] = [None] * (len(self.layers) + 1)  # the pooled vector, each layer's
 
-    def _store(self, buffers: List, j: int, rows: torch.Tensor, value: Optional[torch.Tensor]) -> None:
+    def _store(self, buffers: List[Optional[torch.Tensor]], j: int, rows: torch.Tensor, value: Optional[torch.Tensor]):
         if value is None:
             return
-        if j == len(buffers):  # the first trace: now the shapes are known
-            buffers.append(torch.empty((len(self.index) * self.draws,) + tuple(value.shape[1:]), dtype=torch.float16))
+        if buffers[j] is None:
+            buffers[j] = torch.empty((len(self.index) * self.draws,) + tuple(value.shape[1:]), dtype=torch.float16)
         buffers[j][rows] = value.half()
 
     @torch.no_grad()
@@ -56,7 +51,6 @@ class AttentionTraces:
         todo = [n for n in dict.fromkeys(names) if not self.traced[self.index[n]]]
         if not todo:
             return
-        start = time.time()
         chunk = [n for n in todo for _ in range(self.draws)]
         rows = torch.tensor([self.index[n] * self.draws + d for n in todo for d in range(self.draws)])
         images = self.renders[[self.index[n] for n in chunk]]
@@ -65,9 +59,6 @@ class AttentionTraces:
                           generator=self.generator)
         embeds, mask = self.teacher.encode(chunk)
         context, context_mask = self.unet._context(embeds, mask)
-        fresh = not self.effects
-        if fresh:
-            self.sides = [[] for _ in self.layers]
         self._store(self.effects, 0, rows, self.unet.text_pool(context, context_mask))
         for j, (layer, (tokens, (h, w))) in enumerate(zip(self.layers, self._record(
                 self.scheduler.add_noise(images, noise, t), t, embeds, mask))):
@@ -81,10 +72,7 @@ class AttentionTraces:
             for part, value in enumerate(side):
                 self._store(self.sides[j], part, rows, value)
             self._store(self.effects, j + 1, rows, layer.text_side(*side, context, context_mask))
-        if fresh:
-            self.sides = [tuple(parts) + (None,) * (3 - len(parts)) for parts in self.sides]
         self.traced[[self.index[n] for n in todo]] = True
-        self.seconds += time.time() - start
 
     @torch.no_grad()
     def _record(self, noisy: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor):

@@ -268,8 +268,12 @@ def caption_vocabulary():
     from ..models.caption_vocabulary import CaptionVocabulary
 
     emojis = load_emoji()
-    return CaptionVocabulary([e.caption for e in emojis],
-                             aliases={a: e.caption for e in emojis for a in e.aliases if a != e.caption})
+    return CaptionVocabulary([e.caption for e in emojis], aliases=dict(_alias_pairs(emojis)))
+
+
+def _alias_pairs(emojis):
+    """(alias, caption) for each emoji's other names, as aliases.txt lists them."""
+    return [(a, e.caption) for e in emojis for a in e.aliases if a != e.caption]
 
 
 def write_caption_lists(out_dir: str) -> None:
@@ -283,4 +287,4 @@ def write_caption_lists(out_dir: str) -> None:
     with open(os.path.join(out_dir, "held_out.txt"), "w") as f:
         f.write("\n".join(held) + "\n")
     with open(os.path.join(out_dir, "aliases.txt"), "w") as f:  # caption_vocabulary.py reads them
-        f.write("".join(f"{a}\t{e.caption}\n" for e in emojis for a in e.aliases if a != e.caption))
+        f.write("".join(f"{a}\t{caption}\n" for a, caption in _alias_pairs(emojis)))

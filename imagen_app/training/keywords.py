@@ -105,15 +105,8 @@ class WordNet:
                         found.setdefault(adjective, []).extend(wanted[c] for c in countries)
         # An adjective can pertain to several synsets ("chinese": China and Taiwan, the Republic of China): the
         # country whose name shares the longest start with it is meant.
-        return {adjective: max(names, key=lambda c: _common_start(adjective, c.lower()))
+        return {adjective: max(names, key=lambda c: len(os.path.commonprefix([adjective, c.lower()])))
                 for adjective, names in found.items()}
-
-
-def _common_start(a: str, b: str) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def plural(word: str, irregular: Optional[Dict[str, str]] = None) -> str:

@@ -89,7 +89,7 @@ class TextTuning:
         from .data import held_out_split, load_emoji, rendered_corpus
         from .keywords import KEYWORD_FILE, plural, read_frequencies, read_table
         from .phrasing import FRAME_PHRASES, PhrasingSampler
-        from .text_extension import extended_tokenizer, new_words, phrase_token
+        from .text_extension import extended_tokenizer, new_words
 
         self.cfg, self.log = cfg, log
         self.tokenizer0, self.encoder0 = load_text_encoder(cfg.weights)
@@ -113,18 +113,15 @@ class TextTuning:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(saved)
-            old_size = len(self.tokenizer0)
-            words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= old_size]
         else:
             texts = [self.canonical(t) for t in vocabulary_texts(self.sampler)]
-            phrases = [p for p in FRAME_PHRASES if p not in " ".join(self.vocabulary.names if self.vocabulary else [])
-                       and phrase_token(p) not in self.tokenizer0.get_vocab()]  # (a taught encoder has them)
+            phrases = [p for p in FRAME_PHRASES if p not in " ".join(self.vocabulary.names if self.vocabulary else [])]
             words = new_words(extended_tokenizer(self.tokenizer0, [], phrases), texts)  # a phrase's words are not new
             self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases)
-            words += [phrase_token(p) for p in phrases]
             self.tokenizer.save_pretrained(saved)
-        self.encoder = self._student(words)
         self.old_vocab_size = len(self.tokenizer0)
+        words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= self.old_vocab_size]
+        self.encoder = self._student(words)
         # The anchor holds every caption of the corpus that the encoder already reads word for word (held-out
         # compositions too: it is a constraint on embeddings and shows the U-Net no image of them).
         unk = self.tokenizer0.unk_token_id
@@ -147,7 +144,7 @@ class TextTuning:
     def frame_learnable(self, frame: str) -> bool:
         """Whether every word of `frame` ("a picture of {}") but a leading article is a word whose row learns."""
         ids = self.tokenizer(" ".join(frame.replace("{}", " ").split()), add_special_tokens=False).input_ids
-        articles = set(self.tokenizer(["a", "an", "the"], add_special_tokens=False).input_ids[i][0] for i in range(3))
+        articles = set(self.tokenizer.convert_tokens_to_ids(["a", "an", "the"]))
         ids = ids[1:] if ids[:1] and ids[0] in articles else ids
         return all(i in self.learnable for i in ids)
 
