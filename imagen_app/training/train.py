@@ -64,10 +64,15 @@ def train(cfg: TrainConfig, max_minutes: Optional[float] = None, log=print) -> i
         # without the temporary files of a checkpoint write that a kill interrupted
         lock = claim_run_folder(cfg.run_dir, accelerator, log)
         try:
-            return _train(cfg, accelerator, stop, max_minutes, log)
+            step = _train(cfg, accelerator, stop, max_minutes, log)
         finally:
             if lock is not None:
                 lock.release()
+        # Every rank has passed the last collective call: the process group is taken down before the interpreter
+        # exits, not by its destructors at exit, where gloo's threads could abort a worker ("terminate called
+        # without an active exception", seen once in CI on a run that had finished).
+        accelerator.end_training()
+        return step
     finally:
         stop.restore()
 
