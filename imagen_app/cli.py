@@ -211,7 +211,7 @@ def cmd_tune_text(args) -> int:
                            steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                            anchor_weight=args.anchor_weight, new_word_lr=args.new_word_lr,
                            new_words_only=not args.all_layers, objective=args.objective, trace_draws=args.trace_draws,
-                           frequency_power=args.frequency_power)
+                           frequency_power=args.frequency_power, anchor_objective=args.anchor_objective)
     tune_text(cfg, max_minutes=args.max_minutes)
     return 0
 
@@ -409,7 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--all-layers", action="store_true",
                     help="also teach the encoder's layers and old rows (with an anchor on every caption); without it "
                          "only the new words' rows learn and every old caption encodes bit for bit as before")
-    tt.add_argument("--anchor-weight", type=float, default=4.0)
+    tt.add_argument("--anchor-weight", type=float, default=T.anchor_weight)
+    tt.add_argument("--anchor-objective", choices=["embeddings", "layers"], default=T.anchor_objective,
+                    help="with --all-layers: hold every caption's encoder output (embeddings) or what the base "
+                         "U-Net's text layers read of it (layers, with --objective layers)")
     tt.add_argument("--threads", type=int)
     tt.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after so many minutes")
     tt.set_defaults(func=cmd_tune_text)

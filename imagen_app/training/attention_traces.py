@@ -111,8 +111,18 @@ class AttentionTraces:
     def loss(self, rows: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean over the pooled vector and the layers of the squared difference from what the name added, each
         relative to the size of the name's effect there (so that no layer outweighs the others by its scale)."""
-        losses = []
-        for got, kept in zip(self.text_effects(rows, embeds, mask), self.effects):
-            target = kept[rows].float()
-            losses.append(F.mse_loss(got, target) / target.pow(2).mean().clamp_min(1e-8))
-        return torch.stack(losses).mean()
+        return relative_error(self.text_effects(rows, embeds, mask), [kept[rows].float() for kept in self.effects])
+
+    def anchor_loss(self, rows: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, teacher_embeds: torch.Tensor,
+                    teacher_mask: torch.Tensor) -> torch.Tensor:
+        """The same error for texts whose effects were not traced (every caption, the held-out compositions too):
+        on the traced pixels of `rows` (other emoji's renders; no image of the caption is used), the student's
+        embeddings of a caption should make every layer add what the teacher's embeddings of it make it add."""
+        with torch.no_grad():
+            targets = self.text_effects(rows, teacher_embeds, teacher_mask)
+        return relative_error(self.text_effects(rows, embeds, mask), targets)
+
+
+def relative_error(got: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over the parts of each one's squared error relative to the size of its target."""
+    return torch.stack([F.mse_loss(g, t) / t.pow(2).mean().clamp_min(1e-8) for g, t in zip(got, targets)]).mean()

@@ -44,6 +44,9 @@ class TextTuningConfig:
     batch_size: int = 256
     anchor_batch: int = 96
     anchor_weight: float = 4.0
+    # "embeddings": a caption's encoder output stays where it was; "layers" (with the layers objective): what it
+    # makes the base U-Net's text path add, on traced pixels of other emoji, stays (what the U-Net reads of it)
+    anchor_objective: str = "embeddings"
     lr: float = 3e-4  # the encoder's layers
     new_word_lr: float = 3e-3  # the new words' embedding rows (Adam moves a row ~lr per element each time it is drawn)
     old_word_lr: float = 1e-3  # the old words' rows ("japanese" of "japanese castle" learns "the japanese flag" too;
@@ -139,6 +142,10 @@ class TextTuning:
                                           draws=cfg.trace_draws, min_timestep=cfg.min_timestep, seed=cfg.seed)
         elif cfg.objective != "output":
             raise ValueError(f"objective must be 'layers' or 'output', not {cfg.objective!r}")
+        if cfg.anchor_objective not in ("embeddings", "layers") or (cfg.anchor_objective == "layers"
+                                                                    and cfg.objective != "layers"):
+            raise ValueError(f"anchor_objective must be 'embeddings', or 'layers' with the layers objective, "
+                             f"not {cfg.anchor_objective!r} with {cfg.objective!r}")
         log(f"{len(self.names)} names, {len(self.sampler.typed)} typed heads, {len(words)} new words")
 
     def frame_learnable(self, frame: str) -> bool:
@@ -210,7 +217,7 @@ class TextTuning:
         if cfg.objective == "layers":
             rows = self.traces.sample_rows(names, generator)
             distill = self.traces.loss(rows, *self.embed(self.encoder, self.tokenizer, typed))
-            return self._with_anchor(distill, rng)
+            return self._with_anchor(distill, rng, generator)
         images = pixels_to_tensor(self.corpus[[self.index[n] for n in names]])
         noise = torch.randn(images.shape, generator=generator)
         # The upper timesteps, where what is drawn is still open and the text decides it (near t = 0 the noisy image
@@ -221,16 +228,19 @@ class TextTuning:
             target = self.unet(noisy, t, *self.teacher.encode(names)).sample
         embeds, mask = self.embed(self.encoder, self.tokenizer, typed)
         distill = F.mse_loss(self.unet(noisy, t, embeds, mask).sample, target)
-        return self._with_anchor(distill, rng)
+        return self._with_anchor(distill, rng, generator)
 
-    def _with_anchor(self, distill: torch.Tensor, rng: random.Random) -> Dict[str, torch.Tensor]:
+    def _with_anchor(self, distill: torch.Tensor, rng: random.Random, generator: torch.Generator) -> Dict[str, torch.Tensor]:
         cfg = self.cfg
         anchors = ([rng.choice(self.anchor_names) for _ in range(cfg.anchor_batch)]
                    if self.anchor_names and not cfg.new_words_only else [])  # nothing old moves: no anchor needed
         if not anchors:
             return dict(distill=distill, anchor=torch.zeros(()))
         fixed, fixed_mask = self.teacher.encode(anchors)
-        moved, _ = self.embed(self.encoder, self.tokenizer, anchors)
+        moved, moved_mask = self.embed(self.encoder, self.tokenizer, anchors)
+        if cfg.anchor_objective == "layers":
+            rows = self.traces.sample_rows([rng.choice(self.names) for _ in anchors], generator)
+            return dict(distill=distill, anchor=self.traces.anchor_loss(rows, moved, moved_mask, fixed, fixed_mask))
         anchor = (moved - fixed).pow(2).sum() / (fixed_mask.sum() * fixed.shape[-1])
         return dict(distill=distill, anchor=anchor)
 

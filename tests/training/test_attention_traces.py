@@ -49,3 +49,24 @@ def test_traces_score_a_name_against_itself_as_zero_and_trace_only_what_is_asked
     own = traces.loss(rows, *teacher.encode(["red heart", "panda", "red heart"]))
     other = traces.loss(rows, *teacher.encode(["grinning face", "flag: japan", "panda"]))
     assert own.item() < 1e-5 < 1e-2 < other.item()
+
+
+def test_the_layers_anchor_is_zero_for_the_teacher_and_grows_with_a_moved_caption(tiny_pipe):
+    """anchor_loss compares a caption's effects under the student and the teacher on other emoji's traced pixels."""
+    from imagen_app.models.schedules import noise_schedule
+    from imagen_app.models.text_encoder import PromptEncoder
+    from imagen_app.training.attention_traces import AttentionTraces
+
+    unet = tiny_pipe.unets[0].float().eval()
+    names = ["red heart", "panda"]
+    renders = torch.rand(len(names), 3, unet.config.sample_size, unet.config.sample_size) * 2 - 1
+    teacher = PromptEncoder(tiny_pipe.tokenizer, tiny_pipe.text_encoder)
+    traces = AttentionTraces(unet, noise_schedule("squaredcos_cap_v2", "epsilon"), renders, names, teacher, draws=2)
+    rows = traces.sample_rows(["panda", "red heart"], torch.Generator().manual_seed(0))
+    captions = ["grinning face", "flag: japan"]  # not traced: their effects come from the teacher's embeddings
+    fixed, mask = teacher.encode(captions)
+    assert traces.anchor_loss(rows, fixed, mask, fixed, mask).item() < 1e-6
+    nudged = fixed + 0.05 * torch.randn(fixed.shape, generator=torch.Generator().manual_seed(1)) * mask[..., None]
+    moved = fixed + 0.5 * torch.randn(fixed.shape, generator=torch.Generator().manual_seed(1)) * mask[..., None]
+    small, large = (traces.anchor_loss(rows, e, mask, fixed, mask).item() for e in (nudged, moved))
+    assert 0 < small < large

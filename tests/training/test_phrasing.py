@@ -124,6 +124,29 @@ def test_text_tuning_keeps_old_ids_learns_new_words_and_resumes(tmp_path, tiny_p
     assert any("resumed" in line and "step 3" in line for line in lines)
 
 
+def test_text_tuning_with_the_layers_anchor_moves_the_layers_and_holds_the_captions(tmp_path):
+    """All of the encoder learns (new_words_only off); the anchor on what the U-Net's text layers read of every
+    caption starts at zero (student = teacher) and is logged; an output objective with it is refused."""
+    import pytest
+
+    from imagen_app.training.text_tuning import TextTuningConfig, tune_text
+    from imagen_app.training.tiny import tiny_pipeline
+
+    folder = tmp_path / "pipe"
+    tiny_pipeline(resolutions=(32,)).save_pretrained(str(folder))
+    (folder / "keywords.txt").write_text("kitten\tcat face\ncoffee\thot beverage\n")
+    cfg = TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run"), out=str(tmp_path / "run" / "export"),
+                           steps=3, batch_size=4, anchor_batch=8, log_every=1, save_every=100, threads=1,
+                           new_words_only=False, anchor_objective="layers", lr=1e-2)
+    lines = []
+    assert tune_text(cfg, log=lines.append) == 3
+    anchor = [float(line.split("anchor ")[1].split()[0]) for line in lines if "anchor" in line]
+    assert len(anchor) == 3 and anchor[0] < 1e-6 < anchor[-1]  # zero before the layers move, then held near it
+    with pytest.raises(ValueError, match="anchor_objective"):
+        tune_text(TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run2"), objective="output",
+                                   new_words_only=False, anchor_objective="layers", steps=1), log=lines.append)
+
+
 def _load(folder):
     from imagen_app.models.text_encoder import load_text_encoder
 
