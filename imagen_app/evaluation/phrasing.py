@@ -14,14 +14,19 @@ SMILING = ["grinning face", "grinning face with big eyes", "grinning face with s
            "smiling face with smiling eyes", "slightly smiling face", "smiling face", "grinning squinting face"]
 SAD = ["frowning face", "slightly frowning face", "crying face", "loudly crying face", "sad but relieved face",
        "disappointed face", "pensive face", "worried face", "frowning face with open mouth"]
-CAT = ["cat", "cat face"]
+# every cat emoji is a drawing of a cat ("a picture of a cat" drawn as the kissing cat is right)
+CAT = ["cat", "cat face", "black cat", "grinning cat", "grinning cat with smiling eyes", "cat with tears of joy",
+       "smiling cat with heart-eyes", "cat with wry smile", "kissing cat", "pouting cat", "crying cat", "weary cat"]
 DOG = ["dog", "dog face"]
 CARS = ["automobile", "oncoming automobile", "taxi", "oncoming taxi", "racing car", "police car", "sport utility vehicle"]
 MOONS = ["crescent moon", "first quarter moon", "first quarter moon face", "full moon", "full moon face", "last quarter moon",
          "last quarter moon face", "new moon", "new moon face", "waning crescent moon", "waning gibbous moon",
          "waxing crescent moon", "waxing gibbous moon"]
 HEARTS = ["red heart", "sparkling heart", "beating heart", "growing heart", "two hearts", "revolving hearts", "heart with arrow",
-          "heart with ribbon", "heart decoration", "smiling face with hearts", "smiling face with heart-eyes"]
+          "heart with ribbon", "heart decoration", "smiling face with hearts", "smiling face with heart-eyes",
+          # a heart of any colour is a heart emoji
+          "orange heart", "yellow heart", "green heart", "blue heart", "light blue heart", "purple heart", "pink heart",
+          "brown heart", "black heart", "grey heart", "white heart"]
 
 # (prompt, kind, acceptable emoji names)
 PROMPTS: List[Tuple[str, str, Sequence[str]]] = [
@@ -40,7 +45,7 @@ PROMPTS: List[Tuple[str, str, Sequence[str]]] = [
     ("an umbrella", "article", ["umbrella", "closed umbrella", "umbrella with rain drops", "umbrella on ground"]),
     ("the panda", "article", ["panda"]),
     # plurals
-    ("cats", "plural", CAT + ["grinning cat", "black cat"]),
+    ("cats", "plural", CAT),
     ("apples", "plural", ["red apple", "green apple"]),
     ("mice", "plural", ["mouse", "mouse face"]),
     ("strawberries", "plural", ["strawberry"]),
