@@ -108,10 +108,14 @@ class AttentionTraces:
             effects.append(layer.text_side(q, k, v, context, context_mask))
         return effects
 
+    def errors(self, rows: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per traced row: the mean over the pooled vector and the layers of the squared difference from what the
+        name added, each relative to the size of the names' effects there (so that no layer outweighs the others by
+        its scale)."""
+        return relative_errors(self.text_effects(rows, embeds, mask), [kept[rows].float() for kept in self.effects])
+
     def loss(self, rows: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean over the pooled vector and the layers of the squared difference from what the name added, each
-        relative to the size of the name's effect there (so that no layer outweighs the others by its scale)."""
-        return relative_error(self.text_effects(rows, embeds, mask), [kept[rows].float() for kept in self.effects])
+        return self.errors(rows, embeds, mask).mean()
 
     def anchor_loss(self, rows: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, teacher_embeds: torch.Tensor,
                     teacher_mask: torch.Tensor) -> torch.Tensor:
@@ -120,9 +124,10 @@ class AttentionTraces:
         embeddings of a caption should make every layer add what the teacher's embeddings of it make it add."""
         with torch.no_grad():
             targets = self.text_effects(rows, teacher_embeds, teacher_mask)
-        return relative_error(self.text_effects(rows, embeds, mask), targets)
+        return relative_errors(self.text_effects(rows, embeds, mask), targets).mean()
 
 
-def relative_error(got: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean over the parts of each one's squared error relative to the size of its target."""
-    return torch.stack([F.mse_loss(g, t) / t.pow(2).mean().clamp_min(1e-8) for g, t in zip(got, targets)]).mean()
+def relative_errors(got: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per row, the mean over the parts of its squared error relative to the mean size of the part's targets."""
+    return torch.stack([(g - t).pow(2).flatten(1).mean(1) / t.pow(2).mean().clamp_min(1e-8)
+                        for g, t in zip(got, targets)]).mean(0)

@@ -64,6 +64,7 @@ class PhrasingSampler:
     def __init__(self, names: Sequence[str], table: Dict[str, List[str]], plural_heads: Sequence[str] = (),
                  keyword_share: float = 0.7, zipf: Optional[Dict[str, float]] = None, frequency_power: float = 1.0):
         self.names = list(names)
+        self._names = set(self.names)
         self.keyword_share = keyword_share  # the share of draws from the table (the rest: the names, typed)
         self.frames = list(FRAMES)  # the frames typed forms are drawn in
         known = set(self.names)
@@ -89,19 +90,43 @@ class PhrasingSampler:
         weights = [4.0 if f" {typed} " in f" {n} " else 1.0 for n in targets]
         return rng.choices(targets, weights)[0]
 
+    def modes(self, typed: str) -> List[str]:
+        """The emoji a typed head may be drawn as: an emoji name itself alone; else those of its targets whose name
+        holds the head as a word, or a word that the head begins ("music" -> "musical note"; heads of 5 letters or
+        more), when there are any, else all of its targets ("doctor" -> "health worker", "stethoscope", ...)."""
+        if typed in self._names:
+            return [typed]
+        targets = self.table[typed]
+        named = [n for n in targets if f" {typed} " in f" {n} " or (len(typed) >= 5 and any(
+            w.startswith(typed) for w in n.replace(":", " ").split()))]
+        return named or list(targets)
+
     def sample(self, rng: random.Random) -> Tuple[str, str]:
+        typed, name, _ = self.sample_with_modes(rng)
+        return typed, name
+
+    def sample_with_modes(self, rng: random.Random) -> Tuple[str, str, List[str]]:
+        """(typed prompt, an emoji it stands for, every emoji it may be drawn as): a name in a typed form has itself
+        alone; a keyword its `modes`; two keywords combined the targets that both have."""
         if self.typed and rng.random() < self.keyword_share:
             head = rng.choices(self.typed, cum_weights=self._cumulative)[0]
-            name = self.target(head, rng)
+            modes = self.modes(head)
+            name = head if head in self._names else self.target(head, rng)  # a name stands for itself alone
         else:
             name = rng.choice(self.names)
             if name.startswith("flag: ") and rng.random() < 0.7:
-                return flag_form(name[len("flag: "):], rng), name
+                return flag_form(name[len("flag: "):], rng), name, [name]
             head = " ".join(name.replace(":", " ").replace(",", " ").split()) if rng.random() < 0.5 else name
+            modes = [name]
         if head not in self.plural_heads and rng.random() < 0.15:  # two keywords of one emoji, as people combine them ("pizza slice", "hot coffee")
             others = [t for t in self._by_name.get(name, []) if " " not in t and t not in self.plural_heads
                       and not any(t[:4] == w[:4] for w in head.split())]  # not "kittens kitten"
             if others:
-                head = f"{rng.choice(others)} {head}" if rng.random() < 0.5 else f"{head} {rng.choice(others)}"
+                other = rng.choice(others)
+                if len(modes) > 1:  # a keyword's: "sad face" may be any emoji that has both ("sad" and "face")
+                    modes = [n for n in self.table[head] if n in set(self.table[other])]
+                head = f"{other} {head}" if rng.random() < 0.5 else f"{head} {other}"
+        if name not in modes:  # (a combination's modes can lose the drawn name's side: it is kept)
+            modes = modes + [name]
         is_plural = head in self.plural_heads or head.split()[-1] in self.plural_heads
-        return typed_form(head, rng, is_plural=is_plural, frames=self.frames), name
+        return typed_form(head, rng, is_plural=is_plural, frames=self.frames), name, modes

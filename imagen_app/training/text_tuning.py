@@ -62,6 +62,11 @@ class TextTuningConfig:
     # traced once (attention_traces.py; some 20x cheaper a sample); "output": the U-Net's prediction, run each step
     objective: str = "layers"
     trace_draws: int = 3  # noised renders traced per emoji name ("layers")
+    # A keyword that stands for several emoji ("doctor": health worker, stethoscope, ...) is taught, with the layers
+    # objective, to draw the one of up to `modes` of them (the drawn target and others) whose effects it is nearest:
+    # the error is the least over them, so the model draws one of them, not the mean of their effects (which draws
+    # none). 1: the drawn target alone (the mean over draws).
+    modes: int = 8
     frequency_power: float = 2.0  # a typed head is drawn in proportion to (its English frequency) ^ this
     threads: Optional[int] = None
     seed: int = 0
@@ -206,17 +211,23 @@ class TextTuning:
         for _ in range(50 * cfg.batch_size):
             if len(pairs) == cfg.batch_size:
                 break
-            pair = self.sampler.sample(rng)
+            pair = self.sampler.sample_with_modes(rng)
             prompt = self.canonical(pair[0])
             # Only the free rows learn: a form without such a word would teach nothing, so it is drawn again.
             if cfg.new_words_only and not self.learnable.intersection(self.tokenizer(prompt).input_ids):
                 continue
             pairs.append(pair)
             typed.append(prompt)
-        names = [n for _, n in pairs]
+        names = [n for _, n, _ in pairs]
         if cfg.objective == "layers":
-            rows = self.traces.sample_rows(names, generator)
-            distill = self.traces.loss(rows, *self.embed(self.encoder, self.tokenizer, typed))
+            k = max(1, cfg.modes)
+            # each draw's target, then up to k - 1 other emoji it may be drawn as (the target again where it has fewer)
+            picks = [[n] + rng.sample([m for m in modes if m != n], min(k - 1, len(modes) - 1)) for _, n, modes in pairs]
+            picks = [p + [p[0]] * (k - len(p)) for p in picks]
+            rows = self.traces.sample_rows([n for p in picks for n in p], generator)
+            embeds, mask = self.embed(self.encoder, self.tokenizer, typed)
+            errors = self.traces.errors(rows, embeds.repeat_interleave(k, 0), mask.repeat_interleave(k, 0))
+            distill = errors.view(len(pairs), k).min(1).values.mean()
             return self._with_anchor(distill, rng, generator)
         images = pixels_to_tensor(self.corpus[[self.index[n] for n in names]])
         noise = torch.randn(images.shape, generator=generator)

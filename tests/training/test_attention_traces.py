@@ -49,6 +49,9 @@ def test_traces_score_a_name_against_itself_as_zero_and_trace_only_what_is_asked
     own = traces.loss(rows, *teacher.encode(["red heart", "panda", "red heart"]))
     other = traces.loss(rows, *teacher.encode(["grinning face", "flag: japan", "panda"]))
     assert own.item() < 1e-5 < 1e-2 < other.item()
+    # per row: a name against itself scores zero, against another emoji not (what tune-text takes the least of)
+    mixed = traces.errors(rows, *teacher.encode(["red heart", "flag: japan", "red heart"]))
+    assert mixed.shape == (3,) and mixed[0] < 1e-5 and mixed[2] < 1e-5 < 1e-2 < mixed[1]
 
 
 def test_the_layers_anchor_is_zero_for_the_teacher_and_grows_with_a_moved_caption(tiny_pipe):

@@ -194,6 +194,25 @@ def test_a_new_words_row_starts_from_the_word_it_stands_for(tmp_path):
     assert (table[: old.shape[0]] == old).all()
 
 
+def test_a_keyword_may_be_drawn_as_the_emoji_whose_name_holds_it_and_a_name_only_as_itself():
+    names = ["musical note", "musical score", "guitar", "pizza", "mushroom", "crying face", "pensive face", "cat face",
+             "frowning face"]
+    table = {"music": ["guitar", "musical note", "musical score"], "doctor": ["guitar", "crying face"],
+             "pizza": ["mushroom"], "sad": ["crying face", "pensive face", "frowning face"],
+             "face": ["crying face", "pensive face", "cat face", "frowning face"], "crying": ["crying face"]}
+    sampler = PhrasingSampler(names, table, keyword_share=1.0)
+    assert sampler.modes("music") == ["musical note", "musical score"]  # "music" begins "musical"
+    assert sampler.modes("doctor") == ["guitar", "crying face"]  # no name holds it: every target
+    assert sampler.modes("pizza") == ["pizza"]  # a name is drawn as itself, whatever else the table lists
+    rng = random.Random(0)
+    draws = [sampler.sample_with_modes(rng) for _ in range(3000)]
+    assert all(name in modes for _, name, modes in draws)
+    combined = {frozenset(modes) for typed, _, modes in draws if "sad" in typed and "face" in typed}
+    assert combined == {frozenset(["crying face", "pensive face", "frowning face"])}  # the emoji that have both
+    assert all(modes == ["pizza"] for _, name, modes in draws if name == "pizza")
+    assert all(name == "mushroom" for typed, name, _ in draws if "mushroom" in typed)  # "pizza" is never the mushroom
+
+
 def test_common_words_are_drawn_more_often():
     sampler = PhrasingSampler(["cat face", "hot beverage"], {"kitten": ["cat face"], "medico": ["hot beverage"]},
                               keyword_share=1.0, zipf={"kitten": 4.0, "medico": 2.0})
