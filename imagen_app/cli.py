@@ -211,7 +211,8 @@ def cmd_tune_text(args) -> int:
                            steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                            anchor_weight=args.anchor_weight, new_word_lr=args.new_word_lr,
                            new_words_only=not args.all_layers, objective=args.objective, trace_draws=args.trace_draws,
-                           frequency_power=args.frequency_power, anchor_objective=args.anchor_objective)
+                           frequency_power=args.frequency_power, anchor_objective=args.anchor_objective,
+                           modes=args.modes)
     tune_text(cfg, max_minutes=args.max_minutes)
     return 0
 
@@ -403,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--objective", choices=["layers", "output"], default=T.objective,
                     help="layers: each text attention layer's output on pixels traced once per name (fast); "
                          "output: the U-Net's prediction, run at every step")
+    tt.add_argument("--modes", type=int, default=T.modes,
+                    help="a keyword standing for several emoji learns the nearest of up to this many (layers); 1: "
+                         "the mean over them")
     tt.add_argument("--trace-draws", type=int, default=T.trace_draws, help="noised renders traced per name (layers)")
     tt.add_argument("--frequency-power", type=float, default=T.frequency_power,
                     help="typed heads are drawn in proportion to their English frequency to this power")
