@@ -97,13 +97,22 @@ def _canonical_skin_tones(text: str) -> str:
     return f"{prefix}: {names}{text[tones[-1].end():]}"
 
 
+def canonical_prompt(prompt: str, vocabulary=None) -> str:
+    """normalize_prompt, then the known name of a CaptionVocabulary (caption_vocabulary.py), where there is one:
+    the text the encoder is given, in training and on the page alike."""
+    return vocabulary.canonical(prompt) if vocabulary is not None else normalize_prompt(prompt)
+
+
 def _canonical_flag(text: str) -> str:
+    """"the flag of japan", "japan flag", "flag japan" -> "flag: japan"; a closing "!", "?" or "." stays ("Japan flag!"
+    -> "flag: japan!")."""
+    text, mark = re.fullmatch(r"(.*?)\s*([.!?]*)", text).groups()
     m = (re.fullmatch(r"(?:the )?flag (?:of|for) (?:the )?(.+)", text) or re.fullmatch(r"flag:? (.+)", text)
          or re.fullmatch(r"(?:the )?(.+?) flag", text))
     if not m or "mailbox" in text or any(
             m.group(1) == n or m.group(1).startswith(n + " ") or m.group(1).endswith(" " + n) for n in _NOT_COUNTRY_FLAGS):
-        return text
-    return "flag: " + m.group(1)
+        return text + mark
+    return "flag: " + m.group(1) + mark
 
 
 class PromptEncoder:
@@ -127,7 +136,7 @@ class PromptEncoder:
         """The text the encoder is given for `prompt`: normalize_prompt, then the vocabulary's known name, if any.
         A prompt that is not valid Unicode text (check_text) is a ValueError."""
         check_text(prompt)
-        return self.vocabulary.canonical(prompt) if self.vocabulary is not None else normalize_prompt(prompt)
+        return canonical_prompt(prompt, self.vocabulary)
 
     def _tokenize(self, prompt: str, truncation: bool):
         return self.tokenizer(prompt, truncation=truncation, max_length=self.max_length if truncation else None,

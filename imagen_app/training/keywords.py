@@ -154,6 +154,12 @@ def build_table(names_by_chars: Dict[str, str], cldr: Dict[str, List[str]], word
     return table
 
 
+def flag_adjectives(table: Dict[str, List[str]]) -> List[str]:
+    """The country adjectives of the table's flag heads ("japanese flag" -> flag: japan gives "japanese")."""
+    return sorted(head[: -len(" flag")] for head, targets in table.items()
+                  if re.fullmatch(r"[a-z]+ flag", head) and targets and all(t.startswith("flag: ") for t in targets))
+
+
 def word_frequency():
     """typed -> its Zipf frequency in English (wordfreq: log10 of uses per billion words; "kitten" 3.6, "music"
     5.5, "medico" 2.5), or None without the `wordfreq` package (a build-time tool, not a run-time dependency)."""

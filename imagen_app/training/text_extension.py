@@ -63,26 +63,38 @@ def phrase_token(phrase: str) -> str:
     return "_".join(phrase.split())
 
 
-def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = ()):
+def flag_word(adjective: str) -> str:
+    """The word a country adjective is read as in a flag's name: "flag: japanese" -> "flag", ":", "japanese_flag"."""
+    return f"{adjective}{FLAG_SUFFIX}"
+
+
+FLAG_SUFFIX = "_flag"
+
+
+def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (), flag_adjectives: Iterable[str] = ()):
     """A copy of the word-level `tokenizer` with `words` appended (old ids unchanged), and each of `phrases` read as
     one word of its own ("a picture of a cat" -> "a", "picture_of", "a", "cat"): a phrase no caption holds gets a
     row that can learn what it means as a whole, where its words ("picture" of "framed picture", "of") are caption
-    words whose rows must stay."""
+    words whose rows must stay. Each of `flag_adjectives` after "flag: " (where "the Japanese flag" is brought to)
+    is a word of its own, `flag_word`: "japanese" of "japanese castle" keeps its row, and the flag's learns."""
     from tokenizers import Regex, Tokenizer, models, normalizers
     from transformers import PreTrainedTokenizerFast
 
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab: Dict[str, int] = dict(state["model"]["vocab"])
     phrases = [p for p in phrases if " " in p.strip() and phrase_token(p) not in vocab]  # (a taught one has its rule)
-    for w in list(words) + [phrase_token(p) for p in phrases]:
+    flag_adjectives = [a for a in flag_adjectives if flag_word(a) not in vocab]
+    for w in list(words) + [phrase_token(p) for p in phrases] + [flag_word(a) for a in flag_adjectives]:
         if w not in vocab:
             vocab[w] = len(vocab)
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.model = models.WordLevel(vocab=vocab, unk_token=state["model"].get("unk_token", "<unk>"))
-    if phrases:  # after the lower-casing: "Picture  of" reads as "picture_of" too
-        merges = [normalizers.Replace(Regex(r"\b" + r"\s+".join(map(re.escape, p.split())) + r"\b"), phrase_token(p))
-                  for p in phrases]
-        backend.normalizer = normalizers.Sequence(([backend.normalizer] if backend.normalizer else []) + merges)
+    # after the lower-casing: "Picture  of" reads as "picture_of" too
+    rules = [normalizers.Replace(Regex(r"\b" + r"\s+".join(map(re.escape, p.split())) + r"\b"), phrase_token(p))
+             for p in phrases]
+    rules += [normalizers.Replace(Regex(r"(?<=\bflag: )" + re.escape(a) + r"\b"), flag_word(a)) for a in flag_adjectives]
+    if rules:
+        backend.normalizer = normalizers.Sequence(([backend.normalizer] if backend.normalizer else []) + rules)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token,
         unk_token=tokenizer.unk_token, additional_special_tokens=[t for t in tokenizer.all_special_tokens if t.startswith("<extra_id_")],

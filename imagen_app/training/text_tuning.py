@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..images import pixels_to_tensor
-from .text_extension import GrowingEmbedding
+from .text_extension import FLAG_SUFFIX, GrowingEmbedding
 
 CHECKPOINT = "text_tuning.pt"
 
@@ -95,7 +95,7 @@ class TextTuning:
         from ..models.text_encoder import PromptEncoder, load_text_encoder
         from ..models.unet import ImagenUNet
         from .data import held_out_split, load_emoji, rendered_corpus
-        from .keywords import KEYWORD_FILE, plural, read_frequencies, read_table
+        from .keywords import KEYWORD_FILE, flag_adjectives, plural, read_frequencies, read_table
         from .phrasing import FRAME_PHRASES, PhrasingSampler
         from .text_extension import extended_tokenizer, new_words
 
@@ -124,8 +124,10 @@ class TextTuning:
         else:
             texts = [self.canonical(t) for t in vocabulary_texts(self.sampler)]
             phrases = [p for p in FRAME_PHRASES if p not in " ".join(self.vocabulary.names if self.vocabulary else [])]
-            words = new_words(extended_tokenizer(self.tokenizer0, [], phrases), texts)  # a phrase's words are not new
-            self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases)
+            adjectives = flag_adjectives(self.sampler.table)
+            # a phrase's words are not new, nor an adjective that only flags have
+            words = new_words(extended_tokenizer(self.tokenizer0, [], phrases, adjectives), texts)
+            self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases, adjectives)
             self.tokenizer.save_pretrained(saved)
         self.old_vocab_size = len(self.tokenizer0)
         words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= self.old_vocab_size]
@@ -162,7 +164,9 @@ class TextTuning:
 
     def canonical(self, prompt: str) -> str:
         """What the pipeline gives the encoder for a prompt (the one shared normalisation)."""
-        return self.vocabulary.canonical(prompt) if self.vocabulary is not None else prompt
+        from ..models.text_encoder import canonical_prompt
+
+        return canonical_prompt(prompt, self.vocabulary)
 
     @torch.no_grad()
     def _student(self, words: List[str]):
@@ -186,7 +190,9 @@ class TextTuning:
         """The old words a new word's row starts from: a plural's singular ("cats" -> "cat"); else the words that an
         emoji it names has and the typed head lacks ("japanese" in "japanese flag" -> "japan" of "flag: japan";
         "kitty" -> "cat", "face"); else all of that name's words."""
-        if "_" in word:  # a frame phrase ("picture_of"), which should come to read as little as an article does
+        if word.endswith(FLAG_SUFFIX) and f"{word[:-len(FLAG_SUFFIX)]} flag" in self.sampler.table:
+            head_of_word = {word: f"{word[:-len(FLAG_SUFFIX)]} flag"}  # "japanese_flag" starts as "japan"
+        elif "_" in word:  # a frame phrase ("picture_of"), which should come to read as little as an article does
             return [vocab["a"]] if "a" in vocab else []
         for singular in (word[:-3] + "y", word[:-2], word[:-1]) if word.endswith("s") else ():
             if singular in vocab:

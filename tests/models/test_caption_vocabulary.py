@@ -31,6 +31,8 @@ def test_fold_drops_punctuation_accents_and_reads_ampersand_as_and():
     ("a purple heart", "purple heart"),  # no known name after the article: left to the model, the article read away
     ("A plane!", "plane!"), ("some bananas", "some bananas"), ("the cat and a dog", "cat and a dog"),
     ("the", "the"), ("a  red heart", "red heart"),
+    ("Japan flag!", "flag: japan"), ("the Japanese flag!", "flag: japanese!"),  # a closing mark does not hide a flag
+    ("The Mexican flag?", "flag: mexican?"), ("white flag!", "white flag!"),
 ])
 def test_typed_forms_become_the_known_name(typed, known):
     assert CaptionVocabulary(NAMES).canonical(typed) == known

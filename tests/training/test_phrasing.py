@@ -176,8 +176,9 @@ def test_everyday_prompt_list(kind):
 
 
 def test_a_new_words_row_starts_from_the_word_it_stands_for(tmp_path):
-    """A plural starts as its singular; a country's adjective as the country ("japanese" in "japanese flag" ->
-    "japan" of "flag: japan"); the old rows stay as they were."""
+    """A plural starts as its singular; a country's adjective in a flag ("the Japanese flag" -> "flag: japanese"),
+    a word of its own, as the country ("japanese_flag" -> "japan" of "flag: japan"), so that the flag reads at the
+    start as the country's; the old rows stay as they were."""
     from imagen_app.training.text_tuning import TextTuning, TextTuningConfig
     from imagen_app.training.tiny import tiny_pipeline
 
@@ -189,7 +190,11 @@ def test_a_new_words_row_starts_from_the_word_it_stands_for(tmp_path):
     table = run.encoder.get_input_embeddings().weight
     old = pipe.text_encoder.get_input_embeddings().weight
     vocab, old_vocab = run.tokenizer.get_vocab(), pipe.tokenizer.get_vocab()
-    assert (table[vocab["japanese"]] == old[old_vocab["japan"]]).all()
+    assert run.tokenizer.tokenize(run.canonical("the Japanese flag!")) == ["flag", ":", "japanese_flag", "!"]
+    assert (table[vocab["japanese_flag"]] == old[old_vocab["japan"]]).all()
+    with torch.no_grad():
+        typed, name = (run.embed(run.encoder, run.tokenizer, [p])[0] for p in (run.canonical("the Japanese flag"), "flag: japan"))
+    assert torch.allclose(typed, name, atol=1e-5)
     assert (table[vocab["hearts"]] == old[old_vocab["heart"]]).all()
     assert (table[: old.shape[0]] == old).all()
 
