@@ -155,9 +155,12 @@ def build_table(names_by_chars: Dict[str, str], cldr: Dict[str, List[str]], word
 
 
 def flag_adjectives(table: Dict[str, List[str]]) -> List[str]:
-    """The country adjectives of the table's flag heads ("japanese flag" -> flag: japan gives "japanese")."""
+    """The country adjectives of the table's flag heads ("japanese flag" -> flag: japan gives "japanese"; not a
+    country's own name, such as "burundi")."""
+    flags = {t for targets in table.values() for t in targets if t.startswith("flag: ")}
     return sorted(head[: -len(" flag")] for head, targets in table.items()
-                  if re.fullmatch(r"[a-z]+ flag", head) and targets and all(t.startswith("flag: ") for t in targets))
+                  if re.fullmatch(r"[a-z]+ flag", head) and targets and all(t.startswith("flag: ") for t in targets)
+                  and f"flag: {head[: -len(' flag')]}" not in flags)
 
 
 def word_frequency():

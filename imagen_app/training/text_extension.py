@@ -92,7 +92,9 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
     # after the lower-casing: "Picture  of" reads as "picture_of" too
     rules = [normalizers.Replace(Regex(r"\b" + r"\s+".join(map(re.escape, p.split())) + r"\b"), phrase_token(p))
              for p in phrases]
-    rules += [normalizers.Replace(Regex(r"(?<=\bflag: )" + re.escape(a) + r"\b"), flag_word(a)) for a in flag_adjectives]
+    # the adjective that ends a flag's name ("flag: american", not "flag: american samoa")
+    rules += [normalizers.Replace(Regex(r"(?<=\bflag: )" + re.escape(a) + r"(?=\W*$)"), flag_word(a))
+              for a in flag_adjectives]
     if rules:
         backend.normalizer = normalizers.Sequence(([backend.normalizer] if backend.normalizer else []) + rules)
     return PreTrainedTokenizerFast(

@@ -45,6 +45,26 @@ def test_a_phrase_reads_as_one_word_of_its_own(tmp_path, tiny_pipe):
         assert new(caption).input_ids == old(caption).input_ids
 
 
+def test_a_flag_adjective_is_its_own_word_only_where_it_ends_a_flag_and_every_caption_tokenizes_as_before():
+    """The shipped tokenizer with a word per country adjective of the shipped keyword table: "flag: japanese" reads
+    "japanese_flag", and every caption of the corpus ("flag: american samoa", "japanese castle") reads as before."""
+    from transformers import AutoTokenizer
+
+    from conftest import WEIGHTS
+    from imagen_app.training.data import load_emoji
+    from imagen_app.training.keywords import flag_adjectives, read_table
+    from imagen_app.training.text_extension import extended_tokenizer
+
+    old = AutoTokenizer.from_pretrained(f"{WEIGHTS}/tokenizer")
+    adjectives = flag_adjectives(read_table(f"{WEIGHTS}/keywords.txt"))
+    assert {"japanese", "american", "mexican", "indian"} <= set(adjectives)
+    new = extended_tokenizer(old, [], [], adjectives)
+    assert new.tokenize("flag: japanese") == ["flag", ":", "japanese_flag"]
+    assert new.tokenize("flag: american!") == ["flag", ":", "american_flag", "!"]
+    assert new.tokenize("flag: american samoa") == old.tokenize("flag: american samoa")
+    captions = [e.caption for e in load_emoji()]
+    assert [new(c).input_ids for c in captions] == [old(c).input_ids for c in captions]
+
 
 def test_teaching_a_taught_encoder_again_adds_no_rows(tmp_path):
     """tune-text on a pipeline whose encoder already has the frame phrases: one row per token, as before."""
