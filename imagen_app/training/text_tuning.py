@@ -227,13 +227,15 @@ class TextTuning:
         names = [n for _, n, _ in pairs]
         if cfg.objective == "layers":
             k = max(1, cfg.modes)
-            # each draw's target, then up to k - 1 other emoji it may be drawn as (the target again where it has fewer)
+            # each draw's target, then up to k - 1 other emoji it may be drawn as (most draws have none)
             picks = [[n] + rng.sample([m for m in modes if m != n], min(k - 1, len(modes) - 1)) for _, n, modes in pairs]
-            picks = [p + [p[0]] * (k - len(p)) for p in picks]
+            owner = torch.tensor([i for i, p in enumerate(picks) for _ in p])
+            slot = torch.tensor([j for p in picks for j in range(len(p))])
             rows = self.traces.sample_rows([n for p in picks for n in p], generator)
             embeds, mask = self.embed(self.encoder, self.tokenizer, typed)
-            errors = self.traces.errors(rows, embeds.repeat_interleave(k, 0), mask.repeat_interleave(k, 0))
-            distill = errors.view(len(pairs), k).min(1).values.mean()
+            errors = self.traces.errors(rows, embeds[owner], mask[owner])
+            table = torch.full((len(picks), k), float("inf")).index_put((owner, slot), errors)
+            distill = table.min(1).values.mean()
             return self._with_anchor(distill, rng, generator)
         images = pixels_to_tensor(self.corpus[[self.index[n] for n in names]])
         noise = torch.randn(images.shape, generator=generator)

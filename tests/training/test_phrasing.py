@@ -105,9 +105,11 @@ def test_text_tuning_keeps_old_ids_learns_new_words_and_resumes(tmp_path, tiny_p
 
     folder = tmp_path / "pipe"
     tiny_pipeline(resolutions=(32,)).save_pretrained(str(folder))
-    (folder / "keywords.txt").write_text("kitten\tcat face\nkittens\tcat face\ncoffee\thot beverage\n")
+    # "kitty" stands for two emoji: the least error over them is taught (modes)
+    (folder / "keywords.txt").write_text("kitten\tcat face\nkittens\tcat face\ncoffee\thot beverage\n"
+                                         "kitty\tcat face\nkitty\tred heart\n")
     cfg = TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run"), out=str(tmp_path / "run" / "export"),
-                           steps=3, batch_size=4, anchor_batch=8, log_every=1, save_every=100, threads=1)
+                           steps=3, batch_size=8, anchor_batch=8, log_every=1, save_every=100, threads=1)
     lines = []
     assert tune_text(cfg, log=lines.append) == 3
     old = ImagenPipeline.from_pretrained(str(folder)).tokenizer
