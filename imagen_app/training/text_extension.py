@@ -71,12 +71,20 @@ def flag_word(adjective: str) -> str:
 FLAG_SUFFIX = "_flag"
 
 
-def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (), flag_adjectives: Iterable[str] = ()):
+def row_word(word: str, k: int) -> str:
+    """The k-th (k >= 2) of the words a word of several rows is read as: "music" -> "music", "music_2"."""
+    return f"{word}_{k}"
+
+
+def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (), flag_adjectives: Iterable[str] = (),
+                       rows: Optional[Dict[str, int]] = None):
     """A copy of the word-level `tokenizer` with `words` appended (old ids unchanged), and each of `phrases` read as
     one word of its own ("a picture of a cat" -> "a", "picture_of", "a", "cat"): a phrase no caption holds gets a
     row that can learn what it means as a whole, where its words ("picture" of "framed picture", "of") are caption
     words whose rows must stay. Each of `flag_adjectives` after "flag: " (where "the Japanese flag" is brought to)
-    is a word of its own, `flag_word`: "japanese" of "japanese castle" keeps its row, and the flag's learns."""
+    is a word of its own, `flag_word`: "japanese" of "japanese castle" keeps its row, and the flag's learns.
+    A new word w in `rows` with n > 1 is read as n words, w and `row_word(w, k)`: the rows of a word that stands
+    for a name of several words ("music" for "musical note"; one row cannot say what the U-Net read in two)."""
     from tokenizers import Regex, Tokenizer, models, normalizers
     from transformers import PreTrainedTokenizerFast
 
@@ -84,7 +92,9 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
     vocab: Dict[str, int] = dict(state["model"]["vocab"])
     phrases = [p for p in phrases if " " in p.strip() and phrase_token(p) not in vocab]  # (a taught one has its rule)
     flag_adjectives = [a for a in flag_adjectives if flag_word(a) not in vocab]
-    for w in list(words) + [phrase_token(p) for p in phrases] + [flag_word(a) for a in flag_adjectives]:
+    several = {w: n for w, n in (rows or {}).items() if n > 1 and row_word(w, 2) not in vocab}
+    for w in list(words) + [phrase_token(p) for p in phrases] + [flag_word(a) for a in flag_adjectives] + [
+            row_word(w, k) for w, n in several.items() for k in range(2, n + 1)]:
         if w not in vocab:
             vocab[w] = len(vocab)
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -95,6 +105,8 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
     # the adjective that ends a flag's name ("flag: american", not "flag: american samoa")
     rules += [normalizers.Replace(Regex(r"(?<=\bflag: )" + re.escape(a) + r"(?=\W*$)"), flag_word(a))
               for a in flag_adjectives]
+    rules += [normalizers.Replace(Regex(r"\b" + re.escape(w) + r"\b"), " ".join([w] + [row_word(w, k) for k in range(2, n + 1)]))
+              for w, n in several.items()]
     if rules:
         backend.normalizer = normalizers.Sequence(([backend.normalizer] if backend.normalizer else []) + rules)
     return PreTrainedTokenizerFast(

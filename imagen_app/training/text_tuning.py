@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..images import pixels_to_tensor
-from .text_extension import FLAG_SUFFIX, GrowingEmbedding
+from .text_extension import FLAG_SUFFIX, GrowingEmbedding, row_word
 
 CHECKPOINT = "text_tuning.pt"
 
@@ -67,6 +67,9 @@ class TextTuningConfig:
     # the error is the least over them, so the model draws one of them, not the mean of their effects (which draws
     # none). 1: the drawn target alone (the mean over draws).
     modes: int = 8
+    # A new word that is a keyword gets as many rows as the name of the emoji it stands for has words, up to this
+    # many ("music" -> "musical note": two), each starting as that word's row; 1: one row per word
+    word_rows: int = 4
     frequency_power: float = 2.0  # a typed head is drawn in proportion to (its English frequency) ^ this
     threads: Optional[int] = None
     seed: int = 0
@@ -127,10 +130,15 @@ class TextTuning:
             adjectives = flag_adjectives(self.sampler.table)
             # a phrase's words are not new, nor an adjective that only flags have
             words = new_words(extended_tokenizer(self.tokenizer0, [], phrases, adjectives), texts)
-            self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases, adjectives)
+            rows = {w: len(ids) for w, ids in self.name_rows(words).items()}
+            self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases, adjectives, rows)
             self.tokenizer.save_pretrained(saved)
         self.old_vocab_size = len(self.tokenizer0)
         words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= self.old_vocab_size]
+        # the old word each row of a word of several rows starts as ("music", "music_2" -> "musical", "note")
+        vocab = self.tokenizer.get_vocab()
+        self.row_starts = {row_word(w, k) if k > 1 else w: i for w, ids in self.name_rows(words).items()
+                           if row_word(w, 2) in vocab for k, i in enumerate(ids, 1)}
         self.encoder = self._student(words)
         # The anchor holds every caption of the corpus that the encoder already reads word for word (held-out
         # compositions too: it is a constraint on embeddings and shows the U-Net no image of them).
@@ -154,6 +162,21 @@ class TextTuning:
             raise ValueError(f"anchor_objective must be 'embeddings', or 'layers' with the layers objective, "
                              f"not {cfg.anchor_objective!r} with {cfg.objective!r}")
         log(f"{len(self.names)} names, {len(self.sampler.typed)} typed heads, {len(words)} new words")
+
+    def name_rows(self, words: List[str]) -> Dict[str, List[int]]:
+        """The new words that are keywords standing for an emoji whose name has 2 to `word_rows` words, all of them
+        old: each with the ids of that name's words. The emoji is the one of its `modes` with the fewest words, then
+        the shortest name ("music" -> "musical note", "puppy" -> "dog face")."""
+        out: Dict[str, List[int]] = {}
+        unk = self.tokenizer0.unk_token_id
+        for w in words:
+            if "_" in w or w not in self.sampler.table:
+                continue
+            named = [(self.tokenizer0(n, add_special_tokens=False).input_ids, n) for n in self.sampler.modes(w)]
+            ids = min(named, key=lambda pair: (len(pair[0]), len(pair[1])))[0]
+            if 2 <= len(ids) <= self.cfg.word_rows and unk not in ids:
+                out[w] = ids
+        return out
 
     def frame_learnable(self, frame: str) -> bool:
         """Whether every word of `frame` ("a picture of {}") but a leading article is a word whose row learns."""
@@ -190,6 +213,8 @@ class TextTuning:
         """The old words a new word's row starts from: a plural's singular ("cats" -> "cat"); else the words that an
         emoji it names has and the typed head lacks ("japanese" in "japanese flag" -> "japan" of "flag: japan";
         "kitty" -> "cat", "face"); else all of that name's words."""
+        if word in self.row_starts:
+            return [self.row_starts[word]]
         if word.endswith(FLAG_SUFFIX) and f"{word[:-len(FLAG_SUFFIX)]} flag" in self.sampler.table:
             head_of_word = {word: f"{word[:-len(FLAG_SUFFIX)]} flag"}  # "japanese_flag" starts as "japan"
         elif "_" in word:  # a frame phrase ("picture_of"), which should come to read as little as an article does

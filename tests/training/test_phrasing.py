@@ -178,7 +178,7 @@ def test_everyday_prompt_list(kind):
 
 
 def test_a_new_words_row_starts_from_the_word_it_stands_for(tmp_path):
-    """A plural starts as its singular; a country's adjective in a flag ("the Japanese flag" -> "flag: japanese"),
+    """A plural of a one-word name starts as its singular; a country's adjective in a flag ("the Japanese flag" -> "flag: japanese"),
     a word of its own, as the country ("japanese_flag" -> "japan" of "flag: japan"), so that the flag reads at the
     start as the country's; the old rows stay as they were."""
     from imagen_app.training.text_tuning import TextTuning, TextTuningConfig
@@ -187,7 +187,7 @@ def test_a_new_words_row_starts_from_the_word_it_stands_for(tmp_path):
     folder = tmp_path / "pipe"
     pipe = tiny_pipeline(resolutions=(32,))
     pipe.save_pretrained(str(folder))
-    (folder / "keywords.txt").write_text("japanese flag\tflag: japan\nhearts\tred heart\n")
+    (folder / "keywords.txt").write_text("japanese flag\tflag: japan\npandas\tpanda\nglee\tgrinning face\n")
     run = TextTuning(TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run")), log=lambda *_: None)
     table = run.encoder.get_input_embeddings().weight
     old = pipe.text_encoder.get_input_embeddings().weight
@@ -197,7 +197,13 @@ def test_a_new_words_row_starts_from_the_word_it_stands_for(tmp_path):
     with torch.no_grad():
         typed, name = (run.embed(run.encoder, run.tokenizer, [p])[0] for p in (run.canonical("the Japanese flag"), "flag: japan"))
     assert torch.allclose(typed, name, atol=1e-5)
-    assert (table[vocab["hearts"]] == old[old_vocab["heart"]]).all()
+    # "glee" stands for a name of two words: it is read as two words, which start as "grinning" and "face"
+    assert run.tokenizer.tokenize(run.canonical("Glee")) == ["glee", "glee_2"]
+    assert (table[vocab["glee"]] == old[old_vocab["grinning"]]).all()
+    assert (table[vocab["glee_2"]] == old[old_vocab["face"]]).all()
+    with torch.no_grad():
+        typed, name = (run.embed(run.encoder, run.tokenizer, [p])[0] for p in (run.canonical("glee"), "grinning face"))
+    assert torch.allclose(typed, name, atol=1e-5)
     assert (table[: old.shape[0]] == old).all()
 
 

@@ -66,6 +66,19 @@ def test_a_flag_adjective_is_its_own_word_only_where_it_ends_a_flag_and_every_ca
     assert [new(c).input_ids for c in captions] == [old(c).input_ids for c in captions]
 
 
+def test_a_word_of_several_rows_reads_as_that_many_words(tiny_pipe):
+    from imagen_app.training.text_extension import extended_tokenizer
+    from imagen_app.training.tiny import TINY_CAPTIONS
+
+    old = tiny_pipe.tokenizer
+    new = extended_tokenizer(old, ["music", "musical", "kitty"], rows={"music": 3, "kitty": 1})
+    assert new.tokenize("Music") == ["music", "music_2", "music_3"]
+    assert new.tokenize("musical kitty") == ["musical", "kitty"]  # another word, and a word of one row
+    assert len(new) == len(old) + 5
+    for caption in TINY_CAPTIONS:
+        assert new(caption).input_ids == old(caption).input_ids
+
+
 def test_teaching_a_taught_encoder_again_adds_no_rows(tmp_path):
     """tune-text on a pipeline whose encoder already has the frame phrases: one row per token, as before."""
     import shutil
