@@ -64,6 +64,7 @@ def freeze(encoder: torch.nn.Module) -> torch.nn.Module:
 
 _TONE_RE = re.compile(r"\b(medium[- ]light|medium[- ]dark|light|medium|dark) skin tone\b")
 # Names that end or start with "flag" but are not a country's flag ("white flag", "flag in hole").
+_SENTENCE_START = re.compile(r"(?:a|an|some|my|this|one|two|three|four|picture|drawing|image|photo) ")
 _NOT_COUNTRY_FLAGS = {"crossed", "chequered", "checkered", "rainbow", "transgender", "white", "black", "pirate",
                       "triangular", "waving white", "waving black", "in hole"}
 
@@ -111,6 +112,9 @@ def _canonical_flag(text: str) -> str:
          or re.fullmatch(r"(?:the )?(.+?) flag", text))
     if not m or "mailbox" in text or any(
             m.group(1) == n or m.group(1).startswith(n + " ") or m.group(1).endswith(" " + n) for n in _NOT_COUNTRY_FLAGS):
+        return text + mark
+    # a sentence that ends in a flag is no flag's name ("a cat and the japanese flag", "a picture of music, ...")
+    if "," in m.group(1) or len(m.group(1).split()) > 6 or _SENTENCE_START.match(m.group(1)):
         return text + mark
     return "flag: " + m.group(1) + mark
 

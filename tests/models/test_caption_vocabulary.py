@@ -33,6 +33,8 @@ def test_fold_drops_punctuation_accents_and_reads_ampersand_as_and():
     ("the", "the"), ("a  red heart", "red heart"),
     ("Japan flag!", "flag: japan"), ("the Japanese flag!", "flag: japanese!"),  # a closing mark does not hide a flag
     ("The Mexican flag?", "flag: mexican?"), ("white flag!", "white flag!"),
+    ("a cat and the japanese flag", "cat and the japanese flag"),  # a sentence that ends in a flag stays a sentence
+    ("a picture of music, and the Japanese flag!", "picture of music, and the japanese flag!"),
 ])
 def test_typed_forms_become_the_known_name(typed, known):
     assert CaptionVocabulary(NAMES).canonical(typed) == known
