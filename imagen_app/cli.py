@@ -212,7 +212,7 @@ def cmd_tune_text(args) -> int:
                            anchor_weight=args.anchor_weight, new_word_lr=args.new_word_lr,
                            new_words_only=not args.all_layers, objective=args.objective, trace_draws=args.trace_draws,
                            frequency_power=args.frequency_power, anchor_objective=args.anchor_objective,
-                           modes=args.modes)
+                           modes=args.modes, word_rows=args.word_rows)
     tune_text(cfg, max_minutes=args.max_minutes)
     return 0
 
@@ -407,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--modes", type=int, default=T.modes,
                     help="a keyword standing for several emoji learns the nearest of up to this many (layers); 1: "
                          "the mean over them")
+    tt.add_argument("--word-rows", type=int, default=T.word_rows,
+                    help="a new keyword gets as many rows as its emoji's name has words, up to this many; 1: one row")
     tt.add_argument("--trace-draws", type=int, default=T.trace_draws, help="noised renders traced per name (layers)")
     tt.add_argument("--frequency-power", type=float, default=T.frequency_power,
                     help="typed heads are drawn in proportion to their English frequency to this power")
