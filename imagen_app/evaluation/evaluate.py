@@ -270,7 +270,7 @@ def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: 
 
 
 PARTS = ("families", "two_tones", "examples", "text_use", "colours", "neighbours", "held_out", "super_resolution", "timing",
-         "geneval", "geneval_cascade", "phrasing")
+         "geneval", "geneval_cascade", "phrasing", "phrasing_names")
 
 
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
@@ -316,6 +316,10 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
         from .phrasing import phrasing
 
         report["phrasing"] = phrasing(pipe, emojis, corpus, generate_base)
+    if "phrasing_names" in parts:  # the same prompts as their emoji's names: the ceiling of the phrasing figures
+        from .phrasing import as_names, phrasing
+
+        report["phrasing_names"] = phrasing(pipe, emojis, corpus, generate_base, prompts=as_names())
     if "geneval" in parts or "geneval_cascade" in parts:
         report.update(geneval_parts(pipe, parts, geneval_per_task, geneval_stage, seed))
     if "timing" in parts:
@@ -384,6 +388,10 @@ def print_report(r: Dict) -> None:
         from .phrasing import print_phrasing
 
         print_phrasing(r["phrasing"])
+    if "phrasing_names" in r:
+        from .phrasing import print_phrasing
+
+        print_phrasing(r["phrasing_names"], "The same prompts as their emoji's names (the ceiling)")
     for ex in r.get("ui_examples", []):
         if ex["ranks"] is None:
             print(f"UI example {ex['prompt']!r}: no emoji of that name")

@@ -140,8 +140,14 @@ def phrasing(pipe, emojis, corpus, generate_base, seeds=(0, 1), prompts=PROMPTS)
                 failures=[r for r in rows if not all(r["right"])])
 
 
-def print_phrasing(r: Dict) -> None:
-    print(f"\nEveryday phrasings ({r['prompts']} prompts x seeds {r['seeds']}; right = an acceptable emoji among the "
+def as_names(prompts=PROMPTS) -> List[Tuple[str, str, Sequence[str]]]:
+    """The same list with each prompt replaced by its first acceptable emoji's name: the ceiling of the phrasing
+    figures, what the model draws when it reads the typed form as well as it reads the name."""
+    return [(acceptable[0], kind, acceptable) for _, kind, acceptable in prompts]
+
+
+def print_phrasing(r: Dict, title: str = "Everyday phrasings") -> None:
+    print(f"\n{title} ({r['prompts']} prompts x seeds {r['seeds']}; right = an acceptable emoji among the "
           "3 nearest real renders)")
     for kind, k in r["by_kind"].items():
         print(f"  {kind:10s} {k['right']:3d}/{k['asked']:<3d} {k['accuracy']:.0%}")

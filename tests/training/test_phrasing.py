@@ -175,6 +175,11 @@ def test_everyday_prompt_list(kind):
     assert len(rows) >= 6
     for prompt, _, acceptable in rows:
         assert [n for n in acceptable if n not in names] == [], prompt
+    from imagen_app.evaluation.phrasing import as_names
+
+    ceiling = as_names()  # the same list as names: each prompt an emoji's name that its own list accepts
+    assert [k for _, k, _ in ceiling] == [k for _, k, _ in PROMPTS]
+    assert all(name in names and name in acceptable for name, _, acceptable in ceiling)
 
 
 def test_a_new_words_row_starts_from_the_word_it_stands_for(tmp_path):
