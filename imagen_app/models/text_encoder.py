@@ -63,8 +63,9 @@ def freeze(encoder: torch.nn.Module) -> torch.nn.Module:
 
 
 _TONE_RE = re.compile(r"\b(medium[- ]light|medium[- ]dark|light|medium|dark) skin tone\b")
-# Names that end or start with "flag" but are not a country's flag ("white flag", "flag in hole").
+# The start of a sentence, not of a country's name, before a closing "flag" ("a cat and the japanese flag").
 _SENTENCE_START = re.compile(r"(?:a|an|some|my|this|one|two|three|four|picture|drawing|image|photo) ")
+# Names that end or start with "flag" but are not a country's flag ("white flag", "flag in hole").
 _NOT_COUNTRY_FLAGS = {"crossed", "chequered", "checkered", "rainbow", "transgender", "white", "black", "pirate",
                       "triangular", "waving white", "waving black", "in hole"}
 

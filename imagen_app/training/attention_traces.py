@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..models.unet import TextAttention
 

@@ -67,8 +67,7 @@ class PhrasingSampler:
         self._names = set(self.names)
         self.keyword_share = keyword_share  # the share of draws from the table (the rest: the names, typed)
         self.frames = list(FRAMES)  # the frames typed forms are drawn in
-        known = set(self.names)
-        self.table = {typed: [n for n in targets if n in known] for typed, targets in table.items()}
+        self.table = {typed: [n for n in targets if n in self._names] for typed, targets in table.items()}
         self.table = {typed: targets for typed, targets in self.table.items() if targets}
         self.typed = sorted(self.table)
         # A typed head is drawn in proportion to how common it is in English (2^(Zipf - 4), within 0.1-4: "music" 2.9,

@@ -65,11 +65,12 @@ class TextTuningConfig:
     # A keyword that stands for several emoji ("doctor": health worker, stethoscope, ...) is taught, with the layers
     # objective, to draw the one of up to `modes` of them (the drawn target and others) whose effects it is nearest:
     # the error is the least over them, so the model draws one of them, not the mean of their effects (which draws
-    # none). 1: the drawn target alone (the mean over draws).
-    modes: int = 8
+    # none). 1: the drawn target alone (the mean over draws), as in the shipped run.
+    modes: int = 1
     # A new word that is a keyword gets as many rows as the name of the emoji it stands for has words, up to this
-    # many ("music" -> "musical note": two), each starting as that word's row; 1: one row per word
-    word_rows: int = 4
+    # many ("music" -> "musical note": two), each starting as that word's row; 1: one row per word, as in the
+    # shipped run (a taught run with 4 and modes 8 lost frames: docs/experiments/history.md)
+    word_rows: int = 1
     frequency_power: float = 2.0  # a typed head is drawn in proportion to (its English frequency) ^ this
     threads: Optional[int] = None
     seed: int = 0

@@ -109,7 +109,7 @@ def test_text_tuning_keeps_old_ids_learns_new_words_and_resumes(tmp_path, tiny_p
     (folder / "keywords.txt").write_text("kitten\tcat face\nkittens\tcat face\ncoffee\thot beverage\n"
                                          "kitty\tcat face\nkitty\tred heart\n")
     cfg = TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run"), out=str(tmp_path / "run" / "export"),
-                           steps=3, batch_size=8, anchor_batch=8, log_every=1, save_every=100, threads=1)
+                           steps=3, batch_size=8, anchor_batch=8, log_every=1, save_every=100, threads=1, modes=8)
     lines = []
     assert tune_text(cfg, log=lines.append) == 3
     old = ImagenPipeline.from_pretrained(str(folder)).tokenizer
@@ -193,7 +193,8 @@ def test_a_new_words_row_starts_from_the_word_it_stands_for(tmp_path):
     pipe = tiny_pipeline(resolutions=(32,))
     pipe.save_pretrained(str(folder))
     (folder / "keywords.txt").write_text("japanese flag\tflag: japan\npandas\tpanda\nglee\tgrinning face\n")
-    run = TextTuning(TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run")), log=lambda *_: None)
+    run = TextTuning(TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run"), word_rows=4),
+                     log=lambda *_: None)
     table = run.encoder.get_input_embeddings().weight
     old = pipe.text_encoder.get_input_embeddings().weight
     vocab, old_vocab = run.tokenizer.get_vocab(), pipe.tokenizer.get_vocab()
