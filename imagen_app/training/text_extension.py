@@ -63,12 +63,12 @@ def phrase_token(phrase: str) -> str:
     return "_".join(phrase.split())
 
 
+FLAG_SUFFIX = "_flag"
+
+
 def flag_word(adjective: str) -> str:
     """The word a country adjective is read as in a flag's name: "flag: japanese" -> "flag", ":", "japanese_flag"."""
     return f"{adjective}{FLAG_SUFFIX}"
-
-
-FLAG_SUFFIX = "_flag"
 
 
 def row_word(word: str, k: int) -> str:

@@ -121,6 +121,7 @@ class TextTuning:
         self.sampler = PhrasingSampler(self.names, table, plural_heads=[t for t in table if t in plurals],
                                        zipf=read_frequencies(table_path), frequency_power=cfg.frequency_power)
         saved = os.path.join(cfg.run_dir, "tokenizer")
+        named = None  # the new words of several rows (name_rows), once the new words are known
         if os.path.isdir(saved):  # a resumed run keeps the vocabulary it started with
             from transformers import AutoTokenizer
 
@@ -131,14 +132,16 @@ class TextTuning:
             adjectives = flag_adjectives(self.sampler.table)
             # a phrase's words are not new, nor an adjective that only flags have
             words = new_words(extended_tokenizer(self.tokenizer0, [], phrases, adjectives), texts)
-            rows = {w: len(ids) for w, ids in self.name_rows(words).items()}
-            self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases, adjectives, rows)
+            named = self.name_rows(words)
+            self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases, adjectives,
+                                                {w: len(ids) for w, ids in named.items()})
             self.tokenizer.save_pretrained(saved)
         self.old_vocab_size = len(self.tokenizer0)
         words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= self.old_vocab_size]
         # the old word each row of a word of several rows starts as ("music", "music_2" -> "musical", "note")
         vocab = self.tokenizer.get_vocab()
-        self.row_starts = {row_word(w, k) if k > 1 else w: i for w, ids in self.name_rows(words).items()
+        named = self.name_rows(words) if named is None else named  # (a resumed run: from its saved tokenizer)
+        self.row_starts = {row_word(w, k) if k > 1 else w: i for w, ids in named.items()
                            if row_word(w, 2) in vocab for k, i in enumerate(ids, 1)}
         self.encoder = self._student(words)
         # The anchor holds every caption of the corpus that the encoder already reads word for word (held-out
@@ -169,6 +172,8 @@ class TextTuning:
         old: each with the ids of that name's words. The emoji is the one of its `modes` with the fewest words, then
         the shortest name ("music" -> "musical note", "puppy" -> "dog face")."""
         out: Dict[str, List[int]] = {}
+        if self.cfg.word_rows < 2:
+            return out
         unk = self.tokenizer0.unk_token_id
         for w in words:
             if "_" in w or w not in self.sampler.table:
@@ -211,19 +216,22 @@ class TextTuning:
         return encoder.requires_grad_(True).train()
 
     def _starting_words(self, word: str, vocab: Dict[str, int], head_of_word: Dict[str, str]) -> List[int]:
-        """The old words a new word's row starts from: a plural's singular ("cats" -> "cat"); else the words that an
-        emoji it names has and the typed head lacks ("japanese" in "japanese flag" -> "japan" of "flag: japan";
+        """The old words a new word's row starts from: a row of a word of several rows, its word of the name
+        ("music_2" -> "note"); a frame phrase, "a"; a plural's singular ("cats" -> "cat"); else the words that an
+        emoji it names has and the typed head lacks ("japanese_flag" of "japanese flag" -> "japan" of "flag: japan";
         "kitty" -> "cat", "face"); else all of that name's words."""
         if word in self.row_starts:
             return [self.row_starts[word]]
-        if word.endswith(FLAG_SUFFIX) and f"{word[:-len(FLAG_SUFFIX)]} flag" in self.sampler.table:
-            head_of_word = {word: f"{word[:-len(FLAG_SUFFIX)]} flag"}  # "japanese_flag" starts as "japan"
+        flag_head = f"{word[:-len(FLAG_SUFFIX)]} flag" if word.endswith(FLAG_SUFFIX) else None
+        if flag_head in self.sampler.table:
+            head = flag_head
         elif "_" in word:  # a frame phrase ("picture_of"), which should come to read as little as an article does
             return [vocab["a"]] if "a" in vocab else []
-        for singular in (word[:-3] + "y", word[:-2], word[:-1]) if word.endswith("s") else ():
-            if singular in vocab:
-                return [vocab[singular]]
-        head = head_of_word.get(word)
+        else:
+            for singular in (word[:-3] + "y", word[:-2], word[:-1]) if word.endswith("s") else ():
+                if singular in vocab:
+                    return [vocab[singular]]
+            head = head_of_word.get(word)
         if head is None:
             return []
         name_words = [w for w in re.findall(r"\w+", self.sampler.table[head][0]) if w in vocab]
