@@ -49,12 +49,13 @@ class WordNet:
 
     def __init__(self, folder: str):
         self.folder = folder
-        self.first_sense: Dict[str, str] = {}  # noun lemma -> offset of its first (most frequent) synset
+        self.senses: Dict[str, List[str]] = {}  # noun lemma -> offsets of its synsets, the most frequent first
         with open(os.path.join(folder, "index.noun"), encoding="utf-8") as f:
             for line in f:
                 if not line.startswith(" "):
                     parts = line.split()
-                    self.first_sense[parts[0]] = parts[-int(parts[2])]
+                    self.senses[parts[0]] = parts[-int(parts[2]):]
+        self.first_sense: Dict[str, str] = {lemma: offsets[0] for lemma, offsets in self.senses.items()}
         self.noun_lemmas: Dict[str, List[str]] = self._lemmas("data.noun", needed=set(self.first_sense.values()))
         self.plural_of: Dict[str, str] = {}  # singular -> irregular plural
         with open(os.path.join(folder, "noun.exc"), encoding="utf-8") as f:
@@ -80,6 +81,10 @@ class WordNet:
         lemmas = self.noun_lemmas.get(offset, []) if offset else []
         return [re.sub(r"\(.*\)$", "", w).replace("_", " ") for w in lemmas if w != noun.replace(" ", "_")]
 
+    @staticmethod
+    def _names(nouns: Dict[str, List[str]], offsets: Iterable[str]) -> List[str]:
+        return [n.replace("_", " ") for offset in offsets for n in nouns.get(offset, [])]
+
     def country_adjectives(self, countries: Iterable[str]) -> Dict[str, str]:
         """Adjective -> the country it pertains to ("japanese" -> "japan"), for the given country names."""
         wanted = {c.lower(): c for c in countries}
@@ -97,12 +102,18 @@ class WordNet:
                     symbol, offset, pos, source_target = parts[k + 1 + 4 * p: k + 5 + 4 * p]
                     if symbol != "\\" or pos != "n":
                         continue
+                    # any name of the country's synset: "american" -> "america" = "united states"; else of another
+                    # synset of one of its names, one that the adjective starts as: "british" -> the island "great
+                    # britain", also a name of the UK ("britain"); not "anthropic" -> "man" -> the isle of man
                     source = int(source_target[:2], 16)  # the adjective's word in its synset
                     adjective = words[source - 1] if 0 < source <= len(words) else None
-                    # any name of the country's synset: "american" -> "america" = "united states"
-                    countries = [n.replace("_", " ") for n in nouns.get(offset, []) if n.replace("_", " ") in wanted]
+                    others = [other for lemma in nouns.get(offset, []) for other in self.senses.get(lemma, [])
+                              if adjective and any(len(os.path.commonprefix([adjective, name])) >= 4
+                                                   for name in self._names(nouns, [other]))]
+                    countries = [n for n in self._names(nouns, [offset]) if n in wanted] or [
+                        n for n in self._names(nouns, others) if n in wanted]
                     if countries and adjective and "_" not in adjective:
-                        found.setdefault(adjective, []).extend(wanted[c] for c in countries)
+                        found.setdefault(adjective, []).extend(wanted[c] for c in dict.fromkeys(countries))
         # An adjective can pertain to several synsets ("chinese": China and Taiwan, the Republic of China): the
         # country whose name shares the longest start with it is meant.
         return {adjective: max(names, key=lambda c: len(os.path.commonprefix([adjective, c.lower()])))
@@ -147,20 +158,27 @@ def build_table(names_by_chars: Dict[str, str], cldr: Dict[str, List[str]], word
             add(plural(typed, wordnet.plural_of if wordnet else None), name)
     for name in names_by_chars.values():
         add(plural(name, wordnet.plural_of if wordnet else None), name)
-    if wordnet is not None:  # "japanese flag" -> "flag: japan"
+    if wordnet is not None:  # "japanese flag" -> "flag: japan"; "english flag" -> "england" (a subdivision's flag)
         flags = {n[len("flag: "):]: n for n in names_by_chars.values() if n.startswith("flag: ")}
+        flags.update({n: n for chars, n in names_by_chars.items() if is_subdivision_flag(chars)})
         for adjective, country in wordnet.country_adjectives(flags).items():
             add(f"{adjective} flag", flags[country])
     return table
 
 
-def flag_adjectives(table: Dict[str, List[str]]) -> List[str]:
+def is_subdivision_flag(chars: str) -> bool:
+    """Whether an emoji's characters are a subdivision's flag (a black flag and tag letters: England, Scotland,
+    Wales), whose names have no "flag: "."""
+    return chars[:1] == "\U0001F3F4" and any(0xE0020 <= ord(c) <= 0xE007F for c in chars)
+
+
+def flag_adjectives(table: Dict[str, List[str]], flag_names: Iterable[str] = ()) -> List[str]:
     """The country adjectives of the table's flag heads ("japanese flag" -> flag: japan gives "japanese"; not a
-    country's own name, such as "burundi")."""
-    flags = {t for targets in table.values() for t in targets if t.startswith("flag: ")}
+    country's own name, such as "burundi"). A flag is a name with "flag: ", or one of `flag_names` ("england")."""
+    flags = {t for targets in table.values() for t in targets if t.startswith("flag: ")} | set(flag_names)
     return sorted(head[: -len(" flag")] for head, targets in table.items()
-                  if re.fullmatch(r"[a-z]+ flag", head) and targets and all(t.startswith("flag: ") for t in targets)
-                  and f"flag: {head[: -len(' flag')]}" not in flags)
+                  if re.fullmatch(r"[a-z]+ flag", head) and targets and all(t in flags for t in targets)
+                  and f"flag: {head[: -len(' flag')]}" not in flags and head[: -len(" flag")] not in flags)
 
 
 def word_frequency():

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..images import pixels_to_tensor
-from .text_extension import FLAG_SUFFIX, GrowingEmbedding, row_word
+from .text_extension import FLAG_SUFFIX, GrowingEmbedding, flag_word, row_word
 
 CHECKPOINT = "text_tuning.pt"
 
@@ -115,6 +115,7 @@ class TextTuning:
         self.index = {e.caption: i for i, e in enumerate(emojis)}
         self.corpus = rendered_corpus(emojis, self.unet.config.sample_size)
         self.names = [e.caption for e in emojis if e.caption not in held]
+        flag_names = [e.caption for e in emojis if e.family == "flags"]
         table_path = cfg.keywords or os.path.join(cfg.weights, KEYWORD_FILE)
         table = read_table(table_path)
         plurals = {plural(t) for t in table} | {plural(n) for n in self.names}
@@ -129,10 +130,10 @@ class TextTuning:
         else:
             texts = [self.canonical(t) for t in vocabulary_texts(self.sampler)]
             phrases = [p for p in FRAME_PHRASES if p not in " ".join(self.vocabulary.names if self.vocabulary else [])]
-            adjectives = flag_adjectives(self.sampler.table)
+            adjectives = flag_adjectives(self.sampler.table, flag_names)
             # a phrase's words are not new, nor an adjective that only flags have
             words = new_words(extended_tokenizer(self.tokenizer0, [], phrases, adjectives), texts)
-            named = self.name_rows(words)
+            named = {**self.name_rows(words), **self.flag_rows(adjectives)}
             self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases, adjectives,
                                                 {w: len(ids) for w, ids in named.items()})
             self.tokenizer.save_pretrained(saved)
@@ -140,7 +141,8 @@ class TextTuning:
         words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= self.old_vocab_size]
         # the old word each row of a word of several rows starts as ("music", "music_2" -> "musical", "note")
         vocab = self.tokenizer.get_vocab()
-        named = self.name_rows(words) if named is None else named  # (a resumed run: from its saved tokenizer)
+        if named is None:  # a resumed run: from its saved tokenizer
+            named = {**self.name_rows(words), **self.flag_rows(flag_adjectives(self.sampler.table, flag_names))}
         self.row_starts = {row_word(w, k) if k > 1 else w: i for w, ids in named.items()
                            if row_word(w, 2) in vocab for k, i in enumerate(ids, 1)}
         self.encoder = self._student(words)
@@ -184,6 +186,22 @@ class TextTuning:
                 out[w] = ids
         return out
 
+    def flag_rows(self, adjectives: List[str]) -> Dict[str, List[int]]:
+        """The flag words of countries whose names have several words, each with the ids of those words: "flag:
+        american" reads as "flag: united states" (`american_flag`, `american_flag_2` start as "united", "states"),
+        where one row, the mean of two words, drew some other flag. Not one that is several words already."""
+        out: Dict[str, List[int]] = {}
+        vocab, unk = self.tokenizer0.get_vocab(), self.tokenizer0.unk_token_id
+        for adjective in adjectives:
+            word = flag_word(adjective)
+            if row_word(word, 2) in vocab:
+                continue
+            country = re.sub(r"^flag: ", "", self.sampler.table[f"{adjective} flag"][0])
+            ids = self.tokenizer0(country, add_special_tokens=False).input_ids
+            if len(ids) >= 2 and unk not in ids:
+                out[word] = ids
+        return out
+
     def frame_learnable(self, frame: str) -> bool:
         """Whether every word of `frame` ("a picture of {}") but a leading article is a word whose row learns."""
         ids = self.tokenizer(" ".join(frame.replace("{}", " ").split()), add_special_tokens=False).input_ids
@@ -205,6 +223,9 @@ class TextTuning:
         encoder = copy.deepcopy(self.encoder0)
         old = encoder.get_input_embeddings().weight.detach().clone()
         vocab = self.tokenizer0.get_vocab()
+        for word, start in self.row_starts.items():  # an old word now read as several rows starts again as the first
+            if word in vocab:
+                old[vocab[word]] = old[start]
         head_of_word: Dict[str, str] = {}  # a word -> the first typed head that holds it
         for typed in self.sampler.typed:
             for w in re.findall(r"\w+", typed):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import WEIGHTS
-from imagen_app.training.keywords import WordNet, build_table, plural, read_table
+from imagen_app.training.keywords import WordNet, build_table, flag_adjectives, plural, read_table
 from imagen_app.training.phrasing import PhrasingSampler, typed_form
 
 
@@ -20,13 +20,19 @@ def write_wordnet(folder):
              "08500000": "08500000 15 n 03 America 0 United_States 0 USA 0 000 | a country",
              "07881800": "07881800 13 n 02 beverage 0 drink 0 000 | a liquid to drink",
              "08700000": "08700000 15 n 02 Taiwan 0 Republic_of_China 0 000 | an island",
-             "08710000": "08710000 15 n 02 China 0 PRC 0 000 | a country"}
+             "08710000": "08710000 15 n 02 China 0 PRC 0 000 | a country",
+             "08860123": "08860123 15 n 03 United_Kingdom 0 Britain 0 Great_Britain 0 000 | a country",
+             "08858942": "08858942 17 n 02 Great_Britain 0 GB 0 000 | an island",
+             "07950000": "07950000 05 n 02 man 0 humankind 0 000 | all of the living human inhabitants",
+             "09315000": "09315000 15 n 02 Isle_of_Man 0 Man 0 000 | an island",
+             "08870000": "08870000 15 n 01 England 0 000 | a division of the United Kingdom"}
     with open(os.path.join(folder, "data.noun"), "w") as f:
         f.write("  1 license header\n" + "\n".join(nouns.values()) + "\n")
     with open(os.path.join(folder, "index.noun"), "w") as f:
         f.write("  1 license header\n")
         f.write("beverage n 1 0 1 0 07881800\nbicycle n 1 0 1 0 02834778\ncat n 1 0 1 0 02121620\n"
-                "japan n 1 0 1 0 08921850\n")
+                "japan n 1 0 1 0 08921850\ngreat_britain n 2 0 2 0 08860123 08858942\n"
+                "man n 2 0 2 0 07950000 09315000\n")
     with open(os.path.join(folder, "noun.exc"), "w") as f:
         f.write("mice mouse\n")
     with open(os.path.join(folder, "data.adj"), "w") as f:
@@ -35,6 +41,11 @@ def write_wordnet(folder):
         f.write("02927512 01 a 01 American 0 001 \\ 08500000 n 0101 | of America\n")
         # Chinese pertains to both China synsets; Taiwan's comes first in the file
         f.write("02960000 01 a 01 Chinese 0 002 \\ 08700000 n 0101 \\ 08710000 n 0101 | of China\n")
+        # British pertains to the island, whose name is also one of the UK's; anthropic to humankind ("man", which is
+        # also a name of the Isle of Man, one that "anthropic" does not start as); English to England
+        f.write("02970000 01 a 01 British 0 001 \\ 08858942 n 0101 | of Great Britain\n")
+        f.write("02980000 01 a 01 anthropic 0 001 \\ 07950000 n 0101 | of humankind\n")
+        f.write("02990000 01 a 01 English 0 001 \\ 08870000 n 0101 | of England\n")
 
 
 def test_keyword_table_from_cldr_and_wordnet(tmp_path):
@@ -42,7 +53,8 @@ def test_keyword_table_from_cldr_and_wordnet(tmp_path):
     wordnet = WordNet(str(tmp_path / "wn"))
     names = {"🐱": "cat face", "🐈": "cat", "🚲": "bicycle", "🐭": "mouse face", "🇯🇵": "flag: japan",
              "🇺🇸": "flag: united states", "😀": "grinning face", "😃": "grinning face with big eyes", "☕": "hot beverage",
-             "🇹🇼": "flag: taiwan", "🇨🇳": "flag: china"}
+             "🇹🇼": "flag: taiwan", "🇨🇳": "flag: china", "🇬🇧": "flag: united kingdom", "🇮🇲": "flag: isle of man",
+             "\U0001F3F4\U000E0067\U000E0062\U000E0065\U000E006E\U000E0067\U000E007F": "england"}
     cldr = {"🐱": ["cat", "kitten", "face"], "😀": ["face", "happy"], "😃": ["face", "happy"], "🐭": ["mouse"]}
     table = build_table(names, cldr, wordnet)
     assert table["kitten"] == {"cat face"} and table["kittens"] == {"cat face"}
@@ -54,6 +66,12 @@ def test_keyword_table_from_cldr_and_wordnet(tmp_path):
     assert table["japanese flag"] == {"flag: japan"}
     assert table["american flag"] == {"flag: united states"}  # through another name of the country's synset
     assert table["chinese flag"] == {"flag: china"}  # of its countries, the one whose name it starts as
+    assert table["british flag"] == {"flag: united kingdom"}  # the island's name is also the UK's ("britain")
+    assert "anthropic flag" not in table  # "man" is also the Isle of Man's name, but not one it starts as
+    assert table["english flag"] == {"england"}  # a subdivision's flag, named without "flag: "
+    lists = {typed: sorted(names) for typed, names in table.items()}
+    assert "british" in flag_adjectives(lists) and "english" not in flag_adjectives(lists)
+    assert "english" in flag_adjectives(lists, flag_names=["england"])
     assert "cat face" not in table  # a name is not its own keyword
 
 
@@ -304,3 +322,48 @@ def test_rows_that_no_caption_holds_learn_and_captions_stay(tmp_path):
         after = encoder(**tokenizer(caption, return_tensors="pt")).last_hidden_state
         assert torch.equal(before, after), caption
     assert not torch.equal(encoder.get_input_embeddings().weight[emoji], encoder0.get_input_embeddings().weight[emoji])
+
+
+def test_a_flag_word_of_a_country_of_several_words_reads_as_the_country(tmp_path):
+    """"flag: american" reads as that many rows as "united states" has words, each starting as one of them, so that
+    untaught it encodes exactly as "flag: united states" (one row, the mean of the two, drew another flag); a flag
+    word of one row from an earlier run is read again this way, and a second run adds nothing."""
+    from transformers import T5EncoderModel
+
+    from imagen_app.models.text_encoder import load_text_encoder
+    from imagen_app.training.text_extension import extended_tokenizer
+    from imagen_app.training.text_pretrain import small_t5_config, train_caption_tokenizer
+    from imagen_app.training.text_tuning import TextTuningConfig, tune_text
+    from imagen_app.training.tiny import TINY_CAPTIONS, tiny_pipeline
+
+    pipe = tiny_pipeline(resolutions=(32,))
+    # an earlier run's vocabulary: "american_flag" a word of one row
+    tokenizer = extended_tokenizer(train_caption_tokenizer(TINY_CAPTIONS + ["flag: united states"],
+                                                           max_length=pipe.tokenizer.model_max_length), [], [], ["american"])
+    pipe.tokenizer = tokenizer
+    pipe.text_encoder = T5EncoderModel(small_t5_config(len(tokenizer), d_model=16, layers=1, heads=2)).eval()
+    folder = tmp_path / "pipe"
+    pipe.save_pretrained(str(folder))
+    (folder / "keywords.txt").write_text("american flag\tflag: united states\njapanese flag\tflag: japan\n")
+
+    def encode(tok, enc, prompt):
+        return enc(**tok(prompt, return_tensors="pt")).last_hidden_state
+
+    tokenizer0, encoder0 = load_text_encoder(str(folder))  # as saved (a fresh T5 and its reloaded copy differ in the last bit)
+    sizes = []
+    for step, source in enumerate([folder, tmp_path / "export0"]):
+        cfg = TextTuningConfig(weights=str(source), run_dir=str(tmp_path / f"run{step}"),
+                               out=str(tmp_path / f"export{step}"), steps=0, threads=1)
+        tune_text(cfg, log=lambda *_: None)
+        if step == 0:
+            for f in ("keywords.txt", "unet_1", "captions.txt", "held_out.txt", "aliases.txt", "model_index.json"):
+                if (folder / f).exists():
+                    os.symlink(folder / f, tmp_path / "export0" / f)
+        tok, enc = load_text_encoder(cfg.out)
+        sizes.append(len(tok))
+        assert tok.tokenize("flag: american") == ["flag", ":", "american_flag", "american_flag_2"]
+        assert tok.tokenize("flag: japanese") == ["flag", ":", "japanese_flag"]
+        assert torch.equal(encode(tok, enc, "flag: american"), encode(tok, enc, "flag: united states"))
+        for caption in TINY_CAPTIONS:
+            assert torch.equal(encode(tok, enc, caption), encode(tokenizer0, encoder0, caption))
+    assert sizes[1] == sizes[0]  # the second run adds no rows
