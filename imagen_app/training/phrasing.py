@@ -26,6 +26,9 @@ FRAMES = [("{}", 0.50, 1.0), ("{} emoji", 0.10, 0.3), ("{} icon", 0.04, 1.0), ("
           ("{} emoji please", 0.02, 1.0), ("draw {}", 0.03, 1.0), ("draw me {}", 0.01, 1.0), ("show me {}", 0.02, 1.0),
           ("a cute {}", 0.01, 0.0), ("a little {}", 0.01, 0.0), ("{} drawing", 0.01, 0.3), ("{} sticker", 0.01, 0.3)]
 FRAMES += [(f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} of {{}}", weight, 1.0) for noun, weight in FRAME_NOUNS.items()]
+# the words of the forms around a head: not keywords, whatever the table says ("emoji", "cute")
+FORM_WORDS = frozenset(w for frame, _, _ in FRAMES for w in frame.replace("{}", " ").split()) | frozenset(
+    w for w, _ in DETERMINERS + PLURAL_DETERMINERS if w) | {"an"}
 PUNCTUATION = [("", 0.85), (".", 0.05), ("!", 0.05), ("?", 0.05)]
 FLAG_FORMS = ["flag of {}", "the flag of {}", "{} flag", "the {} flag", "flag {}", "{}'s flag", "{}"]
 

@@ -121,6 +121,10 @@ class TextTuning:
         plurals = {plural(t) for t in table} | {plural(n) for n in self.names}
         self.sampler = PhrasingSampler(self.names, table, plural_heads=[t for t in table if t in plurals],
                                        zipf=read_frequencies(table_path), frequency_power=cfg.frequency_power)
+        captions = [e.caption for e in emojis] + (self.vocabulary.names if self.vocabulary is not None else [])
+        self.free_old_rows = free_rows(self.tokenizer0, captions)
+        # an old word that no caption holds (a keyword an earlier run added) may be read as several rows too
+        free_words = [self.tokenizer0.convert_ids_to_tokens(i) for i in self.free_old_rows]
         saved = os.path.join(cfg.run_dir, "tokenizer")
         named = None  # the new words of several rows (name_rows), once the new words are known
         if os.path.isdir(saved):  # a resumed run keeps the vocabulary it started with
@@ -133,7 +137,7 @@ class TextTuning:
             adjectives = flag_adjectives(self.sampler.table, flag_names)
             # a phrase's words are not new, nor an adjective that only flags have
             words = new_words(extended_tokenizer(self.tokenizer0, [], phrases, adjectives), texts)
-            named = {**self.name_rows(words), **self.flag_rows(adjectives)}
+            named = {**self.name_rows(words + free_words), **self.flag_rows(adjectives)}
             self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases, adjectives,
                                                 {w: len(ids) for w, ids in named.items()})
             self.tokenizer.save_pretrained(saved)
@@ -142,7 +146,8 @@ class TextTuning:
         # the old word each row of a word of several rows starts as ("music", "music_2" -> "musical", "note")
         vocab = self.tokenizer.get_vocab()
         if named is None:  # a resumed run: from its saved tokenizer
-            named = {**self.name_rows(words), **self.flag_rows(flag_adjectives(self.sampler.table, flag_names))}
+            named = {**self.name_rows(words + free_words),
+                     **self.flag_rows(flag_adjectives(self.sampler.table, flag_names))}
         self.row_starts = {row_word(w, k) if k > 1 else w: i for w, ids in named.items()
                            if row_word(w, 2) in vocab for k, i in enumerate(ids, 1)}
         self.encoder = self._student(words)
@@ -150,8 +155,6 @@ class TextTuning:
         # compositions too: it is a constraint on embeddings and shows the U-Net no image of them).
         unk = self.tokenizer0.unk_token_id
         self.anchor_names = [e.caption for e in emojis if unk not in self.tokenizer0(e.caption).input_ids]
-        captions = [e.caption for e in emojis] + (self.vocabulary.names if self.vocabulary is not None else [])
-        self.free_old_rows = free_rows(self.tokenizer0, captions)
         self.learnable = set(self.free_old_rows) | set(range(self.old_vocab_size, len(self.tokenizer)))
         if cfg.new_words_only:  # a form whose frame holds a caption's word could only be learned by moving captions
             self.sampler.frames = [f for f in self.sampler.frames if self.frame_learnable(f[0])]
@@ -170,15 +173,19 @@ class TextTuning:
         log(f"{len(self.names)} names, {len(self.sampler.typed)} typed heads, {len(words)} new words")
 
     def name_rows(self, words: List[str]) -> Dict[str, List[int]]:
-        """The new words that are keywords standing for an emoji whose name has 2 to `word_rows` words, all of them
-        old: each with the ids of that name's words. The emoji is the one of its `modes` with the fewest words, then
-        the shortest name ("music" -> "musical note", "puppy" -> "dog face")."""
+        """Of `words` (new words, or old ones that no caption holds), the keywords standing for an emoji whose name
+        has 2 to `word_rows` words, all of them old: each with the ids of that name's words. The emoji is the one of
+        its `modes` with the fewest words, then the shortest name ("music" -> "musical note", "puppy" -> "dog face").
+        Not a word of the typed forms around a head ("emoji", "cute" of "a cute {}"), nor one that is several words
+        already."""
+        from .phrasing import FORM_WORDS
+
         out: Dict[str, List[int]] = {}
         if self.cfg.word_rows < 2:
             return out
-        unk = self.tokenizer0.unk_token_id
+        unk, vocab = self.tokenizer0.unk_token_id, self.tokenizer0.get_vocab()
         for w in words:
-            if "_" in w or w not in self.sampler.table:
+            if "_" in w or w not in self.sampler.table or row_word(w, 2) in vocab or w in FORM_WORDS:
                 continue
             named = [(self.tokenizer0(n, add_special_tokens=False).input_ids, n) for n in self.sampler.modes(w)]
             ids = min(named, key=lambda pair: (len(pair[0]), len(pair[1])))[0]

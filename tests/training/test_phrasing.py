@@ -324,10 +324,11 @@ def test_rows_that_no_caption_holds_learn_and_captions_stay(tmp_path):
     assert not torch.equal(encoder.get_input_embeddings().weight[emoji], encoder0.get_input_embeddings().weight[emoji])
 
 
-def test_a_flag_word_of_a_country_of_several_words_reads_as_the_country(tmp_path):
+def test_flag_words_and_keywords_of_one_row_from_an_earlier_run_read_as_their_names_words(tmp_path):
     """"flag: american" reads as that many rows as "united states" has words, each starting as one of them, so that
-    untaught it encodes exactly as "flag: united states" (one row, the mean of the two, drew another flag); a flag
-    word of one row from an earlier run is read again this way, and a second run adds nothing."""
+    untaught it encodes exactly as "flag: united states" (one row, the mean of the two, drew another flag); with
+    `word_rows`, so does an earlier run's keyword that no caption holds ("kitty" as "grinning face"), but not a word
+    of the forms around a head ("emoji"). A second run adds nothing."""
     from transformers import T5EncoderModel
 
     from imagen_app.models.text_encoder import load_text_encoder
@@ -338,13 +339,14 @@ def test_a_flag_word_of_a_country_of_several_words_reads_as_the_country(tmp_path
 
     pipe = tiny_pipeline(resolutions=(32,))
     # an earlier run's vocabulary: "american_flag" a word of one row
-    tokenizer = extended_tokenizer(train_caption_tokenizer(TINY_CAPTIONS + ["flag: united states"],
+    tokenizer = extended_tokenizer(train_caption_tokenizer(TINY_CAPTIONS + ["flag: united states", "kitty", "emoji"],
                                                            max_length=pipe.tokenizer.model_max_length), [], [], ["american"])
     pipe.tokenizer = tokenizer
     pipe.text_encoder = T5EncoderModel(small_t5_config(len(tokenizer), d_model=16, layers=1, heads=2)).eval()
     folder = tmp_path / "pipe"
     pipe.save_pretrained(str(folder))
-    (folder / "keywords.txt").write_text("american flag\tflag: united states\njapanese flag\tflag: japan\n")
+    (folder / "keywords.txt").write_text("american flag\tflag: united states\nemoji\tgrinning face\n"
+                                         "japanese flag\tflag: japan\nkitty\tgrinning face\n")
 
     def encode(tok, enc, prompt):
         return enc(**tok(prompt, return_tensors="pt")).last_hidden_state
@@ -353,7 +355,7 @@ def test_a_flag_word_of_a_country_of_several_words_reads_as_the_country(tmp_path
     sizes = []
     for step, source in enumerate([folder, tmp_path / "export0"]):
         cfg = TextTuningConfig(weights=str(source), run_dir=str(tmp_path / f"run{step}"),
-                               out=str(tmp_path / f"export{step}"), steps=0, threads=1)
+                               out=str(tmp_path / f"export{step}"), steps=0, threads=1, word_rows=4)
         tune_text(cfg, log=lambda *_: None)
         if step == 0:
             for f in ("keywords.txt", "unet_1", "captions.txt", "held_out.txt", "aliases.txt", "model_index.json"):
@@ -364,6 +366,8 @@ def test_a_flag_word_of_a_country_of_several_words_reads_as_the_country(tmp_path
         assert tok.tokenize("flag: american") == ["flag", ":", "american_flag", "american_flag_2"]
         assert tok.tokenize("flag: japanese") == ["flag", ":", "japanese_flag"]
         assert torch.equal(encode(tok, enc, "flag: american"), encode(tok, enc, "flag: united states"))
+        assert tok.tokenize("kitty") == ["kitty", "kitty_2"] and tok.tokenize("emoji") == ["emoji"]
+        assert torch.equal(encode(tok, enc, "kitty"), encode(tok, enc, "grinning face"))
         for caption in TINY_CAPTIONS:
             assert torch.equal(encode(tok, enc, caption), encode(tokenizer0, encoder0, caption))
     assert sizes[1] == sizes[0]  # the second run adds no rows
