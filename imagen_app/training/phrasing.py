@@ -29,6 +29,29 @@ FRAMES += [(f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} of {{}}", weight, 1.0
 # the words of the forms around a head: not keywords, whatever the table says ("emoji", "cute")
 FORM_WORDS = frozenset(w for frame, _, _ in FRAMES for w in frame.replace("{}", " ").split()) | frozenset(
     w for w, _ in DETERMINERS + PLURAL_DETERMINERS if w) | {"an"}
+
+
+def alone_context() -> Tuple[str, str]:
+    """Where a head stands alone in a typed form, as the tokenizer sees it (lower case, a leading article gone,
+    "picture of" as "picture_of"): the regexes of what may come before it (each alternative of a fixed length, as a
+    look-behind needs) and after it. "cowboy", "a cute cowboy", "cowboy emoji please!", "picture_of a cowboy", "show me
+    the cowboy"; not "cowboy hat face", "happy cowboy"."""
+    import re
+
+    befores, afters = {""}, {""}
+    for frame, _, _ in FRAMES:
+        before, after = frame.split("{}")
+        words = before.split()
+        before = " ".join(w + "_of" if w in FRAME_NOUNS and words[-1:] == ["of"] else w for w in words if w != "of")
+        before = re.sub(r"^(a|an) ", "", before)
+        befores.add(before + " " if before else "")
+        afters.add(after)
+    determiners = {""} | {w + " " for w, _ in DETERMINERS + PLURAL_DETERMINERS if w} | {"an "}
+    behind = "|".join(sorted({"^" + re.escape(f"{b}{d}") for b in befores for d in determiners}, key=len))
+    ahead = "|".join(re.escape(a) for a in sorted(afters, key=len, reverse=True))
+    return behind, f"(?:{ahead})[\\s.!?]*$"
+
+
 PUNCTUATION = [("", 0.85), (".", 0.05), ("!", 0.05), ("?", 0.05)]
 FLAG_FORMS = ["flag of {}", "the flag of {}", "{} flag", "the {} flag", "flag {}", "{}'s flag", "{}"]
 

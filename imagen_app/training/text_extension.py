@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -71,20 +71,35 @@ def flag_word(adjective: str) -> str:
     return f"{adjective}{FLAG_SUFFIX}"
 
 
+ALONE_SUFFIX = "_alone"
+_ALONE_MARK = "\ue000"  # (a private-use character: no typed prompt holds it)
+
+
+def alone_word(word: str) -> str:
+    """The word a caption's word is read as where it stands alone for an emoji: "a cowboy" -> "cowboy_alone", where
+    "cowboy hat face" keeps "cowboy"."""
+    return f"{word}{ALONE_SUFFIX}"
+
+
 def row_word(word: str, k: int) -> str:
     """The k-th (k >= 2) of the words a word of several rows is read as: "music" -> "music", "music_2"."""
     return f"{word}_{k}"
 
 
 def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (), flag_adjectives: Iterable[str] = (),
-                       rows: Optional[Dict[str, int]] = None):
+                       rows: Optional[Dict[str, int]] = None, alone: Iterable[str] = (),
+                       alone_context: Tuple[str, str] = ("^", r"[\s.!?]*$")):
     """A copy of the word-level `tokenizer` with `words` appended (old ids unchanged), and each of `phrases` read as
     one word of its own ("a picture of a cat" -> "a", "picture_of", "a", "cat"): a phrase no caption holds gets a
     row that can learn what it means as a whole, where its words ("picture" of "framed picture", "of") are caption
     words whose rows must stay. Each of `flag_adjectives` after "flag: " (where "the Japanese flag" is brought to)
     is a word of its own, `flag_word`: "japanese" of "japanese castle" keeps its row, and the flag's learns.
     A new word w in `rows` with n > 1 is read as n words, w and `row_word(w, k)`: the rows of a word that stands
-    for a name of several words ("music" for "musical note"; one row cannot say what the U-Net read in two)."""
+    for a name of several words ("music" for "musical note"; one row cannot say what the U-Net read in two).
+    Each word of `alone` is read as `alone_word(w)` where it stands alone in a typed form ("a cowboy", "cowboy
+    emoji"), not inside a caption ("cowboy hat face"): `alone_context` is the regexes of what may come before it
+    (alternatives of fixed lengths) and after it (by default: nothing but a closing ".", "!" or "?"; not "keycap #"). A word of `rows` may be an
+    alone word ("cowboy_alone", "cowboy_alone_2", ...)."""
     from tokenizers import Regex, Tokenizer, models, normalizers
     from transformers import PreTrainedTokenizerFast
 
@@ -92,8 +107,10 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
     vocab: Dict[str, int] = dict(state["model"]["vocab"])
     phrases = [p for p in phrases if " " in p.strip() and phrase_token(p) not in vocab]  # (a taught one has its rule)
     flag_adjectives = [a for a in flag_adjectives if flag_word(a) not in vocab]
+    alone = [w for w in alone if alone_word(w) not in vocab]
     several = {w: n for w, n in (rows or {}).items() if n > 1 and row_word(w, 2) not in vocab}
     for w in list(words) + [phrase_token(p) for p in phrases] + [flag_word(a) for a in flag_adjectives] + [
+            alone_word(w) for w in alone] + [
             row_word(w, k) for w, n in several.items() for k in range(2, n + 1)]:
         if w not in vocab:
             vocab[w] = len(vocab)
@@ -105,6 +122,11 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
     # the adjective that ends a flag's name ("flag: american", not "flag: american samoa")
     rules += [normalizers.Replace(Regex(r"(?<=\bflag: )" + re.escape(a) + r"(?=\W*$)"), flag_word(a))
               for a in flag_adjectives]
+    if alone:  # a mark where a word of them stands alone (one pass), then each marked word its own
+        words_alone = "|".join(re.escape(w) for w in sorted(alone, key=len, reverse=True))
+        before, after = alone_context
+        rules.append(normalizers.Replace(Regex(f"(?<={before})(?=(?:{words_alone}){after})"), _ALONE_MARK))
+        rules += [normalizers.Replace(_ALONE_MARK + w, alone_word(w)) for w in sorted(alone, key=len, reverse=True)]
     rules += [normalizers.Replace(Regex(r"\b" + re.escape(w) + r"\b"), " ".join([w] + [row_word(w, k) for k in range(2, n + 1)]))
               for w, n in several.items()]
     if rules:

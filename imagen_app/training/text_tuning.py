@@ -100,8 +100,8 @@ class TextTuning:
         from ..models.unet import ImagenUNet
         from .data import held_out_split, load_emoji, rendered_corpus
         from .keywords import KEYWORD_FILE, flag_adjectives, plural, read_frequencies, read_table
-        from .phrasing import FRAME_PHRASES, PhrasingSampler
-        from .text_extension import extended_tokenizer, new_words
+        from .phrasing import FRAME_PHRASES, PhrasingSampler, alone_context
+        from .text_extension import alone_word, extended_tokenizer, new_words
 
         self.cfg, self.log = cfg, log
         self.tokenizer0, self.encoder0 = load_text_encoder(cfg.weights)
@@ -125,6 +125,7 @@ class TextTuning:
         self.free_old_rows = free_rows(self.tokenizer0, captions)
         # an old word that no caption holds (a keyword an earlier run added) may be read as several rows too
         free_words = [self.tokenizer0.convert_ids_to_tokens(i) for i in self.free_old_rows]
+        alone = self.caption_heads()
         saved = os.path.join(cfg.run_dir, "tokenizer")
         named = None  # the new words of several rows (name_rows), once the new words are known
         if os.path.isdir(saved):  # a resumed run keeps the vocabulary it started with
@@ -137,19 +138,20 @@ class TextTuning:
             adjectives = flag_adjectives(self.sampler.table, flag_names)
             # a phrase's words are not new, nor an adjective that only flags have
             words = new_words(extended_tokenizer(self.tokenizer0, [], phrases, adjectives), texts)
-            named = {**self.name_rows(words + free_words), **self.flag_rows(adjectives)}
+            named = {**self.name_rows(words + free_words, alone), **self.flag_rows(adjectives)}
             self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases, adjectives,
-                                                {w: len(ids) for w, ids in named.items()})
+                                                {w: len(ids) for w, ids in named.items()},
+                                                [w for w in alone if alone_word(w) in named], alone_context())
             self.tokenizer.save_pretrained(saved)
         self.old_vocab_size = len(self.tokenizer0)
         words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= self.old_vocab_size]
         # the old word each row of a word of several rows starts as ("music", "music_2" -> "musical", "note")
         vocab = self.tokenizer.get_vocab()
         if named is None:  # a resumed run: from its saved tokenizer
-            named = {**self.name_rows(words + free_words),
+            named = {**self.name_rows(words + free_words, alone),
                      **self.flag_rows(flag_adjectives(self.sampler.table, flag_names))}
         self.row_starts = {row_word(w, k) if k > 1 else w: i for w, ids in named.items()
-                           if row_word(w, 2) in vocab for k, i in enumerate(ids, 1)}
+                           if len(ids) == 1 or row_word(w, 2) in vocab for k, i in enumerate(ids, 1)}
         self.encoder = self._student(words)
         # The anchor holds every caption of the corpus that the encoder already reads word for word (held-out
         # compositions too: it is a constraint on embeddings and shows the U-Net no image of them).
@@ -172,25 +174,46 @@ class TextTuning:
                              f"not {cfg.anchor_objective!r} with {cfg.objective!r}")
         log(f"{len(self.names)} names, {len(self.sampler.typed)} typed heads, {len(words)} new words")
 
-    def name_rows(self, words: List[str]) -> Dict[str, List[int]]:
-        """Of `words` (new words, or old ones that no caption holds), the keywords standing for an emoji whose name
-        has 2 to `word_rows` words, all of them old: each with the ids of that name's words. The emoji is the one of
-        its `modes` with the fewest words, then the shortest name ("music" -> "musical note", "puppy" -> "dog face").
-        Not a word of the typed forms around a head ("emoji", "cute" of "a cute {}"), nor one that is several words
-        already."""
+    def caption_heads(self) -> List[str]:
+        """The keywords that are words of captions and no name themselves ("cowboy" of "cowboy hat face", "money" of
+        "money bag"): a row that captions hold cannot learn what the word alone means, so where it stands alone it is
+        read as a word of its own (`alone_word`; with `word_rows` of 2 or more)."""
         from .phrasing import FORM_WORDS
+
+        vocab, free, names = self.tokenizer0.get_vocab(), set(self.free_old_rows), set(self.names)
+        specials = set(self.tokenizer0.all_special_tokens)
+        return sorted(w for w in self.sampler.table if w in vocab and vocab[w] not in free and w not in names
+                      and w not in FORM_WORDS and w not in specials and "_" not in w)
+
+    def name_rows(self, words: List[str], alone: List[str] = ()) -> Dict[str, List[int]]:
+        """Of `words` (new words, or old ones that no caption holds) and of the `alone` forms of caption words, the
+        keywords standing for an emoji whose name has up to `word_rows` words, all of them old: each with the ids of
+        that name's words, which its rows start as (an old word's taught row starts again). The emoji is the one of
+        its `modes` that shares the word's start, then with the fewest words, then the shortest name ("music" ->
+        "musical note", "apples" -> "red apple", not "pie"; "puppy" -> "dog face"; "cowboy" alone -> "cowboy hat
+        face"); a name of one word, only one that shares it. Not a word of the typed forms around a head ("emoji",
+        "cute" of "a cute {}"), nor one that is several words already."""
+        from .phrasing import FORM_WORDS
+        from .text_extension import alone_word
 
         out: Dict[str, List[int]] = {}
         if self.cfg.word_rows < 2:
             return out
         unk, vocab = self.tokenizer0.unk_token_id, self.tokenizer0.get_vocab()
-        for w in words:
-            if "_" in w or w not in self.sampler.table or row_word(w, 2) in vocab or w in FORM_WORDS:
+
+        def shares(w: str, name: str) -> bool:  # "apples" / "red apple", "plane" / "airplane"
+            return any(x.startswith(w[:4]) or w.startswith(x[:4]) or w in x for x in re.findall(r"\w+", name))
+
+        for w, read_as in [(w, w) for w in words] + [(w, alone_word(w)) for w in alone]:
+            if ("_" in w or w not in self.sampler.table or w in FORM_WORDS or row_word(read_as, 2) in vocab
+                    or (read_as != w and read_as in vocab)):
                 continue
             named = [(self.tokenizer0(n, add_special_tokens=False).input_ids, n) for n in self.sampler.modes(w)]
-            ids = min(named, key=lambda pair: (len(pair[0]), len(pair[1])))[0]
-            if 2 <= len(ids) <= self.cfg.word_rows and unk not in ids:
-                out[w] = ids
+            ids, name = min(named, key=lambda pair: (not shares(w, pair[1]), len(pair[0]), len(pair[1])))
+            # a name of one word only where it shares the word's start ("bananas" -> "banana"): else one row, taught,
+            # may say more than one emoji of its many would ("doctor" drew a pill as "pill")
+            if (2 <= len(ids) or shares(w, name)) and len(ids) <= self.cfg.word_rows and unk not in ids:
+                out[read_as] = ids
         return out
 
     def flag_rows(self, adjectives: List[str]) -> Dict[str, List[int]]:

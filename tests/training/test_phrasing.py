@@ -328,7 +328,8 @@ def test_flag_words_and_keywords_of_one_row_from_an_earlier_run_read_as_their_na
     """"flag: american" reads as that many rows as "united states" has words, each starting as one of them, so that
     untaught it encodes exactly as "flag: united states" (one row, the mean of the two, drew another flag); with
     `word_rows`, so does an earlier run's keyword that no caption holds ("kitty" as "grinning face"), but not a word
-    of the forms around a head ("emoji"). A second run adds nothing."""
+    of the forms around a head ("emoji"), and a caption's word standing alone ("grinning" as "grinning face"). A
+    second run adds nothing."""
     from transformers import T5EncoderModel
 
     from imagen_app.models.text_encoder import load_text_encoder
@@ -345,7 +346,7 @@ def test_flag_words_and_keywords_of_one_row_from_an_earlier_run_read_as_their_na
     pipe.text_encoder = T5EncoderModel(small_t5_config(len(tokenizer), d_model=16, layers=1, heads=2)).eval()
     folder = tmp_path / "pipe"
     pipe.save_pretrained(str(folder))
-    (folder / "keywords.txt").write_text("american flag\tflag: united states\nemoji\tgrinning face\n"
+    (folder / "keywords.txt").write_text("american flag\tflag: united states\nemoji\tgrinning face\ngrinning\tgrinning face\n"
                                          "japanese flag\tflag: japan\nkitty\tgrinning face\n")
 
     def encode(tok, enc, prompt):
@@ -368,6 +369,10 @@ def test_flag_words_and_keywords_of_one_row_from_an_earlier_run_read_as_their_na
         assert torch.equal(encode(tok, enc, "flag: american"), encode(tok, enc, "flag: united states"))
         assert tok.tokenize("kitty") == ["kitty", "kitty_2"] and tok.tokenize("emoji") == ["emoji"]
         assert torch.equal(encode(tok, enc, "kitty"), encode(tok, enc, "grinning face"))
+        # a caption's word, alone, is a word of its own ("grinning" of "grinning face")
+        assert tok.tokenize("grinning") == ["grinning_alone", "grinning_alone_2"]
+        assert tok.tokenize("grinning face") == ["grinning", "face"]
+        assert torch.equal(encode(tok, enc, "grinning"), encode(tok, enc, "grinning face"))
         for caption in TINY_CAPTIONS:
             assert torch.equal(encode(tok, enc, caption), encode(tokenizer0, encoder0, caption))
     assert sizes[1] == sizes[0]  # the second run adds no rows

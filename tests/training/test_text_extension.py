@@ -60,7 +60,10 @@ def test_a_flag_adjective_is_its_own_word_only_where_it_ends_a_flag_and_every_ca
     assert {"japanese", "american", "mexican", "indian"} <= set(adjectives)
     new = extended_tokenizer(old, [], [], adjectives)
     assert new.tokenize("flag: japanese") == ["flag", ":", "japanese_flag"]
-    assert new.tokenize("flag: american!") == ["flag", ":", "american_flag", "!"]
+    # (the shipped tokenizer reads the flag word of a country of two words as two rows)
+    assert new.tokenize("flag: american!") == ["flag", ":", "american_flag", "american_flag_2", "!"]
+    # a caption's word alone is a word of its own; in its caption, as it was
+    assert new.tokenize("a money emoji")[1] == "money_alone" and new.tokenize("money bag") == ["money", "bag"]
     assert new.tokenize("flag: american samoa") == old.tokenize("flag: american samoa")
     captions = [e.caption for e in load_emoji()]
     assert [new(c).input_ids for c in captions] == [old(c).input_ids for c in captions]
@@ -98,3 +101,22 @@ def test_teaching_a_taught_encoder_again_adds_no_rows(tmp_path):
     again = TextTuning(TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "again")), log=lambda *_: None)
     assert len(again.tokenizer) == len(again.tokenizer0)
     assert again.encoder.get_input_embeddings().weight.shape[0] == len(again.tokenizer)
+
+
+def test_a_caption_word_standing_alone_is_a_word_of_its_own(tiny_pipe):
+    """"heart" alone ("a heart", "heart emoji please!", "a picture of the heart") reads as `heart_alone` (here of two
+    rows); inside a caption ("red heart"), or with a word that is no frame's ("broken heart"), as before."""
+    from imagen_app.training.phrasing import alone_context
+    from imagen_app.training.text_extension import extended_tokenizer
+    from imagen_app.training.tiny import TINY_CAPTIONS
+
+    old = tiny_pipe.tokenizer
+    new = extended_tokenizer(old, ["emoji", "please", "broken", "hearts", "!", "the"], ["picture of"], rows={"heart_alone": 2},
+                             alone=["heart"], alone_context=alone_context())
+    alone = ["heart_alone", "heart_alone_2"]
+    assert new.tokenize("heart") == alone and new.tokenize("Heart!") == alone + ["!"]
+    assert new.tokenize("heart emoji please!") == alone + ["emoji", "please", "!"]
+    assert new.tokenize("picture of the heart") == ["picture_of", "the"] + alone
+    assert new.tokenize("broken heart") == ["broken", "heart"] and new.tokenize("hearts") == ["hearts"]
+    for caption in TINY_CAPTIONS:
+        assert new(caption).input_ids == old(caption).input_ids
