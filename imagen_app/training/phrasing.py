@@ -47,8 +47,9 @@ def alone_context() -> Tuple[str, str]:
         befores.add(before + " " if before else "")
         afters.add(after)
     determiners = {""} | {w + " " for w, _ in DETERMINERS + PLURAL_DETERMINERS if w} | {"an "}
-    behind = "|".join(sorted({"^" + re.escape(f"{b}{d}") for b in befores for d in determiners}, key=len))
-    ahead = "|".join(re.escape(a) for a in sorted(afters, key=len, reverse=True))
+    # (sorted by length, then text: the same regex in every run)
+    behind = "|".join(sorted({"^" + re.escape(f"{b}{d}") for b in befores for d in determiners}, key=lambda r: (len(r), r)))
+    ahead = "|".join(re.escape(a) for a in sorted(afters, key=lambda a: (-len(a), a)))
     return behind, f"(?:{ahead})[\\s.!?]*$"
 
 

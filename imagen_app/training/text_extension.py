@@ -98,8 +98,8 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
     for a name of several words ("music" for "musical note"; one row cannot say what the U-Net read in two).
     Each word of `alone` is read as `alone_word(w)` where it stands alone in a typed form ("a cowboy", "cowboy
     emoji"), not inside a caption ("cowboy hat face"): `alone_context` is the regexes of what may come before it
-    (alternatives of fixed lengths) and after it (by default: nothing but a closing ".", "!" or "?"; not "keycap #"). A word of `rows` may be an
-    alone word ("cowboy_alone", "cowboy_alone_2", ...)."""
+    (alternatives of fixed lengths) and after it (by default: nothing but a closing ".", "!" or "?"; not "keycap
+    #"). A word of `rows` may be an alone word ("cowboy_alone", "cowboy_alone_2", ...)."""
     from tokenizers import Regex, Tokenizer, models, normalizers
     from transformers import PreTrainedTokenizerFast
 

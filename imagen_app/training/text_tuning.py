@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..images import pixels_to_tensor
-from .text_extension import FLAG_SUFFIX, GrowingEmbedding, flag_word, row_word
+from .text_extension import FLAG_SUFFIX, GrowingEmbedding, alone_word, flag_word, row_word
 
 CHECKPOINT = "text_tuning.pt"
 
@@ -101,7 +101,7 @@ class TextTuning:
         from .data import held_out_split, load_emoji, rendered_corpus
         from .keywords import KEYWORD_FILE, flag_adjectives, plural, read_frequencies, read_table
         from .phrasing import FRAME_PHRASES, PhrasingSampler, alone_context
-        from .text_extension import alone_word, extended_tokenizer, new_words
+        from .text_extension import extended_tokenizer, new_words
 
         self.cfg, self.log = cfg, log
         self.tokenizer0, self.encoder0 = load_text_encoder(cfg.weights)
@@ -126,8 +126,13 @@ class TextTuning:
         # an old word that no caption holds (a keyword an earlier run added) may be read as several rows too
         free_words = [self.tokenizer0.convert_ids_to_tokens(i) for i in self.free_old_rows]
         alone = self.caption_heads()
+        adjectives = flag_adjectives(self.sampler.table, flag_names)
+
+        def starting_names(words: List[str]) -> Dict[str, List[int]]:  # the words read as a name's words
+            return {**self.name_rows(words + free_words, alone), **self.flag_rows(adjectives)}
+
         saved = os.path.join(cfg.run_dir, "tokenizer")
-        named = None  # the new words of several rows (name_rows), once the new words are known
+        named = None  # (once the new words are known)
         if os.path.isdir(saved):  # a resumed run keeps the vocabulary it started with
             from transformers import AutoTokenizer
 
@@ -135,10 +140,9 @@ class TextTuning:
         else:
             texts = [self.canonical(t) for t in vocabulary_texts(self.sampler)]
             phrases = [p for p in FRAME_PHRASES if p not in " ".join(self.vocabulary.names if self.vocabulary else [])]
-            adjectives = flag_adjectives(self.sampler.table, flag_names)
             # a phrase's words are not new, nor an adjective that only flags have
             words = new_words(extended_tokenizer(self.tokenizer0, [], phrases, adjectives), texts)
-            named = {**self.name_rows(words + free_words, alone), **self.flag_rows(adjectives)}
+            named = starting_names(words)
             self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases, adjectives,
                                                 {w: len(ids) for w, ids in named.items()},
                                                 [w for w in alone if alone_word(w) in named], alone_context())
@@ -147,9 +151,7 @@ class TextTuning:
         words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= self.old_vocab_size]
         # the old word each row of a word of several rows starts as ("music", "music_2" -> "musical", "note")
         vocab = self.tokenizer.get_vocab()
-        if named is None:  # a resumed run: from its saved tokenizer
-            named = {**self.name_rows(words + free_words, alone),
-                     **self.flag_rows(flag_adjectives(self.sampler.table, flag_names))}
+        named = starting_names(words) if named is None else named  # (a resumed run: from its saved tokenizer)
         self.row_starts = {row_word(w, k) if k > 1 else w: i for w, ids in named.items()
                            if len(ids) == 1 or row_word(w, 2) in vocab for k, i in enumerate(ids, 1)}
         self.encoder = self._student(words)
@@ -194,7 +196,6 @@ class TextTuning:
         face"); a name of one word, only one that shares it. Not a word of the typed forms around a head ("emoji",
         "cute" of "a cute {}"), nor one that is several words already."""
         from .phrasing import FORM_WORDS
-        from .text_extension import alone_word
 
         out: Dict[str, List[int]] = {}
         if self.cfg.word_rows < 2:
@@ -253,7 +254,7 @@ class TextTuning:
         encoder = copy.deepcopy(self.encoder0)
         old = encoder.get_input_embeddings().weight.detach().clone()
         vocab = self.tokenizer0.get_vocab()
-        for word, start in self.row_starts.items():  # an old word now read as several rows starts again as the first
+        for word, start in self.row_starts.items():  # an old word read anew starts again as its name's first word
             if word in vocab:
                 old[vocab[word]] = old[start]
         head_of_word: Dict[str, str] = {}  # a word -> the first typed head that holds it
