@@ -408,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a keyword standing for several emoji learns the nearest of up to this many (layers); 1: "
                          "the mean over them")
     tt.add_argument("--word-rows", type=int, default=T.word_rows,
-                    help="a new keyword gets as many rows as its emoji's name has words, up to this many; 1: one row")
+                    help="a keyword no caption holds reads as its emoji name's words (as many rows, up to this many; an "
+                         "earlier run's keyword too), and a caption's word standing alone as a word of its own "
+                         "('a cowboy'); 1: one row per new word, none of this")
     tt.add_argument("--trace-draws", type=int, default=T.trace_draws, help="noised renders traced per name (layers)")
     tt.add_argument("--frequency-power", type=float, default=T.frequency_power,
                     help="typed heads are drawn in proportion to their English frequency to this power")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 DETERMINERS = [("", 0.40), ("a", 0.30), ("the", 0.15), ("some", 0.05), ("my", 0.03), ("this", 0.03), ("one", 0.04)]
@@ -36,14 +37,14 @@ def alone_context() -> Tuple[str, str]:
     "picture of" as "picture_of"): the regexes of what may come before it (each alternative of a fixed length, as a
     look-behind needs) and after it. "cowboy", "a cute cowboy", "cowboy emoji please!", "picture_of a cowboy", "show me
     the cowboy"; not "cowboy hat face", "happy cowboy"."""
-    import re
+    from .text_extension import phrase_token
 
     befores, afters = {""}, {""}
     for frame, _, _ in FRAMES:
         before, after = frame.split("{}")
-        words = before.split()
-        before = " ".join(w + "_of" if w in FRAME_NOUNS and words[-1:] == ["of"] else w for w in words if w != "of")
-        before = re.sub(r"^(a|an) ", "", before)
+        for phrase in FRAME_PHRASES:  # (as the tokenizer reads them: text_extension.extended_tokenizer)
+            before = before.replace(phrase, phrase_token(phrase))
+        before = re.sub(r"^(a|an) ", "", before.strip())
         befores.add(before + " " if before else "")
         afters.add(after)
     determiners = {""} | {w + " " for w, _ in DETERMINERS + PLURAL_DETERMINERS if w} | {"an "}

@@ -123,10 +123,11 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
     rules += [normalizers.Replace(Regex(r"(?<=\bflag: )" + re.escape(a) + r"(?=\W*$)"), flag_word(a))
               for a in flag_adjectives]
     if alone:  # a mark where a word of them stands alone (one pass), then each marked word its own
-        words_alone = "|".join(re.escape(w) for w in sorted(alone, key=len, reverse=True))
+        longest_first = sorted(alone, key=len, reverse=True)  # ("cowboys" before "cowboy")
         before, after = alone_context
+        words_alone = "|".join(map(re.escape, longest_first))
         rules.append(normalizers.Replace(Regex(f"(?<={before})(?=(?:{words_alone}){after})"), _ALONE_MARK))
-        rules += [normalizers.Replace(_ALONE_MARK + w, alone_word(w)) for w in sorted(alone, key=len, reverse=True)]
+        rules += [normalizers.Replace(_ALONE_MARK + w, alone_word(w)) for w in longest_first]
     rules += [normalizers.Replace(Regex(r"\b" + re.escape(w) + r"\b"), " ".join([w] + [row_word(w, k) for k in range(2, n + 1)]))
               for w, n in several.items()]
     if rules:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..images import pixels_to_tensor
+from .phrasing import (DETERMINERS, FLAG_FORMS, FORM_WORDS, FRAME_PHRASES, FRAMES, PLURAL_DETERMINERS, PUNCTUATION,
+                       PhrasingSampler, alone_context)
 from .text_extension import FLAG_SUFFIX, GrowingEmbedding, alone_word, flag_word, row_word
 
 CHECKPOINT = "text_tuning.pt"
@@ -81,8 +83,6 @@ class TextTuningConfig:
 def vocabulary_texts(sampler) -> List[str]:
     """Texts that hold every word the sampler can produce: the table's heads, the names, and the words of its
     determiners, frames, flag forms and punctuation (each frame around a name, so that "{}" adds no word)."""
-    from .phrasing import DETERMINERS, FLAG_FORMS, FRAMES, PLURAL_DETERMINERS, PUNCTUATION
-
     name = sampler.names[0]
     texts = list(sampler.typed) + list(sampler.names) + ["an"]
     texts += [w for w, _ in DETERMINERS + PLURAL_DETERMINERS + PUNCTUATION]
@@ -100,7 +100,6 @@ class TextTuning:
         from ..models.unet import ImagenUNet
         from .data import held_out_split, load_emoji, rendered_corpus
         from .keywords import KEYWORD_FILE, flag_adjectives, plural, read_frequencies, read_table
-        from .phrasing import FRAME_PHRASES, PhrasingSampler, alone_context
         from .text_extension import extended_tokenizer, new_words
 
         self.cfg, self.log = cfg, log
@@ -180,8 +179,6 @@ class TextTuning:
         """The keywords that are words of captions and no name themselves ("cowboy" of "cowboy hat face", "money" of
         "money bag"): a row that captions hold cannot learn what the word alone means, so where it stands alone it is
         read as a word of its own (`alone_word`; with `word_rows` of 2 or more)."""
-        from .phrasing import FORM_WORDS
-
         vocab, free, names = self.tokenizer0.get_vocab(), set(self.free_old_rows), set(self.names)
         specials = set(self.tokenizer0.all_special_tokens)
         return sorted(w for w in self.sampler.table if w in vocab and vocab[w] not in free and w not in names
@@ -195,12 +192,10 @@ class TextTuning:
         "musical note", "apples" -> "red apple", not "pie"; "puppy" -> "dog face"; "cowboy" alone -> "cowboy hat
         face"); a name of one word, only one that shares it. Not a word of the typed forms around a head ("emoji",
         "cute" of "a cute {}"), nor one that is several words already."""
-        from .phrasing import FORM_WORDS
-
         out: Dict[str, List[int]] = {}
         if self.cfg.word_rows < 2:
             return out
-        unk, vocab = self.tokenizer0.unk_token_id, self.tokenizer0.get_vocab()
+        vocab = self.tokenizer0.get_vocab()
 
         def shares(w: str, name: str) -> bool:  # "apples" / "red apple", "plane" / "airplane"
             return any(x.startswith(w[:4]) or w.startswith(x[:4]) or w in x for x in re.findall(r"\w+", name))
@@ -209,27 +204,32 @@ class TextTuning:
             if ("_" in w or w not in self.sampler.table or w in FORM_WORDS or row_word(read_as, 2) in vocab
                     or (read_as != w and read_as in vocab)):
                 continue
-            named = [(self.tokenizer0(n, add_special_tokens=False).input_ids, n) for n in self.sampler.modes(w)]
+            named = [(self.old_ids(n), n) for n in self.sampler.modes(w)]
             ids, name = min(named, key=lambda pair: (not shares(w, pair[1]), len(pair[0]), len(pair[1])))
             # a name of one word only where it shares the word's start ("bananas" -> "banana"): else one row, taught,
             # may say more than one emoji of its many would ("doctor" drew a pill as "pill")
-            if (2 <= len(ids) or shares(w, name)) and len(ids) <= self.cfg.word_rows and unk not in ids:
+            if (2 <= len(ids) or shares(w, name)) and len(ids) <= self.cfg.word_rows and None not in ids:
                 out[read_as] = ids
         return out
+
+    def old_ids(self, name: str) -> List[Optional[int]]:
+        """The ids of a name's words in the encoder the run starts from, None for a word it does not know."""
+        unk = self.tokenizer0.unk_token_id
+        return [None if i == unk else i for i in self.tokenizer0(name, add_special_tokens=False).input_ids]
 
     def flag_rows(self, adjectives: List[str]) -> Dict[str, List[int]]:
         """The flag words of countries whose names have several words, each with the ids of those words: "flag:
         american" reads as "flag: united states" (`american_flag`, `american_flag_2` start as "united", "states"),
         where one row, the mean of two words, drew some other flag. Not one that is several words already."""
         out: Dict[str, List[int]] = {}
-        vocab, unk = self.tokenizer0.get_vocab(), self.tokenizer0.unk_token_id
+        vocab = self.tokenizer0.get_vocab()
         for adjective in adjectives:
             word = flag_word(adjective)
             if row_word(word, 2) in vocab:
                 continue
             country = re.sub(r"^flag: ", "", self.sampler.table[f"{adjective} flag"][0])
-            ids = self.tokenizer0(country, add_special_tokens=False).input_ids
-            if len(ids) >= 2 and unk not in ids:
+            ids = self.old_ids(country)
+            if len(ids) >= 2 and None not in ids:
                 out[word] = ids
         return out
 
