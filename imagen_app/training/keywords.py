@@ -20,9 +20,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 KEYWORD_FILE = "keywords.txt"  # one "typed<TAB>name" per line, sorted
+MEANINGS_FILE = "keyword_meanings.txt"  # "typed<TAB>name<TAB>score": of a keyword's emoji, those WordNet says it means
+MEANT = 0.72  # the least similarity (Wu-Palmer) of a keyword to an emoji's head noun for the emoji to be what it means
+STRONG = 0.9  # a synonym, or a kind of the head noun ("bunny" -> "rabbit"): strong enough to overrule a name holding it
 _WORD = re.compile(r"^[a-z][a-z' -]*[a-z]$")
 
 
@@ -80,6 +83,68 @@ class WordNet:
         offset = self.first_sense.get(noun.replace(" ", "_"))
         lemmas = self.noun_lemmas.get(offset, []) if offset else []
         return [re.sub(r"\(.*\)$", "", w).replace("_", " ") for w in lemmas if w != noun.replace(" ", "_")]
+
+    def _graph(self) -> None:
+        """Every noun synset's lemmas and hypernyms (instances too), read once, when a similarity is first asked."""
+        if hasattr(self, "_hypernyms"):
+            return
+        self._hypernyms: Dict[str, List[str]] = {}
+        self._all_lemmas: Dict[str, List[str]] = {}
+        with open(os.path.join(self.folder, "data.noun"), encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(" "):
+                    continue
+                parts = line.split("|")[0].split()
+                count = int(parts[3], 16)
+                self._all_lemmas[parts[0]] = [parts[4 + 2 * i].lower() for i in range(count)]
+                k = 4 + 2 * count
+                pointers = [parts[k + 1 + 4 * p: k + 5 + 4 * p] for p in range(int(parts[k]))]
+                self._hypernyms[parts[0]] = [offset for symbol, offset, pos, _ in pointers if symbol in ("@", "@i") and pos == "n"]
+        self._ancestors: Dict[str, Dict[str, int]] = {}
+        self._depths: Dict[str, int] = {}
+
+    def _ancestors_of(self, offset: str) -> Dict[str, int]:
+        """A synset's ancestors (itself included), each with its least distance."""
+        if offset not in self._ancestors:
+            out = {offset: 0}
+            for parent in self._hypernyms.get(offset, []):
+                for ancestor, d in self._ancestors_of(parent).items():
+                    out[ancestor] = min(out.get(ancestor, d + 1), d + 1)
+            self._ancestors[offset] = out
+        return self._ancestors[offset]
+
+    def _depth(self, offset: str) -> int:
+        if offset not in self._depths:
+            self._depths[offset] = 1 + max((self._depth(p) for p in self._hypernyms.get(offset, [])), default=0)
+        return self._depths[offset]
+
+    def wu_palmer(self, a: str, b: str) -> float:
+        """Wu & Palmer's similarity of two synsets: 2 depth(deepest common ancestor) / (depth(a) + depth(b))."""
+        common = set(self._ancestors_of(a)) & set(self._ancestors_of(b))
+        if not common:
+            return 0.0
+        return 2 * max(self._depth(c) for c in common) / (self._depth(a) + self._depth(b))
+
+    def noun_senses(self, word: str) -> List[str]:
+        """The synsets of a noun, the most frequent first; of its singular for a plural ("bunnies" -> "bunny")."""
+        singulars = {plural: singular for singular, plural in self.plural_of.items()}
+        for form in [word, singulars.get(word, ""), re.sub(r"ies$", "y", word), re.sub(r"es$", "", word),
+                     re.sub(r"s$", "", word)]:
+            if form and form.replace(" ", "_") in self.senses:
+                return self.senses[form.replace(" ", "_")]
+        return []
+
+    def meaning_score(self, word: str, name: str) -> float:
+        """How much `word` means the emoji `name`: 1.0 where a sense of the word has the name, or its head, as a
+        lemma ("cell" -> "mobile phone", its fifth sense); else the Wu-Palmer similarity of the word's first two
+        senses to the name's head noun's ("doctor" / "health worker" 0.74, / "pill" 0.67)."""
+        self._graph()
+        part, head = name_head(name)
+        senses = self.noun_senses(word)
+        for offset in senses:
+            if {name.replace(" ", "_"), part.replace(" ", "_"), head} & set(self._all_lemmas.get(offset, [])):
+                return 1.0
+        return max((self.wu_palmer(a, b) for a in senses[:2] for b in self.noun_senses(head)[:2]), default=0.0)
 
     @staticmethod
     def _names(nouns: Dict[str, List[str]], offsets: Iterable[str]) -> List[str]:
@@ -166,6 +231,48 @@ def build_table(names_by_chars: Dict[str, str], cldr: Dict[str, List[str]], word
     return table
 
 
+def name_head(name: str) -> Tuple[str, str]:
+    """(the part of an emoji's name that says what it is, its head noun): "people with bunny ears" -> ("people",
+    "people") (people, not ears); "mobile phone off" -> the phone's part, "off"; "rabbit face" -> "rabbit" (the
+    animal faces are their animal)."""
+    part = re.split(r" with | in | on | behind |: ", name)[0]
+    words = part.split()
+    head = words[-2] if len(words) >= 2 and words[-1] == "face" else words[-1]
+    return part, head
+
+
+def build_meanings(table: Dict[str, Iterable[str]], wordnet: WordNet) -> Dict[str, Tuple[List[str], float]]:
+    """Of each one-word keyword of several emoji, the emoji WordNet says it means: those of the best `meaning_score`,
+    where that is at least MEANT ("doctor" -> the health workers, not the pill; "bunny" -> the rabbits, not the
+    people with bunny ears; "cell" -> the mobile phone, not the antenna bars)."""
+    out: Dict[str, Tuple[List[str], float]] = {}
+    for typed, names in table.items():
+        names = sorted(names)
+        if " " in typed or len(names) < 2:
+            continue
+        scores = {n: round(wordnet.meaning_score(typed, n), 3) for n in names}
+        best = max(scores.values())
+        if best >= MEANT:
+            out[typed] = ([n for n in names if scores[n] == best], best)
+    return out
+
+
+def write_meanings(meanings: Dict[str, Tuple[List[str], float]], path: str) -> int:
+    lines = sorted(f"{typed}\t{name}\t{score:.3f}" for typed, (names, score) in meanings.items() for name in names)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def read_meanings(path: str) -> Dict[str, Tuple[List[str], float]]:
+    """typed -> (the emoji it means, the score); empty where the file is missing (a table made before it)."""
+    out: Dict[str, Tuple[List[str], float]] = {}
+    if os.path.exists(path):
+        for typed, name, score in _rows(path):
+            out.setdefault(typed, ([], float(score)))[0].append(name)
+    return out
+
+
 def is_subdivision_flag(chars: str) -> bool:
     """Whether an emoji's characters are a subdivision's flag (a black flag and tag letters: England, Scotland,
     Wales), whose names have no "flag: "."""
@@ -245,4 +352,7 @@ def build_keywords(cldr_dir: str, wordnet_dir: str, out: str) -> int:
     if not cldr:
         raise FileNotFoundError(f"no CLDR annotations under {cldr_dir} (annotations/en/annotations.json); "
                                 "run scripts/fetch_keyword_sources.sh")
-    return write_table(build_table(keyword_targets(load_emoji()), cldr, WordNet(wordnet_dir)), out, word_frequency())
+    wordnet = WordNet(wordnet_dir)
+    table = build_table(keyword_targets(load_emoji()), cldr, wordnet)
+    write_meanings(build_meanings(table, wordnet), os.path.join(os.path.dirname(out) or ".", MEANINGS_FILE))
+    return write_table(table, out, word_frequency())

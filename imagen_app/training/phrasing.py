@@ -14,6 +14,8 @@ import random
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .keywords import STRONG
+
 DETERMINERS = [("", 0.40), ("a", 0.30), ("the", 0.15), ("some", 0.05), ("my", 0.03), ("this", 0.03), ("one", 0.04)]
 PLURAL_DETERMINERS = [("", 0.55), ("the", 0.2), ("some", 0.15), ("many", 0.05), ("my", 0.05)]
 # What people ask for a picture of: "a picture of X", "a sketch of X". "<noun> of" is read as one word of its own
@@ -85,13 +87,20 @@ def flag_form(country: str, rng: random.Random) -> str:
     return rng.choice(FLAG_FORMS).format(country) + _pick(rng, PUNCTUATION)
 
 
+def shares_start(word: str, name: str) -> bool:
+    """Whether a word of `name` starts as `word` does, or is in it ("apples" / "red apple", "plane" / "airplane")."""
+    return any(x.startswith(word[:4]) or word.startswith(x[:4]) or word in x for x in re.findall(r"\w+", name))
+
+
 class PhrasingSampler:
     """Draws (typed prompt, emoji name) pairs: `keyword_share` from the keyword table (keywords, synonyms, plurals,
     country adjectives), the rest from the names themselves in typed forms (articles, frames, flag forms)."""
 
     def __init__(self, names: Sequence[str], table: Dict[str, List[str]], plural_heads: Sequence[str] = (),
-                 keyword_share: float = 0.7, zipf: Optional[Dict[str, float]] = None, frequency_power: float = 1.0):
+                 keyword_share: float = 0.7, zipf: Optional[Dict[str, float]] = None, frequency_power: float = 1.0,
+                 meanings: Optional[Dict[str, Tuple[List[str], float]]] = None):
         self.names = list(names)
+        self.meanings = meanings or {}  # typed -> (the emoji WordNet says it means, how strongly): `modes`
         self._names = set(self.names)
         self.keyword_share = keyword_share  # the share of draws from the table (the rest: the names, typed)
         self.frames = list(FRAMES)  # the frames typed forms are drawn in
@@ -120,13 +129,21 @@ class PhrasingSampler:
     def modes(self, typed: str) -> List[str]:
         """The emoji a typed head may be drawn as: an emoji name itself alone; else those of its targets whose name
         holds the head as a word, or a word that the head begins ("music" -> "musical note"; heads of 5 letters or
-        more), when there are any, else all of its targets ("doctor" -> "health worker", "stethoscope", ...)."""
+        more); else those that share its start ("poop" -> "pile of poo"); else those it `means` by WordNet
+        ("doctor" -> the health workers, not the pill); else all of its targets. A strong meaning overrules names
+        that hold the head only after "with" ("bunny" -> the rabbits: "people with bunny ears" are people)."""
         if typed in self._names:
             return [typed]
         targets = self.table[typed]
         named = [n for n in targets if f" {typed} " in f" {n} " or (len(typed) >= 5 and any(
             w.startswith(typed) for w in n.replace(":", " ").split()))]
-        return named or list(targets)
+        meant, score = self.meanings.get(typed, ([], 0.0))
+        meant = [n for n in meant if n in targets]
+        if named and not (meant and score >= STRONG and all(f" {typed} " not in f" {n.split(' with ')[0]} " for n in named)):
+            return named
+        if named:
+            return meant
+        return [n for n in targets if shares_start(typed, n)] or meant or list(targets)
 
     def sample(self, rng: random.Random) -> Tuple[str, str]:
         typed, name, _ = self.sample_with_modes(rng)

@@ -88,7 +88,7 @@ def row_word(word: str, k: int) -> str:
 
 def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (), flag_adjectives: Iterable[str] = (),
                        rows: Optional[Dict[str, int]] = None, alone: Iterable[str] = (),
-                       alone_context: Tuple[str, str] = ("^", r"[\s.!?]*$")):
+                       alone_context: Tuple[str, str] = ("^", r"[\s.!?]*$"), alone_heads: Optional[Dict[str, str]] = None):
     """A copy of the word-level `tokenizer` with `words` appended (old ids unchanged), and each of `phrases` read as
     one word of its own ("a picture of a cat" -> "a", "picture_of", "a", "cat"): a phrase no caption holds gets a
     row that can learn what it means as a whole, where its words ("picture" of "framed picture", "of") are caption
@@ -99,7 +99,9 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
     Each word of `alone` is read as `alone_word(w)` where it stands alone in a typed form ("a cowboy", "cowboy
     emoji"), not inside a caption ("cowboy hat face"): `alone_context` is the regexes of what may come before it
     (alternatives of fixed lengths) and after it (by default: nothing but a closing ".", "!" or "?"; not "keycap
-    #"). A word of `rows` may be an alone word ("cowboy_alone", "cowboy_alone_2", ...)."""
+    #"). A word of `rows` may be an alone word ("cowboy_alone", "cowboy_alone_2", ...). A word of `alone_heads`
+    also stands alone before its head, the last word of the name it starts as ("a sad face": `sad_alone` = "sad but
+    relieved face", then "face"), where "sad face" alone had read as the caption words "sad", "face"."""
     from tokenizers import Regex, Tokenizer, models, normalizers
     from transformers import PreTrainedTokenizerFast
 
@@ -125,7 +127,8 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
     if alone:  # a mark where a word of them stands alone (one pass), then each marked word its own
         longest_first = sorted(alone, key=len, reverse=True)  # ("cowboys" before "cowboy")
         before, after = alone_context
-        words_alone = "|".join(map(re.escape, longest_first))
+        heads = alone_heads or {}
+        words_alone = "|".join(re.escape(w) + (f"(?: {re.escape(heads[w])})?" if w in heads else "") for w in longest_first)
         rules.append(normalizers.Replace(Regex(f"(?<={before})(?=(?:{words_alone}){after})"), _ALONE_MARK))
         rules += [normalizers.Replace(_ALONE_MARK + w, alone_word(w)) for w in longest_first]
     rules += [normalizers.Replace(Regex(r"\b" + re.escape(w) + r"\b"), " ".join([w] + [row_word(w, k) for k in range(2, n + 1)]))

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..images import pixels_to_tensor
 from .phrasing import (DETERMINERS, FLAG_FORMS, FORM_WORDS, FRAME_PHRASES, FRAMES, PLURAL_DETERMINERS, PUNCTUATION,
-                       PhrasingSampler, alone_context)
+                       PhrasingSampler, alone_context, shares_start)
 from .text_extension import FLAG_SUFFIX, GrowingEmbedding, alone_word, flag_word, row_word
 
 CHECKPOINT = "text_tuning.pt"
@@ -99,7 +99,7 @@ class TextTuning:
         from ..models.text_encoder import PromptEncoder, load_text_encoder
         from ..models.unet import ImagenUNet
         from .data import held_out_split, load_emoji, rendered_corpus
-        from .keywords import KEYWORD_FILE, flag_adjectives, plural, read_frequencies, read_table
+        from .keywords import KEYWORD_FILE, MEANINGS_FILE, flag_adjectives, plural, read_frequencies, read_meanings, read_table
         from .text_extension import extended_tokenizer, new_words
 
         self.cfg, self.log = cfg, log
@@ -119,7 +119,8 @@ class TextTuning:
         table = read_table(table_path)
         plurals = {plural(t) for t in table} | {plural(n) for n in self.names}
         self.sampler = PhrasingSampler(self.names, table, plural_heads=[t for t in table if t in plurals],
-                                       zipf=read_frequencies(table_path), frequency_power=cfg.frequency_power)
+                                       zipf=read_frequencies(table_path), frequency_power=cfg.frequency_power,
+                                       meanings=read_meanings(os.path.join(os.path.dirname(table_path), MEANINGS_FILE)))
         captions = [e.caption for e in emojis] + (self.vocabulary.names if self.vocabulary is not None else [])
         self.free_old_rows = free_rows(self.tokenizer0, captions)
         # an old word that no caption holds (a keyword an earlier run added) may be read as several rows too
@@ -142,9 +143,10 @@ class TextTuning:
             # a phrase's words are not new, nor an adjective that only flags have
             words = new_words(extended_tokenizer(self.tokenizer0, [], phrases, adjectives), texts)
             named = starting_names(words)
+            alone = [w for w in alone if alone_word(w) in named]
             self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases, adjectives,
-                                                {w: len(ids) for w, ids in named.items()},
-                                                [w for w in alone if alone_word(w) in named], alone_context())
+                                                {w: len(ids) for w, ids in named.items()}, alone, alone_context(),
+                                                self.alone_heads(alone, named, captions))
             self.tokenizer.save_pretrained(saved)
         self.old_vocab_size = len(self.tokenizer0)
         words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= self.old_vocab_size]
@@ -188,28 +190,44 @@ class TextTuning:
         """Of `words` (new words, or old ones that no caption holds) and of the `alone` forms of caption words, the
         keywords standing for an emoji whose name has up to `word_rows` words, all of them old: each with the ids of
         that name's words, which its rows start as (an old word's taught row starts again). The emoji is the one of
-        its `modes` that shares the word's start, then with the fewest words, then the shortest name ("music" ->
-        "musical note", "apples" -> "red apple", not "pie"; "puppy" -> "dog face"; "cowboy" alone -> "cowboy hat
-        face"); a name of one word, only one that shares it. Not a word of the typed forms around a head ("emoji",
+        its `modes` that shares the word's start, else one it means (`keyword_meanings.txt`); then with the fewest
+        words, then the shortest name ("music" -> "musical note", "apples" -> "red apple", not "pie"; "puppy" -> "dog
+        face"; "cowboy" alone -> "cowboy hat face"; "cell" -> "mobile phone", not "antenna bars"); a name of one
+        word, only one that shares it or that it means ("bunny" -> "rabbit"). Not a word of the typed forms around a head ("emoji",
         "cute" of "a cute {}"), nor one that is several words already."""
         out: Dict[str, List[int]] = {}
         if self.cfg.word_rows < 2:
             return out
         vocab = self.tokenizer0.get_vocab()
 
-        def shares(w: str, name: str) -> bool:  # "apples" / "red apple", "plane" / "airplane"
-            return any(x.startswith(w[:4]) or w.startswith(x[:4]) or w in x for x in re.findall(r"\w+", name))
-
         for w, read_as in [(w, w) for w in words] + [(w, alone_word(w)) for w in alone]:
             if ("_" in w or w not in self.sampler.table or w in FORM_WORDS or row_word(read_as, 2) in vocab
                     or (read_as != w and read_as in vocab)):
                 continue
-            named = [(self.old_ids(n), n) for n in self.sampler.modes(w)]
-            ids, name = min(named, key=lambda pair: (not shares(w, pair[1]), len(pair[0]), len(pair[1])))
-            # a name of one word only where it shares the word's start ("bananas" -> "banana"): else one row, taught,
-            # may say more than one emoji of its many would ("doctor" drew a pill as "pill")
-            if (2 <= len(ids) or shares(w, name)) and len(ids) <= self.cfg.word_rows and None not in ids:
-                out[read_as] = ids
+            meant = self.sampler.meanings.get(w, ([], 0.0))[0]
+            # a name of one word only where it shares the word's start ("bananas" -> "banana") or is what WordNet
+            # says it means ("bunny" -> "rabbit"): else one row, taught, may say more than one emoji of its many
+            # would ("doctor" drew a pill as "pill")
+            named = [(ids, n) for ids, n in ((self.old_ids(n), n) for n in self.sampler.modes(w))
+                     if (2 <= len(ids) or shares_start(w, n) or n in meant) and len(ids) <= self.cfg.word_rows
+                     and None not in ids]
+            if named:  # the word's own spelling first: WordNet's meaning decides among names that do not share it
+                sharing = {n for _, n in named if shares_start(w, n)}
+                out[read_as] = min(named, key=lambda pair: (pair[1] not in sharing, not sharing and pair[1] not in meant,
+                                                            len(pair[0]), len(pair[1])))[0]
+        return out
+
+    def alone_heads(self, alone: List[str], named: Dict[str, List[int]], captions: Sequence[str]) -> Dict[str, str]:
+        """Of the `alone` words read as a name of several words, the name's last word, where it is another word and
+        the two are no caption ("sad" -> "face" of "sad but relieved face"): "a sad face" reads as the alone word
+        and "face", not as the caption words "sad", "face" (drawn as the confounded face)."""
+        out: Dict[str, str] = {}
+        captions = set(captions)
+        for w in alone:
+            ids = named[alone_word(w)]
+            head = self.tokenizer0.convert_ids_to_tokens(ids[-1])
+            if len(ids) >= 2 and head != w and f"{w} {head}" not in captions:
+                out[w] = head
         return out
 
     def old_ids(self, name: str) -> List[Optional[int]]:
