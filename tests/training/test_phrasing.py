@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import WEIGHTS
-from imagen_app.training.keywords import WordNet, build_table, flag_adjectives, plural, read_table
+from imagen_app.training.keywords import (MEANT, STRONG, WordNet, build_meanings, build_table, flag_adjectives, plural,
+                                         read_meanings, read_table, write_meanings)
 from imagen_app.training.phrasing import PhrasingSampler, typed_form
 
 
@@ -73,6 +74,64 @@ def test_keyword_table_from_cldr_and_wordnet(tmp_path):
     assert "british" in flag_adjectives(lists) and "english" not in flag_adjectives(lists)
     assert "english" in flag_adjectives(lists, flag_names=["england"])
     assert "cat face" not in table  # a name is not its own keyword
+
+
+def write_wordnet_tree(folder):
+    """A small noun hierarchy: entity > organism > person > adult > worker, professional > doctor; organism >
+    animal > mammal > rabbit > young rabbit; entity > artifact > phone, pill, coat; the bunny's first sense a person (a bunny girl), its second the
+    young rabbit; the cell's first a unit of life, its second the mobile phone."""
+    os.makedirs(folder, exist_ok=True)
+    synsets = [("00000001", ["entity"], []), ("00000002", ["person", "people"], ["00000017"]),
+               ("00000003", ["worker"], ["00000019"]), ("00000004", ["professional"], ["00000019"]),
+               ("00000005", ["doctor", "physician"], ["00000004"]), ("00000006", ["animal"], ["00000017"]),
+               ("00000007", ["rabbit"], ["00000018"]), ("00000008", ["bunny", "bunny_rabbit"], ["00000007"]),
+               ("00000009", ["bunny", "bunny_girl"], ["00000002"]), ("00000010", ["artifact"], ["00000001"]),
+               ("00000011", ["mobile_phone", "cell", "cellphone"], ["00000010"]), ("00000012", ["pill"], ["00000010"]),
+               ("00000013", ["coat"], ["00000010"]), ("00000014", ["cell"], ["00000001"]),
+               ("00000015", ["bar"], ["00000010"]), ("00000016", ["ear"], ["00000006"]),
+               ("00000017", ["organism"], ["00000001"]), ("00000018", ["mammal"], ["00000006"]),
+               ("00000019", ["adult"], ["00000002"])]
+    with open(os.path.join(folder, "data.noun"), "w") as f:
+        f.write("  1 license header\n")
+        for offset, lemmas, parents in synsets:
+            pointers = " ".join(f"@ {p} n 0000" for p in parents)
+            f.write(f"{offset} 03 n {len(lemmas):02x} " + " ".join(f"{w} 0" for w in lemmas)
+                    + f" {len(parents):03d} {pointers} | gloss\n")
+    senses = {}
+    for offset, lemmas, _ in synsets:
+        for w in lemmas:
+            senses.setdefault(w.lower(), []).append(offset)
+    senses["bunny"] = ["00000009", "00000008"]  # the bunny girl is the first sense
+    senses["cell"] = ["00000014", "00000011"]
+    with open(os.path.join(folder, "index.noun"), "w") as f:
+        f.write("  1 license header\n")
+        for w, offsets in sorted(senses.items()):
+            f.write(f"{w} n {len(offsets)} 0 {len(offsets)} 0 " + " ".join(offsets) + "\n")
+    with open(os.path.join(folder, "noun.exc"), "w") as f:
+        f.write("")
+
+
+def test_keyword_meanings_from_wordnet(tmp_path):
+    """Of a keyword's emoji, the ones it means: a sense that has the name as a lemma ("cell": its second sense is
+    the mobile phone), else the most similar head noun ("doctor": the worker, a person like it, not the pill; "bunny":
+    a kind of rabbit, not the people with bunny ears). Written beside the table and read back."""
+    write_wordnet_tree(tmp_path / "wn")
+    wordnet = WordNet(str(tmp_path / "wn"))
+    assert wordnet.meaning_score("cell", "mobile phone") == 1.0 and wordnet.meaning_score("cell", "antenna bars") < MEANT
+    assert wordnet.meaning_score("bunny", "rabbit face") >= STRONG  # the animal faces are their animal
+    assert wordnet.meaning_score("bunny", "people with bunny ears") < wordnet.meaning_score("bunny", "rabbit")
+    assert wordnet.meaning_score("doctor", "health worker") > wordnet.meaning_score("doctor", "pill")
+    assert wordnet.meaning_score("bunnies", "rabbit") == wordnet.meaning_score("bunny", "rabbit")  # a plural's singular
+    table = {"cell": {"antenna bars", "mobile phone"}, "bunny": {"people with bunny ears", "rabbit", "rabbit face"},
+             "doctor": {"health worker", "pill", "lab coat"}, "coat": {"lab coat"}, "thing": {"pill", "rabbit"}}
+    meanings = build_meanings(table, wordnet)
+    assert meanings["cell"] == (["mobile phone"], 1.0)
+    assert meanings["bunny"][0] == ["rabbit", "rabbit face"] and meanings["doctor"][0] == ["health worker"]
+    assert "coat" not in meanings  # one emoji: nothing to choose
+    assert "thing" not in meanings  # nothing similar enough
+    write_meanings(meanings, str(tmp_path / "meanings.txt"))
+    assert read_meanings(str(tmp_path / "meanings.txt")) == meanings
+    assert read_meanings(str(tmp_path / "missing.txt")) == {}
 
 
 def test_plural():
@@ -248,6 +307,21 @@ def test_a_keyword_may_be_drawn_as_the_emoji_whose_name_holds_it_and_a_name_only
     assert combined == {frozenset(["crying face", "pensive face", "frowning face"])}  # the emoji that have both
     assert all(modes == ["pizza"] for _, name, modes in draws if name == "pizza")
     assert all(name == "mushroom" for typed, name, _ in draws if "mushroom" in typed)  # "pizza" is never the mushroom
+
+
+def test_a_keyword_is_drawn_as_what_it_means_where_no_name_holds_it_or_only_after_with():
+    names = ["people with bunny ears", "rabbit", "health worker", "pill", "pile of poo", "plunger", "bunny hat",
+             "rabbit face"]
+    table = {"bunny": ["people with bunny ears", "rabbit", "rabbit face"], "doctor": ["health worker", "pill"],
+             "poop": ["pile of poo", "plunger"], "hat": ["bunny hat", "rabbit"]}
+    meanings = {"bunny": (["rabbit", "rabbit face"], 0.97), "doctor": (["health worker"], 0.74),
+                "poop": (["plunger"], 0.78), "hat": (["rabbit"], 0.95)}
+    sampler = PhrasingSampler(names, table, keyword_share=1.0, meanings=meanings)
+    assert sampler.modes("bunny") == ["rabbit", "rabbit face"]  # the people with bunny ears are people
+    assert sampler.modes("doctor") == ["health worker"]  # no name holds it: what it means, not every target
+    assert sampler.modes("poop") == ["pile of poo"]  # a name that shares its start before a meaning
+    assert sampler.modes("hat") == ["bunny hat"]  # a name whose thing it is stays, whatever WordNet says
+    assert PhrasingSampler(names, table, keyword_share=1.0).modes("doctor") == ["health worker", "pill"]
 
 
 def test_common_words_are_drawn_more_often():

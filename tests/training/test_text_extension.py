@@ -120,3 +120,24 @@ def test_a_caption_word_standing_alone_is_a_word_of_its_own(tiny_pipe):
     assert new.tokenize("broken heart") == ["broken", "heart"] and new.tokenize("hearts") == ["hearts"]
     for caption in TINY_CAPTIONS:
         assert new(caption).input_ids == old(caption).input_ids
+
+
+def test_an_alone_word_may_stand_before_its_names_head(tiny_pipe):
+    """"heart" stands for a name ending in "face" (`alone_heads`): "a heart face" reads as `heart_alone` and "face"
+    (as "a sad face" reads as "sad but relieved face" and "face"); the two inside a longer prompt, or a word after
+    them, read as before."""
+    from imagen_app.training.phrasing import alone_context
+    from imagen_app.training.text_extension import extended_tokenizer
+    from imagen_app.training.tiny import TINY_CAPTIONS
+
+    old = tiny_pipe.tokenizer
+    new = extended_tokenizer(old, ["face", "the", "happy", "!"], ["picture of"], rows={"heart_alone": 2}, alone=["heart"],
+                             alone_context=alone_context(), alone_heads={"heart": "face"})
+    alone = ["heart_alone", "heart_alone_2"]
+    assert new.tokenize("heart face") == alone + ["face"] and new.tokenize("picture of the heart face!") == [
+        "picture_of", "the"] + alone + ["face", "!"]
+    assert new.tokenize("heart") == alone
+    assert new.tokenize("happy heart face") == ["happy", "heart", "face"]
+    assert new.tokenize("heart face happy") == ["heart", "face", "happy"]
+    for caption in TINY_CAPTIONS:
+        assert new(caption).input_ids == old(caption).input_ids
