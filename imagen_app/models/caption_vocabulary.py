@@ -18,7 +18,8 @@ A known name always maps to itself, so training captions (all known names) are e
 before: the lookup is part of the one prompt normalisation, shared by training and inference. What
 it does is shown to the user (the "understood" box shows the prompt the model saw). Prompts that are
 not a known name in any form pass through without a leading article ("a red car" -> "red car": the U-Net learned
-names, which start with their content word, and reads the text tokens by position); the rest, composition
+names, which start with their content word, and reads the text tokens by position), nor one after a frame ("a picture
+of a tree" -> "picture of tree": "a" is a caption's word); the rest, composition
 included, is left to the model. Whoever trains a U-Net on other captions (the scene corpus) gives them the same
 normalisation, so that training and the page read a caption alike.
 """
@@ -37,6 +38,16 @@ ALIAS_FILE = "aliases.txt"  # one "alias<TAB>name" per line
 # "a button (blood type)", matches whole first).
 _DETERMINER = re.compile(r"^(?:a|an|the|some|my|this|one)\s+(?=\S)")
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+(?=\S)")
+# The nouns people frame what they ask for with ("a picture of a cat", "an icon of the moon"), each with how often
+# the typed forms of training use it (training/phrasing.py); and the verbs ("draw me a cat").
+FRAME_NOUNS = {"picture": 0.06, "drawing": 0.05, "image": 0.04, "icon": 0.03, "emoji": 0.04, "photo": 0.03,
+               "photograph": 0.01, "sketch": 0.01, "painting": 0.01, "illustration": 0.01, "cartoon": 0.01,
+               "symbol": 0.01, "sticker": 0.01, "doodle": 0.005, "pic": 0.005, "clipart": 0.005}
+FRAME_VERBS = ("draw me", "draw", "show me")
+# An article after a frame, which is no part of what is asked for: "a" and "the" are caption words ("a button (blood
+# type)", "sign of the horns"), and "a picture of a tree" read that way drew the A button (`canonical` drops it).
+_FRAME_ARTICLE = re.compile(r"^((?:(?:a|an) )?(?:%s) of |(?:%s) )(?:a|an|the)\s+(?=\S)"
+                            % ("|".join(FRAME_NOUNS), "|".join(FRAME_VERBS)))
 
 
 def fold(text: str) -> str:
@@ -81,13 +92,17 @@ class CaptionVocabulary:
     def canonical(self, prompt: str) -> str:
         """The prompt as the model is given it: normalised, then the known name it stands for, if any, also after a
         leading article or determiner ("an astronaut", "the panda" -> the name); else without a leading article
-        ("a red car" -> "red car", "some bananas" as typed)."""
+        ("a red car" -> "red car", "some bananas" as typed), nor one after a frame ("a picture of a tree" -> "picture
+        of tree", "draw me a cat" -> "draw me cat")."""
         text = normalize_prompt(prompt)
         if not text:
             return text
         found = self._lookup.get(fold(text))
         if found is None:
             found = self._lookup.get(fold(_DETERMINER.sub("", text)))
+        framed = _FRAME_ARTICLE.match(text)
+        if framed and self._lookup.get(fold(text[framed.end(1):])) is None:  # (not "picture of a button (blood type)")
+            text = framed.group(1) + text[framed.end():]
         return found or _ARTICLE.sub("", text)
 
     @classmethod

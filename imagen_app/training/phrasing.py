@@ -14,15 +14,13 @@ import random
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..models.caption_vocabulary import FRAME_NOUNS
 from .keywords import STRONG
 
 DETERMINERS = [("", 0.40), ("a", 0.30), ("the", 0.15), ("some", 0.05), ("my", 0.03), ("this", 0.03), ("one", 0.04)]
 PLURAL_DETERMINERS = [("", 0.55), ("the", 0.2), ("some", 0.15), ("many", 0.05), ("my", 0.05)]
-# What people ask for a picture of: "a picture of X", "a sketch of X". "<noun> of" is read as one word of its own
-# (`FRAME_PHRASES`; text_extension.extended_tokenizer), whose meaning the text encoder learns.
-FRAME_NOUNS = {"picture": 0.06, "drawing": 0.05, "image": 0.04, "icon": 0.03, "emoji": 0.04, "photo": 0.03,
-               "photograph": 0.01, "sketch": 0.01, "painting": 0.01, "illustration": 0.01, "cartoon": 0.01,
-               "symbol": 0.01, "sticker": 0.01, "doodle": 0.005, "pic": 0.005, "clipart": 0.005}
+# What people ask for a picture of: "a picture of X", "a sketch of X" (FRAME_NOUNS). "<noun> of" is read as one
+# word of its own (`FRAME_PHRASES`; text_extension.extended_tokenizer), whose meaning the text encoder learns.
 FRAME_PHRASES = [f"{noun} of" for noun in FRAME_NOUNS]
 # (frame, weight, how often the head inside takes a determiner: "a picture of a cat", but mostly "cat emoji")
 FRAMES = [("{}", 0.50, 1.0), ("{} emoji", 0.10, 0.3), ("{} icon", 0.04, 1.0), ("emoji of {}", 0.02, 1.0),

@@ -35,6 +35,10 @@ def test_fold_drops_punctuation_accents_and_reads_ampersand_as_and():
     ("The Mexican flag?", "flag: mexican?"), ("white flag!", "white flag!"),
     ("a cat and the japanese flag", "cat and the japanese flag"),  # a sentence that ends in a flag stays a sentence
     ("a picture of music, and the Japanese flag!", "picture of music, and the japanese flag!"),
+    # an article after a frame is read away ("a" and "the" are caption words: "a button (blood type)")
+    ("a picture of a tree", "picture of tree"), ("An icon of an owl!", "icon of owl!"), ("draw me a cat", "draw me cat"),
+    ("show me the moon", "show me moon"), ("a photo of the red heart", "photo of red heart"),
+    ("sign of the horns", "sign of the horns"), ("a picture of a cat and a dog", "picture of cat and a dog"),
 ])
 def test_typed_forms_become_the_known_name(typed, known):
     assert CaptionVocabulary(NAMES).canonical(typed) == known
@@ -45,6 +49,8 @@ def test_a_name_that_starts_with_an_article_matches_whole_first():
     assert vocabulary.canonical("a button blood type") == "a button (blood type)"
     assert vocabulary.canonical("a button") == "button"
     assert vocabulary.canonical("The Horns") == "the horns"
+    assert vocabulary.canonical("a picture of a button (blood type)") == "picture of a button (blood type)"
+    assert vocabulary.canonical("a picture of a button") == "picture of button"
 
 
 def test_every_shipped_name_maps_to_itself_so_training_captions_are_unchanged():
