@@ -212,7 +212,7 @@ def cmd_tune_text(args) -> int:
                            anchor_weight=args.anchor_weight, new_word_lr=args.new_word_lr,
                            new_words_only=not args.all_layers, objective=args.objective, trace_draws=args.trace_draws,
                            frequency_power=args.frequency_power, anchor_objective=args.anchor_objective,
-                           modes=args.modes, word_rows=args.word_rows)
+                           modes=args.modes, word_rows=args.word_rows, learn_words=tuple(args.learn_words or ()))
     tune_text(cfg, max_minutes=args.max_minutes)
     return 0
 
@@ -417,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--all-layers", action="store_true",
                     help="also teach the encoder's layers and old rows (with an anchor on every caption); without it "
                          "only the new words' rows learn and every old caption encodes bit for bit as before")
+    tt.add_argument("--learn-words", nargs="+", metavar="WORD",
+                    help="only these words' rows learn, every other row stays ('frames': the frame phrases, "
+                         "picture_of, ...); without --all-layers")
     tt.add_argument("--anchor-weight", type=float, default=T.anchor_weight)
     tt.add_argument("--anchor-objective", choices=["embeddings", "layers"], default=T.anchor_objective,
                     help="with --all-layers: hold every caption's encoder output (embeddings) or what the base "

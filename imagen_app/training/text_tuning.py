@@ -23,7 +23,7 @@ import random
 import re
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..images import pixels_to_tensor
 from .phrasing import (DETERMINERS, FLAG_FORMS, FORM_WORDS, FRAME_PHRASES, FRAMES, PLURAL_DETERMINERS, PUNCTUATION,
                        PhrasingSampler, alone_context, shares_start)
-from .text_extension import FLAG_SUFFIX, GrowingEmbedding, alone_word, flag_word, row_word
+from .text_extension import FLAG_SUFFIX, GrowingEmbedding, alone_word, flag_word, phrase_token, row_word
 
 CHECKPOINT = "text_tuning.pt"
 
@@ -58,6 +58,9 @@ class TextTuningConfig:
     # and the held-out compositions cannot move); what a caption's words do in a new form ("a picture of") is then
     # not learned, and such forms are not shown.
     new_words_only: bool = True
+    # With new_words_only: only these words' rows learn, every other row stays as it is ("frames": the frame phrases,
+    # `picture_of`, ...): a run that teaches the frames cannot move what a keyword or a flag word reads as
+    learn_words: Tuple[str, ...] = ()
     warmup_steps: int = 50
     min_timestep: int = 250  # the distillation's timesteps: [min_timestep, 1000)
     # "layers": each text attention layer's output and the pooled text, on pixels the U-Net saw drawing the emoji,
@@ -161,6 +164,8 @@ class TextTuning:
         unk = self.tokenizer0.unk_token_id
         self.anchor_names = [e.caption for e in emojis if unk not in self.tokenizer0(e.caption).input_ids]
         self.learnable = set(self.free_old_rows) | set(range(self.old_vocab_size, len(self.tokenizer)))
+        if cfg.learn_words:
+            self.learnable &= set(self.tokenizer.convert_tokens_to_ids(self.learned_words(cfg.learn_words)))
         if cfg.new_words_only:  # a form whose frame holds a caption's word could only be learned by moving captions
             self.sampler.frames = [f for f in self.sampler.frames if self.frame_learnable(f[0])]
         if cfg.objective == "layers":
@@ -245,11 +250,18 @@ class TextTuning:
             word = flag_word(adjective)
             if row_word(word, 2) in vocab:
                 continue
-            country = re.sub(r"^flag: ", "", self.sampler.table[f"{adjective} flag"][0])
-            ids = self.old_ids(country)
+            flag = self.sampler.table[f"{adjective} flag"][0]
+            # the country's words as its flag's caption reads them (alone, "japan" is a word of its own of a run before)
+            ids = self.old_ids(flag)[2:] if flag.startswith("flag: ") else self.old_ids(flag)
             if len(ids) >= 2 and None not in ids:
                 out[word] = ids
         return out
+
+    def learned_words(self, words: Sequence[str]) -> List[str]:
+        """The words of `learn_words` in the run's vocabulary, "frames" standing for the frame phrases."""
+        vocab = self.tokenizer.get_vocab()
+        named = [phrase_token(p) for p in FRAME_PHRASES] if "frames" in words else []
+        return [w for w in named + [w for w in words if w != "frames"] if w in vocab]
 
     def frame_learnable(self, frame: str) -> bool:
         """Whether every word of `frame` ("a picture of {}") but a leading article is a word whose row learns."""
@@ -408,10 +420,14 @@ def tune_text(cfg: TextTuningConfig, max_minutes: Optional[float] = None, log=pr
         # The old words no caption holds learn as the new ones do; every other old row gets a zero gradient, so Adam
         # leaves it bit for bit as it was.
         free = torch.zeros(table.old.shape[0], 1)
-        free[run.free_old_rows] = 1.0
+        free[[i for i in run.free_old_rows if i in run.learnable]] = 1.0
         table.old.requires_grad_(True)
         table.old.register_hook(lambda grad: grad * free)
         groups.append(dict(params=[table.old], lr=cfg.new_word_lr))
+    if cfg.learn_words:  # the new rows of other words stay too
+        learned_new = torch.zeros(table.new.shape[0], 1)
+        learned_new[[i - run.old_vocab_size for i in run.learnable if i >= run.old_vocab_size]] = 1.0
+        table.new.register_hook(lambda grad: grad * learned_new)
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     base_lrs = [g["lr"] for g in groups]
     ckpt_path = os.path.join(cfg.run_dir, CHECKPOINT)

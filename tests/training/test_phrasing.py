@@ -398,6 +398,36 @@ def test_rows_that_no_caption_holds_learn_and_captions_stay(tmp_path):
     assert not torch.equal(encoder.get_input_embeddings().weight[emoji], encoder0.get_input_embeddings().weight[emoji])
 
 
+def test_learn_words_teaches_only_their_rows(tmp_path):
+    """`learn_words=("frames",)`: the frame phrases' rows learn ("picture_of"); every other row, old or new, free
+    or a caption's ("emoji", "hearts", "heart"), stays bit for bit, and only forms that hold a frame phrase are drawn."""
+    from transformers import T5EncoderModel
+
+    from imagen_app.models.text_encoder import load_text_encoder
+    from imagen_app.training.text_pretrain import small_t5_config, train_caption_tokenizer
+    from imagen_app.training.text_tuning import TextTuning, TextTuningConfig, tune_text
+    from imagen_app.training.tiny import TINY_CAPTIONS, tiny_pipeline
+
+    pipe = tiny_pipeline(resolutions=(32,))
+    pipe.tokenizer = train_caption_tokenizer(TINY_CAPTIONS + ["heart emoji"], max_length=pipe.tokenizer.model_max_length)
+    pipe.text_encoder = T5EncoderModel(small_t5_config(len(pipe.tokenizer), d_model=16, layers=1, heads=2)).eval()
+    folder = tmp_path / "pipe"
+    pipe.save_pretrained(str(folder))
+    (folder / "keywords.txt").write_text("hearts\tred heart\nkitty\tgrinning face\n")
+    cfg = TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run"), out=str(tmp_path / "export"),
+                           steps=4, batch_size=8, threads=1, learn_words=("frames",))
+    run = TextTuning(cfg, log=lambda *_: None)
+    picture_of = run.tokenizer.get_vocab()["picture_of"]
+    assert picture_of in run.learnable and run.tokenizer.get_vocab()["kitty"] not in run.learnable
+    assert run.tokenizer.get_vocab()["emoji"] not in run.learnable
+    tune_text(cfg, log=lambda *_: None)
+    start = run.encoder.get_input_embeddings().weight.detach()  # the rows the run started from
+    tokenizer, encoder = load_text_encoder(cfg.out)
+    taught = encoder.get_input_embeddings().weight.detach()
+    moved = {tokenizer.convert_ids_to_tokens(i) for i in range(len(taught)) if not torch.equal(taught[i], start[i])}
+    assert "picture_of" in moved and all(t.endswith("_of") for t in moved)  # frame phrases only: not kitty, hearts
+
+
 def test_flag_words_and_keywords_of_one_row_from_an_earlier_run_read_as_their_names_words(tmp_path):
     """"flag: american" reads as that many rows as "united states" has words, each starting as one of them, so that
     untaught it encodes exactly as "flag: united states" (one row, the mean of the two, drew another flag); with
@@ -421,7 +451,8 @@ def test_flag_words_and_keywords_of_one_row_from_an_earlier_run_read_as_their_na
     folder = tmp_path / "pipe"
     pipe.save_pretrained(str(folder))
     (folder / "keywords.txt").write_text("american flag\tflag: united states\nemoji\tgrinning face\ngrinning\tgrinning face\n"
-                                         "japanese flag\tflag: japan\nkitty\tgrinning face\n")
+                                         "japanese flag\tflag: japan\nkitty\tgrinning face\n"
+                                         "japan\tflag: japan\n")  # "japan" alone: a word of its own
 
     def encode(tok, enc, prompt):
         return enc(**tok(prompt, return_tensors="pt")).last_hidden_state
