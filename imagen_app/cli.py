@@ -445,7 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(single emoji named inside a recoloured caption), held_out, "
                                                   "super_resolution, timing, geneval (GenEval's six tasks on "
                                                   "scene prompts, held out and seen), geneval_cascade (a perfect "
-                                                  "base stage through the super-resolution stages) (default: all)")
+                                                  "base stage through the super-resolution stages), phrasing "
+                                                  "(everyday prompts), phrasing_more (a second list of them), "
+                                                  "phrasing_names (their emoji's names: the ceiling) (default: all)")
     ev.add_argument("--geneval-per-task", type=int, default=8, help="prompts per task and split (4 images each)")
     ev.add_argument("--geneval-stage", type=int, default=None,
                     help="judge the images of this stage (default: the last; 1 is fast and coarse)")

@@ -270,7 +270,7 @@ def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: 
 
 
 PARTS = ("families", "two_tones", "examples", "text_use", "colours", "neighbours", "held_out", "super_resolution", "timing",
-         "geneval", "geneval_cascade", "phrasing", "phrasing_names")
+         "geneval", "geneval_cascade", "phrasing", "phrasing_names", "phrasing_more")
 
 
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
@@ -316,6 +316,10 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
         from .phrasing import phrasing
 
         report["phrasing"] = phrasing(pipe, emojis, corpus, generate_base)
+    if "phrasing_more" in parts:  # a second list, written after the first one's changes (phrasing.MORE_PROMPTS)
+        from .phrasing import MORE_PROMPTS, phrasing
+
+        report["phrasing_more"] = phrasing(pipe, emojis, corpus, generate_base, prompts=MORE_PROMPTS)
     if "phrasing_names" in parts:  # the same prompts as their emoji's names: the ceiling of the phrasing figures
         from .phrasing import as_names, phrasing
 
@@ -388,6 +392,10 @@ def print_report(r: Dict) -> None:
         from .phrasing import print_phrasing
 
         print_phrasing(r["phrasing"])
+    if "phrasing_more" in r:
+        from .phrasing import print_phrasing
+
+        print_phrasing(r["phrasing_more"], "A second list of everyday prompts, written after the first one's changes")
     if "phrasing_names" in r:
         from .phrasing import print_phrasing
 

@@ -110,6 +110,53 @@ PROMPTS: List[Tuple[str, str, Sequence[str]]] = [
     ("THE JAPANESE FLAG", "case", ["flag: japan"]),
 ]
 
+# A second list, written after the first one's changes were shipped (2026-12-06, session 17), to check that they
+# carry beyond the prompts they were measured on (`evaluate --parts phrasing_more`): other heads in the same frames,
+# other keywords and synonyms, and forms the first list lacks ("a slice of pizza", "a bunny rabbit").
+MORE_PROMPTS: List[Tuple[str, str, Sequence[str]]] = [
+    ("a picture of a dog", "frame", DOG),
+    ("an image of a cat", "frame", CAT),
+    ("a photo of a rocket", "frame", ["rocket"]),
+    ("a drawing of a tree", "frame", ["deciduous tree", "evergreen tree", "palm tree", "christmas tree"]),
+    ("an icon of a house", "frame", ["house", "house with garden"]),
+    ("a sketch of an owl", "frame", ["owl"]),
+    ("show me a panda", "frame", ["panda"]),
+    ("draw a rocket", "frame", ["rocket"]),
+    ("a photo of an apple", "frame", ["red apple", "green apple"]),
+    ("an illustration of a fox", "frame", ["fox"]),
+    ("a kitten", "keyword", ["cat", "cat face"]),
+    ("a puppy", "keyword", DOG),
+    ("a bike", "keyword", ["bicycle"]),
+    ("a cup of tea", "keyword", ["teacup without handle", "hot beverage"]),
+    ("a smiley face", "keyword", SMILING),
+    ("an angry face", "keyword", ["angry face", "enraged face", "face with symbols on mouth"]),
+    ("a crying face", "article", ["crying face", "loudly crying face"]),
+    ("a phone", "keyword", ["mobile phone", "telephone", "telephone receiver"]),
+    ("a cellphone", "keyword", ["mobile phone"]),
+    ("a laptop", "article", ["laptop"]),
+    ("a boat", "keyword", ["sailboat", "speedboat", "motor boat", "canoe", "ship", "passenger ship", "ferry"]),
+    ("a car", "keyword", CARS),
+    ("a burger", "keyword", ["hamburger"]),
+    ("a donut", "keyword", ["doughnut"]),
+    ("a bunny rabbit", "keyword", ["rabbit", "rabbit face"]),
+    ("a sad cat", "keyword", ["crying cat", "pouting cat", "weary cat"]),
+    ("the sun", "article", ["sun", "sun with face"]),
+    ("a star", "article", ["star", "glowing star", "shooting star"]),
+    ("a bee", "keyword", ["honeybee"]),
+    ("some cookies", "plural", ["cookie"]),
+    ("a police officer", "article", ["police officer", "man police officer", "woman police officer"]),
+    ("a chef", "keyword", ["cook", "man cook", "woman cook"]),
+    ("a nurse", "keyword", ["health worker", "man health worker", "woman health worker"]),
+    ("a fireman", "keyword", ["firefighter", "man firefighter"]),
+    ("a cop car", "keyword", ["police car", "oncoming police car"]),
+    ("a taxi cab", "keyword", ["taxi", "oncoming taxi"]),
+    ("a birthday cake", "article", ["birthday cake"]),
+    ("a slice of pizza", "keyword", ["pizza"]),
+    ("a cup of coffee", "keyword", ["hot beverage"]),
+    ("the Spanish flag", "flag", ["flag: spain"]),
+    ("the flag of Canada", "flag", ["flag: canada"]),
+]
+
 
 def phrasing(pipe, emojis, corpus, generate_base, seeds=(0, 1), prompts=PROMPTS) -> Dict:
     """Right / asked by kind and overall, with each wrong prompt's nearest render and the words the encoder did not

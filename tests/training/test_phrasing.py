@@ -259,6 +259,15 @@ def test_everyday_prompt_list(kind):
     assert all(name in names and name in acceptable for name, _, acceptable in ceiling)
 
 
+def test_second_everyday_prompt_list_names_real_emoji_and_no_prompt_of_the_first():
+    from imagen_app.evaluation.phrasing import MORE_PROMPTS, PROMPTS
+    from imagen_app.training.data import load_emoji
+
+    names = {e.caption for e in load_emoji()}
+    assert len(MORE_PROMPTS) >= 40 and not {p for p, _, _ in MORE_PROMPTS} & {p for p, _, _ in PROMPTS}
+    assert all(acceptable and set(acceptable) <= names for _, _, acceptable in MORE_PROMPTS)
+
+
 def test_a_new_words_row_starts_from_the_word_it_stands_for(tmp_path):
     """A plural of a one-word name starts as its singular; a country's adjective in a flag ("the Japanese flag" -> "flag: japanese"),
     a word of its own, as the country ("japanese_flag" -> "japan" of "flag: japan"), so that the flag reads at the
