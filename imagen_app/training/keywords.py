@@ -66,17 +66,22 @@ class WordNet:
                 plural, singular = line.split()[:2]
                 self.plural_of.setdefault(singular, plural)
 
-    def _lemmas(self, file: str, needed: Optional[Set[str]] = None) -> Dict[str, List[str]]:
-        out = {}
+    def _records(self, file: str):
+        """Each synset of a WordNet data file: (offset, its words as written, its pointers as (symbol, offset,
+        part of speech, source/target))."""
         with open(os.path.join(self.folder, file), encoding="utf-8") as f:
             for line in f:
-                if line.startswith(" "):
+                if line.startswith(" "):  # the license header
                     continue
-                parts = line.split()
-                if needed is None or parts[0] in needed:
-                    count = int(parts[3], 16)
-                    out[parts[0]] = [parts[4 + 2 * i].lower() for i in range(count)]
-        return out
+                parts = line.split("|")[0].split()
+                count = int(parts[3], 16)
+                k = 4 + 2 * count
+                yield (parts[0], [parts[4 + 2 * i] for i in range(count)],
+                       [tuple(parts[k + 1 + 4 * p: k + 5 + 4 * p]) for p in range(int(parts[k]))])
+
+    def _lemmas(self, file: str, needed: Optional[Set[str]] = None) -> Dict[str, List[str]]:
+        return {offset: [w.lower() for w in words] for offset, words, _ in self._records(file)
+                if needed is None or offset in needed}
 
     def synonyms(self, noun: str) -> List[str]:
         """The other lemmas of the noun's first sense, spaces for underscores ("domestic dog")."""
@@ -90,16 +95,9 @@ class WordNet:
             return
         self._hypernyms: Dict[str, List[str]] = {}
         self._all_lemmas: Dict[str, List[str]] = {}
-        with open(os.path.join(self.folder, "data.noun"), encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(" "):
-                    continue
-                parts = line.split("|")[0].split()
-                count = int(parts[3], 16)
-                self._all_lemmas[parts[0]] = [parts[4 + 2 * i].lower() for i in range(count)]
-                k = 4 + 2 * count
-                pointers = [parts[k + 1 + 4 * p: k + 5 + 4 * p] for p in range(int(parts[k]))]
-                self._hypernyms[parts[0]] = [offset for symbol, offset, pos, _ in pointers if symbol in ("@", "@i") and pos == "n"]
+        for offset, words, pointers in self._records("data.noun"):
+            self._all_lemmas[offset] = [w.lower() for w in words]
+            self._hypernyms[offset] = [o for symbol, o, pos, _ in pointers if symbol in ("@", "@i") and pos == "n"]
         self._ancestors: Dict[str, Dict[str, int]] = {}
         self._depths: Dict[str, int] = {}
 
@@ -155,30 +153,23 @@ class WordNet:
         wanted = {c.lower(): c for c in countries}
         nouns = self._lemmas("data.noun")
         found: Dict[str, List[str]] = {}
-        with open(os.path.join(self.folder, "data.adj"), encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(" "):
+        for _, written, pointers in self._records("data.adj"):
+            words = [re.sub(r"\(.*\)$", "", w).lower() for w in written]
+            for symbol, offset, pos, source_target in pointers:
+                if symbol != "\\" or pos != "n":
                     continue
-                parts = line.split("|")[0].split()
-                count = int(parts[3], 16)
-                words = [re.sub(r"\(.*\)$", "", parts[4 + 2 * i]).lower() for i in range(count)]
-                k = 4 + 2 * count
-                for p in range(int(parts[k])):
-                    symbol, offset, pos, source_target = parts[k + 1 + 4 * p: k + 5 + 4 * p]
-                    if symbol != "\\" or pos != "n":
-                        continue
-                    # any name of the country's synset: "american" -> "america" = "united states"; else of another
-                    # synset of one of its names, one that the adjective starts as: "british" -> the island "great
-                    # britain", also a name of the UK ("britain"); not "anthropic" -> "man" -> the isle of man
-                    source = int(source_target[:2], 16)  # the adjective's word in its synset
-                    adjective = words[source - 1] if 0 < source <= len(words) else None
-                    others = [other for lemma in nouns.get(offset, []) for other in self.senses.get(lemma, [])
-                              if adjective and any(len(os.path.commonprefix([adjective, name])) >= 4
-                                                   for name in self._names(nouns, [other]))]
-                    countries = [n for n in self._names(nouns, [offset]) if n in wanted] or [
-                        n for n in self._names(nouns, others) if n in wanted]
-                    if countries and adjective and "_" not in adjective:
-                        found.setdefault(adjective, []).extend(wanted[c] for c in dict.fromkeys(countries))
+                # any name of the country's synset: "american" -> "america" = "united states"; else of another
+                # synset of one of its names, one that the adjective starts as: "british" -> the island "great
+                # britain", also a name of the UK ("britain"); not "anthropic" -> "man" -> the isle of man
+                source = int(source_target[:2], 16)  # the adjective's word in its synset
+                adjective = words[source - 1] if 0 < source <= len(words) else None
+                others = [other for lemma in nouns.get(offset, []) for other in self.senses.get(lemma, [])
+                          if adjective and any(len(os.path.commonprefix([adjective, name])) >= 4
+                                               for name in self._names(nouns, [other]))]
+                countries = [n for n in self._names(nouns, [offset]) if n in wanted] or [
+                    n for n in self._names(nouns, others) if n in wanted]
+                if countries and adjective and "_" not in adjective:
+                    found.setdefault(adjective, []).extend(wanted[c] for c in dict.fromkeys(countries))
         # An adjective can pertain to several synsets ("chinese": China and Taiwan, the Republic of China): the
         # country whose name shares the longest start with it is meant.
         return {adjective: max(names, key=lambda c: len(os.path.commonprefix([adjective, c.lower()])))
