@@ -100,6 +100,7 @@ class WordNet:
             self._hypernyms[offset] = [o for symbol, o, pos, _ in pointers if symbol in ("@", "@i") and pos == "n"]
         self._ancestors: Dict[str, Dict[str, int]] = {}
         self._depths: Dict[str, int] = {}
+        self._singulars = {plural: singular for singular, plural in self.plural_of.items()}
 
     def _ancestors_of(self, offset: str) -> Dict[str, int]:
         """A synset's ancestors (itself included), each with its least distance."""
@@ -125,8 +126,8 @@ class WordNet:
 
     def noun_senses(self, word: str) -> List[str]:
         """The synsets of a noun, the most frequent first; of its singular for a plural ("bunnies" -> "bunny")."""
-        singulars = {plural: singular for singular, plural in self.plural_of.items()}
-        for form in [word, singulars.get(word, ""), re.sub(r"ies$", "y", word), re.sub(r"es$", "", word),
+        self._graph()
+        for form in [word, self._singulars.get(word, ""), re.sub(r"ies$", "y", word), re.sub(r"es$", "", word),
                      re.sub(r"s$", "", word)]:
             if form and form.replace(" ", "_") in self.senses:
                 return self.senses[form.replace(" ", "_")]
@@ -224,8 +225,7 @@ def build_table(names_by_chars: Dict[str, str], cldr: Dict[str, List[str]], word
 
 def name_head(name: str) -> Tuple[str, str]:
     """(the part of an emoji's name that says what it is, its head noun): "people with bunny ears" -> ("people",
-    "people") (people, not ears); "mobile phone off" -> the phone's part, "off"; "rabbit face" -> "rabbit" (the
-    animal faces are their animal)."""
+    "people") (people, not ears); "rabbit face" -> ("rabbit face", "rabbit") (the animal faces are their animal)."""
     part = re.split(r" with | in | on | behind |: ", name)[0]
     words = part.split()
     head = words[-2] if len(words) >= 2 and words[-1] == "face" else words[-1]
