@@ -212,7 +212,8 @@ def cmd_tune_text(args) -> int:
                            anchor_weight=args.anchor_weight, new_word_lr=args.new_word_lr,
                            new_words_only=not args.all_layers, objective=args.objective, trace_draws=args.trace_draws,
                            frequency_power=args.frequency_power, anchor_objective=args.anchor_objective,
-                           modes=args.modes, word_rows=args.word_rows, learn_words=tuple(args.learn_words or ()))
+                           modes=args.modes, word_rows=args.word_rows, learn_words=tuple(args.learn_words or ()),
+                           pairs=args.pairs, verb_phrases=args.verb_phrases)
     tune_text(cfg, max_minutes=args.max_minutes)
     return 0
 
@@ -419,7 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "only the new words' rows learn and every old caption encodes bit for bit as before")
     tt.add_argument("--learn-words", nargs="+", metavar="WORD",
                     help="only these words' rows learn, every other row stays ('frames': the frame phrases, "
-                         "picture_of, ...); without --all-layers")
+                         "picture_of, ...; 'form-words': the forms' other words, emoji, draw, ...; 'pairs': the words --pairs reads "
+                         "anew); without --all-layers")
+    tt.add_argument("--pairs", action="store_true",
+                    help="two words of one emoji: a caption's word before another word of an emoji it names reads as "
+                         "a word of its own ('a sad cat', 'a bunny rabbit', 'a cup of tea'), and the typed forms put "
+                         "portions before food ('a slice of pizza')")
+    tt.add_argument("--verb-phrases", action="store_true", help="'show me' and 'draw me' read as one word each")
     tt.add_argument("--anchor-weight", type=float, default=T.anchor_weight)
     tt.add_argument("--anchor-objective", choices=["embeddings", "layers"], default=T.anchor_objective,
                     help="with --all-layers: hold every caption's encoder output (embeddings) or what the base "

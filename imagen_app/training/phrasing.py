@@ -22,6 +22,11 @@ PLURAL_DETERMINERS = [("", 0.55), ("the", 0.2), ("some", 0.15), ("many", 0.05), 
 # What people ask for a picture of: "a picture of X", "a sketch of X" (FRAME_NOUNS). "<noun> of" is read as one
 # word of its own (`FRAME_PHRASES`; text_extension.extended_tokenizer), whose meaning the text encoder learns.
 FRAME_PHRASES = [f"{noun} of" for noun in FRAME_NOUNS]
+VERB_PHRASES = ["show me", "draw me"]  # read as one word each too (`TextTuningConfig.verb_phrases`)
+# What people ask for a portion of: "a slice of pizza", "a cup of tea" (with `PhrasingSampler.portions`, a keyword of
+# these before another keyword of the same emoji is put as "<portion> of <keyword>")
+PORTION_NOUNS = ("slice", "cup", "piece", "bowl", "glass", "mug", "plate", "bottle", "box", "bag", "bunch", "jar", "pot",
+                 "can", "bar", "loaf", "scoop", "basket", "pile", "stack")
 # (frame, weight, how often the head inside takes a determiner: "a picture of a cat", but mostly "cat emoji")
 FRAMES = [("{}", 0.50, 1.0), ("{} emoji", 0.10, 0.3), ("{} icon", 0.04, 1.0), ("emoji of {}", 0.02, 1.0),
           ("{} emoji please", 0.02, 1.0), ("draw {}", 0.03, 1.0), ("draw me {}", 0.01, 1.0), ("show me {}", 0.02, 1.0),
@@ -102,6 +107,7 @@ class PhrasingSampler:
         self._names = set(self.names)
         self.keyword_share = keyword_share  # the share of draws from the table (the rest: the names, typed)
         self.frames = list(FRAMES)  # the frames typed forms are drawn in
+        self.portions: Sequence[str] = ()  # keywords put before another as "<portion> of" (PORTION_NOUNS)
         self.table = {typed: [n for n in targets if n in self._names] for typed, targets in table.items()}
         self.table = {typed: targets for typed, targets in self.table.items() if targets}
         self.typed = sorted(self.table)
@@ -117,6 +123,10 @@ class PhrasingSampler:
         for typed, targets in self.table.items():
             for n in targets:
                 self._by_name.setdefault(n, []).append(typed)
+
+    def heads_of(self, name: str) -> List[str]:
+        """The typed heads that stand for the emoji `name`."""
+        return self._by_name.get(name, [])
 
     def target(self, typed: str, rng: random.Random) -> str:
         """One emoji the typed head stands for; those whose name holds the typed word are drawn 4x as often."""
@@ -167,7 +177,10 @@ class PhrasingSampler:
                 other = rng.choice(others)
                 if len(modes) > 1:  # a keyword's: "sad face" may be any emoji that has both ("sad" and "face")
                     modes = [n for n in self.table[head] if n in set(self.table[other])]
-                head = f"{other} {head}" if rng.random() < 0.5 else f"{head} {other}"
+                if other in self.portions or head in self.portions:  # "a slice of pizza"
+                    head = f"{other} of {head}" if other in self.portions else f"{head} of {other}"
+                else:
+                    head = f"{other} {head}" if rng.random() < 0.5 else f"{head} {other}"
         if name not in modes:  # (a combination's modes can lose the drawn name's side: it is kept)
             modes = modes + [name]
         is_plural = head in self.plural_heads or head.split()[-1] in self.plural_heads

@@ -88,7 +88,8 @@ def row_word(word: str, k: int) -> str:
 
 def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (), flag_adjectives: Iterable[str] = (),
                        rows: Optional[Dict[str, int]] = None, alone: Iterable[str] = (),
-                       alone_context: Tuple[str, str] = ("^", r"[\s.!?]*$"), alone_heads: Optional[Dict[str, str]] = None):
+                       alone_context: Tuple[str, str] = ("^", r"[\s.!?]*$"), alone_heads: Optional[Dict[str, str]] = None,
+                       alone_partners: Optional[Dict[str, List[str]]] = None):
     """A copy of the word-level `tokenizer` with `words` appended (old ids unchanged), and each of `phrases` read as
     one word of its own ("a picture of a cat" -> "a", "picture_of", "a", "cat"): a phrase no caption holds gets a
     row that can learn what it means as a whole, where its words ("picture" of "framed picture", "of") are caption
@@ -116,7 +117,14 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
             row_word(w, k) for w, n in several.items() for k in range(2, n + 1)]:
         if w not in vocab:
             vocab[w] = len(vocab)
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    pair_rules = [_partner_rule(w, ps) for w, ps in sorted((alone_partners or {}).items())
+                  if ps and alone_word(w) in vocab and _partner_rule(w, ps)["pattern"]["Regex"].split("(?:of )?")[0]
+                  not in _partner_rules(state)]
+    old_replacements = _alone_replacements(state)
+    if pair_rules and old_replacements is not None:  # before the old words' marks are read: with them
+        state["normalizer"]["normalizers"][old_replacements:old_replacements] = pair_rules
+        pair_rules = []
+    backend = Tokenizer.from_str(json.dumps(state))
     backend.model = models.WordLevel(vocab=vocab, unk_token=state["model"].get("unk_token", "<unk>"))
     # after the lower-casing: "Picture  of" reads as "picture_of" too
     rules = [normalizers.Replace(Regex(r"\b" + r"\s+".join(map(re.escape, p.split())) + r"\b"), phrase_token(p))
@@ -130,6 +138,8 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
         heads = alone_heads or {}
         words_alone = "|".join(re.escape(w) + (f"(?: {re.escape(heads[w])})?" if w in heads else "") for w in longest_first)
         rules.append(normalizers.Replace(Regex(f"(?<={before})(?=(?:{words_alone}){after})"), _ALONE_MARK))
+    rules += [normalizers.Replace(Regex(r["pattern"]["Regex"]), _ALONE_MARK) for r in pair_rules]
+    if alone:
         rules += [normalizers.Replace(_ALONE_MARK + w, alone_word(w)) for w in longest_first]
     rules += [normalizers.Replace(Regex(r"\b" + re.escape(w) + r"\b"), " ".join([w] + [row_word(w, k) for k in range(2, n + 1)]))
               for w, n in several.items()]
@@ -139,6 +149,35 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
         tokenizer_object=backend, pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token,
         unk_token=tokenizer.unk_token, additional_special_tokens=[t for t in tokenizer.all_special_tokens if t.startswith("<extra_id_")],
         model_max_length=tokenizer.model_max_length)
+
+
+_PARTNER_BEHIND = "(?<![" + _ALONE_MARK + r"\w])"  # not inside a word, nor marked already
+
+
+def _partner_rule(word: str, partners: List[str]) -> Dict:
+    """The rule (as the tokenizer's JSON holds it) that marks `word` where it stands before one of `partners`."""
+    alternatives = "|".join(re.escape(p) for p in sorted(set(partners), key=lambda p: (-len(p), p)))
+    return {"type": "Replace", "pattern": {"Regex": f"{_PARTNER_BEHIND}(?={re.escape(word)} (?:of )?(?:{alternatives})\\b)"},
+            "content": _ALONE_MARK}
+
+
+def _old_normalizers(state: Dict) -> List[Dict]:
+    n = state.get("normalizer") or {}
+    return n.get("normalizers", []) if n.get("type") == "Sequence" else []
+
+
+def _partner_rules(state: Dict) -> set:
+    """The starts of the partner rules a tokenizer has ("...(?=sad "): a word's is added once."""
+    return {r["pattern"]["Regex"].split("(?:of )?")[0] for r in _old_normalizers(state)
+            if r.get("type") == "Replace" and r.get("pattern", {}).get("Regex", "").startswith(_PARTNER_BEHIND)}
+
+
+def _alone_replacements(state: Dict) -> Optional[int]:
+    """Where a tokenizer's normalizer starts reading its marks as alone words (None: it has none)."""
+    for i, r in enumerate(_old_normalizers(state)):
+        if r.get("type") == "Replace" and r.get("pattern", {}).get("String", "").startswith(_ALONE_MARK):
+            return i
+    return None
 
 
 @torch.no_grad()

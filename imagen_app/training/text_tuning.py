@@ -17,6 +17,7 @@ train (section 2.1); here it is the U-Nets that stay frozen while the encoder le
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -29,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from ..images import pixels_to_tensor
-from .phrasing import (DETERMINERS, FLAG_FORMS, FORM_WORDS, FRAME_PHRASES, FRAMES, PLURAL_DETERMINERS, PUNCTUATION,
-                       PhrasingSampler, alone_context, shares_start)
+from .phrasing import (DETERMINERS, FLAG_FORMS, FORM_WORDS, FRAME_PHRASES, FRAMES, PLURAL_DETERMINERS, PORTION_NOUNS,
+                       PUNCTUATION, VERB_PHRASES, PhrasingSampler, alone_context, shares_start)
 from .text_extension import FLAG_SUFFIX, GrowingEmbedding, alone_word, flag_word, phrase_token, row_word
 
 CHECKPOINT = "text_tuning.pt"
@@ -61,6 +62,13 @@ class TextTuningConfig:
     # With new_words_only: only these words' rows learn, every other row stays as it is ("frames": the frame phrases,
     # `picture_of`, ...): a run that teaches the frames cannot move what a keyword or a flag word reads as
     learn_words: Tuple[str, ...] = ()
+    # Two words of one emoji: a caption's word (one read alone, `caption_heads`) before another word of an emoji it
+    # names reads alone too ("a sad cat", "a bunny rabbit", "a cup of tea": `alone_partners`), and the typed forms
+    # put a portion before its food ("a slice of pizza"); off in the runs before session 18, which read such words
+    # as the captions' own
+    pairs: bool = False
+    # "show me" and "draw me" read as one word each, as the frame phrases do ("show_me"; off before session 18)
+    verb_phrases: bool = False
     warmup_steps: int = 50
     min_timestep: int = 250  # the distillation's timesteps: [min_timestep, 1000)
     # "layers": each text attention layer's output and the pooled text, on pixels the U-Net saw drawing the emoji,
@@ -126,6 +134,8 @@ class TextTuning:
                                        meanings=read_meanings(os.path.join(os.path.dirname(table_path), MEANINGS_FILE)))
         captions = [e.caption for e in emojis] + (self.vocabulary.names if self.vocabulary is not None else [])
         self.free_old_rows = free_rows(self.tokenizer0, captions)
+        if cfg.pairs:
+            self.sampler.portions = PORTION_NOUNS
         # an old word that no caption holds (a keyword an earlier run added) may be read as several rows too
         free_words = [self.tokenizer0.convert_ids_to_tokens(i) for i in self.free_old_rows]
         alone = self.caption_heads()
@@ -136,21 +146,28 @@ class TextTuning:
 
         saved = os.path.join(cfg.run_dir, "tokenizer")
         named = None  # (once the new words are known)
+        self.phrases = FRAME_PHRASES + (VERB_PHRASES if cfg.verb_phrases else [])
+        old_alone = [w for w in self.sampler.table if alone_word(w) in self.tokenizer0.get_vocab()]
+        self.partners: Dict[str, List[str]] = {}
         if os.path.isdir(saved):  # a resumed run keeps the vocabulary it started with
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(saved)
         else:
             texts = [self.canonical(t) for t in vocabulary_texts(self.sampler)]
-            phrases = [p for p in FRAME_PHRASES if p not in " ".join(self.vocabulary.names if self.vocabulary else [])]
+            phrases = [p for p in self.phrases if p not in " ".join(self.vocabulary.names if self.vocabulary else [])]
             # a phrase's words are not new, nor an adjective that only flags have
             words = new_words(extended_tokenizer(self.tokenizer0, [], phrases, adjectives), texts)
             named = starting_names(words)
             alone = [w for w in alone if alone_word(w) in named]
+            self.partners = self.alone_partners(old_alone + alone, captions) if cfg.pairs else {}
             self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases, adjectives,
                                                 {w: len(ids) for w, ids in named.items()}, alone, alone_context(),
-                                                self.alone_heads(alone, named, captions))
+                                                self.alone_heads(alone, named, captions), self.partners)
             self.tokenizer.save_pretrained(saved)
+        if cfg.pairs and not self.partners:  # (a resumed run: its saved tokenizer's alone words)
+            self.partners = self.alone_partners([w for w in self.sampler.table if alone_word(w) in self.tokenizer.get_vocab()],
+                                                captions)
         self.old_vocab_size = len(self.tokenizer0)
         words = [w for w, i in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= self.old_vocab_size]
         # the old word each row of a word of several rows starts as ("music", "music_2" -> "musical", "note")
@@ -235,6 +252,23 @@ class TextTuning:
                 out[w] = head
         return out
 
+    def alone_partners(self, alone: Sequence[str], captions: Sequence[str]) -> Dict[str, List[str]]:
+        """Of each `alone` word, the one-word heads it may stand before for an emoji they both name, with or without
+        "of" ("sad" -> "cat" of the crying cat, "bunny" -> "rabbit", "cup" -> "tea" of the teacup), where no caption
+        has the two words side by side ("red" before "apple" is the red apple's caption: its words stay)."""
+        side_by_side = set()
+        for caption in captions:
+            words = re.findall(r"\w+", caption.lower())
+            side_by_side.update(zip(words, words[1:]))
+            side_by_side.update((a, c) for a, b, c in zip(words, words[1:], words[2:]) if b == "of")
+        out: Dict[str, List[str]] = {}
+        for w in alone:
+            partners = {h for n in self.sampler.table.get(w, []) for h in self.sampler.heads_of(n)
+                        if re.fullmatch(r"\w+", h) and h[:4] != w[:4] and h not in FORM_WORDS and (w, h) not in side_by_side}
+            if partners:
+                out[w] = sorted(partners)
+        return out
+
     def old_ids(self, name: str) -> List[Optional[int]]:
         """The ids of a name's words in the encoder the run starts from, None for a word it does not know."""
         unk = self.tokenizer0.unk_token_id
@@ -258,10 +292,19 @@ class TextTuning:
         return out
 
     def learned_words(self, words: Sequence[str]) -> List[str]:
-        """The words of `learn_words` in the run's vocabulary, "frames" standing for the frame phrases."""
+        """The words of `learn_words` in the run's vocabulary, with their further rows: "frames" standing for the frame
+        phrases, "form-words" for the typed forms' other words, "pairs" for the alone words that have partners and
+        the portion nouns."""
         vocab = self.tokenizer.get_vocab()
-        named = [phrase_token(p) for p in FRAME_PHRASES] if "frames" in words else []
-        return [w for w in named + [w for w in words if w != "frames"] if w in vocab]
+        named = [phrase_token(p) for p in self.phrases] if "frames" in words else []
+        if "form-words" in words:  # the other words of the typed forms ("emoji", "draw", "some"), where free
+            named += sorted(FORM_WORDS)
+        if "pairs" in words:
+            named += [alone_word(w) for w in self.partners] + list(PORTION_NOUNS)
+        named += [w for w in words if w not in ("frames", "form-words", "pairs")]
+        # with the further rows of a word of several ("sad_alone", "sad_alone_2", ...)
+        return [r for w in named if w in vocab
+                for r in [w] + list(itertools.takewhile(vocab.__contains__, (row_word(w, k) for k in itertools.count(2))))]
 
     def frame_learnable(self, frame: str) -> bool:
         """Whether every word of `frame` ("a picture of {}") but a leading article is a word whose row learns."""

@@ -1,6 +1,7 @@
 """The forms people type: the keyword table (CLDR + WordNet), the typed-form sampler, and the text tuning run."""
 import os
 import random
+import re
 
 import pytest
 import torch
@@ -490,3 +491,54 @@ def test_flag_words_and_keywords_of_one_row_from_an_earlier_run_read_as_their_na
         for caption in TINY_CAPTIONS:
             assert torch.equal(encode(tok, enc, caption), encode(tokenizer0, encoder0, caption))
     assert sizes[1] == sizes[0]  # the second run adds no rows
+
+
+def test_portions_go_before_their_food_and_partners_are_the_other_words_of_an_emoji():
+    """With `portions`, two keywords of one emoji of which one is a portion are put as "<portion> of <other>" ("slice of
+    pizza", never "pizza slice"). An alone word's partners (`TextTuning.alone_partners`) are the one-word heads of
+    the emoji it names, but not a word that follows it in a caption ("red apple" is a name: "red" stays there)."""
+    import types
+
+    from imagen_app.training.phrasing import PORTION_NOUNS
+    from imagen_app.training.text_tuning import TextTuning
+
+    names = ["pizza", "crying cat", "red apple", "teacup without handle"]
+    table = {"slice": ["pizza"], "pie": ["pizza"], "sad": ["crying cat"], "cat": ["crying cat"], "red": ["red apple"],
+             "apple": ["red apple"], "fruit": ["red apple"], "cup": ["teacup without handle"], "tea": ["teacup without handle"]}
+    sampler = PhrasingSampler(names, table)
+    sampler.portions = PORTION_NOUNS
+    rng = random.Random(0)
+    typed = [sampler.sample(rng)[0] for _ in range(4000)]
+    assert any(re.search(r"\bslice of (a |the |some )?pie\b", p) for p in typed)
+    assert not any(re.search(r"\b(pie slice|slice pie|pie of slice)\b", p) for p in typed)
+    assert any(re.search(r"\bcup of tea\b", p) for p in typed)
+    run = types.SimpleNamespace(sampler=sampler)
+    partners = TextTuning.alone_partners(run, ["sad", "red", "cup"], names)
+    assert partners == {"sad": ["cat"], "red": ["fruit"], "cup": ["tea"]}
+
+
+def test_pairs_read_an_alone_word_before_its_partner_and_learn_only_the_words_they_name(tmp_path):
+    """`pairs`: "grinning" (a caption's word, read alone as "grinning face") before "kitty" (another keyword of the
+    grinning face) reads as its alone rows, which `learn_words=("pairs",)` teaches, with every row of them; "grinning
+    face" reads as before. `verb_phrases`: "show me" is one word, which "frames" teaches."""
+    from transformers import T5EncoderModel
+
+    from imagen_app.training.text_pretrain import small_t5_config, train_caption_tokenizer
+    from imagen_app.training.text_tuning import TextTuning, TextTuningConfig
+    from imagen_app.training.tiny import TINY_CAPTIONS, tiny_pipeline
+
+    pipe = tiny_pipeline(resolutions=(32,))
+    pipe.tokenizer = train_caption_tokenizer(TINY_CAPTIONS + ["kitty", "show me"], max_length=pipe.tokenizer.model_max_length)
+    pipe.text_encoder = T5EncoderModel(small_t5_config(len(pipe.tokenizer), d_model=16, layers=1, heads=2)).eval()
+    folder = tmp_path / "pipe"
+    pipe.save_pretrained(str(folder))
+    (folder / "keywords.txt").write_text("grinning\tgrinning face\nkitty\tgrinning face\n")
+    cfg = TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / "run"), word_rows=4, pairs=True,
+                           verb_phrases=True, learn_words=("frames", "pairs"))
+    run = TextTuning(cfg, log=lambda *_: None)
+    assert run.partners == {"grinning": ["kitty"]}
+    tokenize = run.tokenizer.tokenize
+    assert tokenize("grinning kitty") == ["grinning_alone", "grinning_alone_2", "kitty", "kitty_2"]
+    assert tokenize("show me kitty") == ["show_me", "kitty", "kitty_2"] and tokenize("grinning face") == ["grinning", "face"]
+    learned = set(run.tokenizer.convert_ids_to_tokens(sorted(run.learnable)))
+    assert {"grinning_alone", "grinning_alone_2", "show_me"} <= learned and not learned & {"kitty", "grinning", "face"}

@@ -141,3 +141,36 @@ def test_an_alone_word_may_stand_before_its_names_head(tiny_pipe):
     assert new.tokenize("heart face happy") == ["heart", "face", "happy"]
     for caption in TINY_CAPTIONS:
         assert new(caption).input_ids == old(caption).input_ids
+
+
+def test_an_alone_word_before_a_partner_reads_alone_and_captions_stay(tiny_pipe):
+    """`alone_partners`: "heart" before "cat" or "of cat" reads as `heart_alone` ("a sad cat", "a cup of tea"); before
+    any other word, and inside every caption, as before. Given again, on the tokenizer that has the rule (here one
+    whose alone words came from an earlier call), nothing is added."""
+    import json
+
+    from imagen_app.training.phrasing import alone_context
+    from imagen_app.training.text_extension import extended_tokenizer
+    from imagen_app.training.tiny import TINY_CAPTIONS
+
+    old = tiny_pipe.tokenizer
+    alone = ["heart_alone", "heart_alone_2"]
+    first = extended_tokenizer(old, ["cat", "of", "the", "!"], [], rows={"heart_alone": 2}, alone=["heart"],
+                               alone_context=alone_context(), alone_partners={"heart": ["cat"]})
+    assert first.tokenize("heart cat") == alone + ["cat"] and first.tokenize("the heart of cat!") == ["the"] + alone + [
+        "of", "cat", "!"]
+    assert first.tokenize("heart") == alone and first.tokenize("red heart cat") == ["red"] + alone + ["cat"]
+    assert first.tokenize("heart catalog")[0] == "heart" and first.tokenize("heart panda") == ["heart", "panda"]
+    # a tokenizer with alone words already (an earlier run): the rule goes before its marks are read
+    earlier = extended_tokenizer(old, ["cat", "of", "the", "!"], [], rows={"heart_alone": 2}, alone=["heart"],
+                                 alone_context=alone_context())
+    assert earlier.tokenize("heart cat") == ["heart", "cat"]
+    later = extended_tokenizer(earlier, [], alone_partners={"heart": ["cat"]})
+    assert later.tokenize("heart cat") == alone + ["cat"] and later.tokenize("heart") == alone
+    again = extended_tokenizer(later, [], alone_partners={"heart": ["cat"]})
+    assert again.backend_tokenizer.to_str() == later.backend_tokenizer.to_str()
+    rules = json.dumps(json.loads(later.backend_tokenizer.to_str())["normalizer"])
+    assert rules.count("(?=heart (?:of )?(?:cat)") == 1
+    for tokenizer in (first, later):
+        for caption in TINY_CAPTIONS:
+            assert tokenizer(caption).input_ids == old(caption).input_ids
