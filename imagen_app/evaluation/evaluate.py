@@ -270,7 +270,7 @@ def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: 
 
 
 PARTS = ("families", "two_tones", "examples", "text_use", "colours", "neighbours", "held_out", "super_resolution", "timing",
-         "geneval", "geneval_cascade", "phrasing", "phrasing_names", "phrasing_more")
+         "geneval", "geneval_cascade", "phrasing", "phrasing_names", "phrasing_more", "phrasing_grid")
 
 
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
@@ -320,6 +320,10 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
         from .phrasing import MORE_PROMPTS, phrasing
 
         report["phrasing_more"] = phrasing(pipe, emojis, corpus, generate_base, prompts=MORE_PROMPTS)
+    if "phrasing_grid" in parts:  # every frame around heads no list has in a frame (phrasing.GRID_FRAMES), one seed
+        from .phrasing import grid_prompts, phrasing
+
+        report["phrasing_grid"] = phrasing(pipe, emojis, corpus, generate_base, seeds=(0,), prompts=grid_prompts())
     if "phrasing_names" in parts:  # the same prompts as their emoji's names: the ceiling of the phrasing figures
         from .phrasing import as_names, phrasing
 
@@ -396,6 +400,10 @@ def print_report(r: Dict) -> None:
         from .phrasing import print_phrasing
 
         print_phrasing(r["phrasing_more"], "A second list of everyday prompts, written after the first one's changes")
+    if "phrasing_grid" in r:
+        from .phrasing import print_phrasing
+
+        print_phrasing(r["phrasing_grid"], "Frames x heads (a grid)")
     if "phrasing_names" in r:
         from .phrasing import print_phrasing
 

@@ -157,6 +157,26 @@ MORE_PROMPTS: List[Tuple[str, str, Sequence[str]]] = [
     ("the flag of Canada", "flag", ["flag: canada"]),
 ]
 
+# A grid of every frame people put around a head, with heads that neither list has in a frame (session 18;
+# `evaluate --parts phrasing_grid`, one seed): a list holds a few pairs of each frame, and the frames taught on them
+# were right on the list (18/20) and on 64% of this grid.
+GRID_FRAMES = ["a picture of a {}", "a drawing of a {}", "an image of a {}", "an icon of a {}", "a photo of a {}",
+               "{} emoji", "draw a {}", "show me a {}", "a sketch of a {}", "a cartoon of a {}"]
+GRID_HEADS: Dict[str, Sequence[str]] = {
+    "pizza": ["pizza"], "guitar": ["guitar"], "elephant": ["elephant"], "penguin": ["penguin"], "bicycle": ["bicycle"],
+    "octopus": ["octopus"], "tiger": ["tiger", "tiger face"], "pineapple": ["pineapple"], "snail": ["snail"],
+    "trophy": ["trophy"], "lemon": ["lemon"], "turtle": ["turtle"]}
+
+
+def grid_prompts() -> List[Tuple[str, str, Sequence[str]]]:
+    """(prompt, frame, acceptable emoji) for each frame and head of the grid ("an image of an octopus")."""
+    out = []
+    for frame in GRID_FRAMES:
+        for head, acceptable in GRID_HEADS.items():
+            typed = frame.replace("a {}", "an {}") if head[0] in "aeiou" else frame
+            out.append((typed.format(head), frame.replace("a {}", "X").replace("{}", "X"), acceptable))
+    return out
+
 
 def phrasing(pipe, emojis, corpus, generate_base, seeds=(0, 1), prompts=PROMPTS) -> Dict:
     """Right / asked by kind and overall, with each wrong prompt's nearest render and the words the encoder did not

@@ -197,7 +197,8 @@ class TextTuning:
                                                                     and cfg.objective != "layers"):
             raise ValueError(f"anchor_objective must be 'embeddings', or 'layers' with the layers objective, "
                              f"not {cfg.anchor_objective!r} with {cfg.objective!r}")
-        log(f"{len(self.names)} names, {len(self.sampler.typed)} typed heads, {len(words)} new words")
+        log(f"{len(self.names)} names, {len(self.sampler.typed)} typed heads, {len(words)} new words, "
+            f"{len(self.learnable)} rows learn" + (f", {len(self.partners)} alone words with partners" if cfg.pairs else ""))
 
     def caption_heads(self) -> List[str]:
         """The keywords that are words of captions and no name themselves ("cowboy" of "cowboy hat face", "money" of

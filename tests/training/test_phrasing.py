@@ -269,6 +269,18 @@ def test_second_everyday_prompt_list_names_real_emoji_and_no_prompt_of_the_first
     assert all(acceptable and set(acceptable) <= names for _, _, acceptable in MORE_PROMPTS)
 
 
+def test_frame_grid_puts_every_frame_around_every_head_with_its_article():
+    from imagen_app.evaluation.phrasing import GRID_FRAMES, GRID_HEADS, grid_prompts
+    from imagen_app.training.data import load_emoji
+
+    names = {e.caption for e in load_emoji()}
+    rows = grid_prompts()
+    assert len(rows) == len(GRID_FRAMES) * len(GRID_HEADS) == len({p for p, _, _ in rows})
+    assert len({k for _, k, _ in rows}) == len(GRID_FRAMES)
+    assert ("an image of an octopus", "an image of X", ["octopus"]) in rows and ("octopus emoji", "X emoji", ["octopus"]) in rows
+    assert all(set(acceptable) <= names for _, _, acceptable in rows)
+
+
 def test_a_new_words_row_starts_from_the_word_it_stands_for(tmp_path):
     """A plural of a one-word name starts as its singular; a country's adjective in a flag ("the Japanese flag" -> "flag: japanese"),
     a word of its own, as the country ("japanese_flag" -> "japan" of "flag: japan"), so that the flag reads at the
