@@ -24,7 +24,7 @@ PLURAL_DETERMINERS = [("", 0.55), ("the", 0.2), ("some", 0.15), ("many", 0.05), 
 FRAME_PHRASES = [f"{noun} of" for noun in FRAME_NOUNS]
 VERB_PHRASES = ["show me", "draw me"]  # read as one word each too (`TextTuningConfig.verb_phrases`)
 # What people ask for a portion of: "a slice of pizza", "a cup of tea" (with `PhrasingSampler.portions`, a keyword of
-# these before another keyword of the same emoji is put as "<portion> of <keyword>")
+# these with another keyword of the same emoji is put as "<portion> of <keyword>" or "<keyword> <portion>")
 PORTION_NOUNS = ("slice", "cup", "piece", "bowl", "glass", "mug", "plate", "bottle", "box", "bag", "bunch", "jar", "pot",
                  "can", "bar", "loaf", "scoop", "basket", "pile", "stack")
 # (frame, weight, how often the head inside takes a determiner: "a picture of a cat", but mostly "cat emoji")
@@ -177,8 +177,9 @@ class PhrasingSampler:
                 other = rng.choice(others)
                 if len(modes) > 1:  # a keyword's: "sad face" may be any emoji that has both ("sad" and "face")
                     modes = [n for n in self.table[head] if n in set(self.table[other])]
-                if other in self.portions or head in self.portions:  # "a slice of pizza"
-                    head = f"{other} of {head}" if other in self.portions else f"{head} of {other}"
+                if other in self.portions or head in self.portions:  # "a slice of pizza", "a pizza slice"
+                    portion, food = (other, head) if other in self.portions else (head, other)
+                    head = f"{portion} of {food}" if rng.random() < 0.5 else f"{food} {portion}"
                 else:
                     head = f"{other} {head}" if rng.random() < 0.5 else f"{head} {other}"
         if name not in modes:  # (a combination's modes can lose the drawn name's side: it is kept)
