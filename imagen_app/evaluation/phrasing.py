@@ -216,10 +216,11 @@ def as_names(prompts=PROMPTS) -> List[Tuple[str, str, Sequence[str]]]:
 def print_phrasing(r: Dict, title: str = "Everyday phrasings") -> None:
     print(f"\n{title} ({r['prompts']} prompts x seeds {r['seeds']}; right = an acceptable emoji among the "
           "3 nearest real renders)")
+    width = max([10] + [len(kind) for kind in r["by_kind"]])
     for kind, k in r["by_kind"].items():
-        print(f"  {kind:10s} {k['right']:3d}/{k['asked']:<3d} {k['accuracy']:.0%}")
+        print(f"  {kind:{width}s} {k['right']:3d}/{k['asked']:<3d} {k['accuracy']:.0%}")
     o = r["overall"]
-    print(f"  {'overall':10s} {o['right']:3d}/{o['asked']:<3d} {o['accuracy']:.0%}")
+    print(f"  {'overall':{width}s} {o['right']:3d}/{o['asked']:<3d} {o['accuracy']:.0%}")
     for f in r["failures"]:
         print(f"    wrong: {f['prompt']!r} -> {f['nearest']} (understood {f['understood']!r}"
               + (f", unknown {f['unknown']})" if f["unknown"] else ")"))
