@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--pairs", action="store_true",
                     help="two words of one emoji: a caption's word before another word of an emoji it names reads as "
                          "a word of its own ('a sad cat', 'a bunny rabbit', 'a cup of tea'), and the typed forms put "
-                         "portions before food ('a slice of pizza')")
+                         "portions with food ('a slice of pizza', 'a pizza slice')")
     tt.add_argument("--verb-phrases", action="store_true", help="'show me' and 'draw me' read as one word each")
     tt.add_argument("--anchor-weight", type=float, default=T.anchor_weight)
     tt.add_argument("--anchor-objective", choices=["embeddings", "layers"], default=T.anchor_objective,

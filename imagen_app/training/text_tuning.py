@@ -64,8 +64,8 @@ class TextTuningConfig:
     learn_words: Tuple[str, ...] = ()
     # Two words of one emoji: a caption's word (one read alone, `caption_heads`) before another word of an emoji it
     # names reads alone too ("a sad cat", "a bunny rabbit", "a cup of tea": `alone_partners`), and the typed forms
-    # put a portion before its food ("a slice of pizza"); off in the runs before session 18, which read such words
-    # as the captions' own
+    # put a portion with its food ("a slice of pizza", "a pizza slice"); off in the runs before session 18, which
+    # read such words as the captions' own
     pairs: bool = False
     # "show me" and "draw me" read as one word each, as the frame phrases do ("show_me"; off before session 18)
     verb_phrases: bool = False
