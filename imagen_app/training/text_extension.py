@@ -117,9 +117,9 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
             row_word(w, k) for w, n in several.items() for k in range(2, n + 1)]:
         if w not in vocab:
             vocab[w] = len(vocab)
+    had = _partner_starts(state)
     pair_rules = [_partner_rule(w, ps) for w, ps in sorted((alone_partners or {}).items())
-                  if ps and alone_word(w) in vocab and _partner_rule(w, ps)["pattern"]["Regex"].split("(?:of )?")[0]
-                  not in _partner_rules(state)]
+                  if ps and alone_word(w) in vocab and _partner_start(w) not in had]
     old_replacements = _alone_replacements(state)
     if pair_rules and old_replacements is not None:  # before the old words' marks are read: with them
         state["normalizer"]["normalizers"][old_replacements:old_replacements] = pair_rules
@@ -152,12 +152,18 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
 
 
 _PARTNER_BEHIND = "(?<![" + _ALONE_MARK + r"\w])"  # not inside a word, nor marked already
+_OPTIONAL_OF = "(?:of )?"
+
+
+def _partner_start(word: str) -> str:
+    """The start of `word`'s partner rule, up to its optional "of": what says a tokenizer has the rule."""
+    return f"{_PARTNER_BEHIND}(?={re.escape(word)} "
 
 
 def _partner_rule(word: str, partners: List[str]) -> Dict:
     """The rule (as the tokenizer's JSON holds it) that marks `word` where it stands before one of `partners`."""
     alternatives = "|".join(re.escape(p) for p in sorted(set(partners), key=lambda p: (-len(p), p)))
-    return {"type": "Replace", "pattern": {"Regex": f"{_PARTNER_BEHIND}(?={re.escape(word)} (?:of )?(?:{alternatives})\\b)"},
+    return {"type": "Replace", "pattern": {"Regex": f"{_partner_start(word)}{_OPTIONAL_OF}(?:{alternatives})\\b)"},
             "content": _ALONE_MARK}
 
 
@@ -166,9 +172,9 @@ def _old_normalizers(state: Dict) -> List[Dict]:
     return n.get("normalizers", []) if n.get("type") == "Sequence" else []
 
 
-def _partner_rules(state: Dict) -> set:
+def _partner_starts(state: Dict) -> set:
     """The starts of the partner rules a tokenizer has ("...(?=sad "): a word's is added once."""
-    return {r["pattern"]["Regex"].split("(?:of )?")[0] for r in _old_normalizers(state)
+    return {r["pattern"]["Regex"].split(_OPTIONAL_OF)[0] for r in _old_normalizers(state)
             if r.get("type") == "Replace" and r.get("pattern", {}).get("Regex", "").startswith(_PARTNER_BEHIND)}
 
 
