@@ -270,7 +270,8 @@ def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: 
 
 
 PARTS = ("families", "two_tones", "examples", "text_use", "colours", "neighbours", "held_out", "super_resolution", "timing",
-         "geneval", "geneval_cascade", "phrasing", "phrasing_names", "phrasing_more", "phrasing_grid")
+         "geneval", "geneval_cascade", "phrasing", "phrasing_names", "phrasing_more", "phrasing_grid",
+         "phrasing_grid2")
 
 
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
@@ -324,6 +325,11 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
         from .phrasing import grid_prompts, phrasing
 
         report["phrasing_grid"] = phrasing(pipe, emojis, corpus, generate_base, seeds=(0,), prompts=grid_prompts())
+    if "phrasing_grid2" in parts:  # the same frames around a second set of heads (phrasing.GRID_HEADS_2)
+        from .phrasing import GRID_HEADS_2, grid_prompts, phrasing
+
+        report["phrasing_grid2"] = phrasing(pipe, emojis, corpus, generate_base, seeds=(0,),
+                                            prompts=grid_prompts(GRID_HEADS_2))
     if "phrasing_names" in parts:  # the same prompts as their emoji's names: the ceiling of the phrasing figures
         from .phrasing import as_names, phrasing
 
@@ -404,6 +410,10 @@ def print_report(r: Dict) -> None:
         from .phrasing import print_phrasing
 
         print_phrasing(r["phrasing_grid"], "Frames x heads (a grid)")
+    if "phrasing_grid2" in r:
+        from .phrasing import print_phrasing
+
+        print_phrasing(r["phrasing_grid2"], "The same frames x a second set of heads")
     if "phrasing_names" in r:
         from .phrasing import print_phrasing
 

@@ -166,13 +166,19 @@ GRID_HEADS: Dict[str, Sequence[str]] = {
     "pizza": ["pizza"], "guitar": ["guitar"], "elephant": ["elephant"], "penguin": ["penguin"], "bicycle": ["bicycle"],
     "octopus": ["octopus"], "tiger": ["tiger", "tiger face"], "pineapple": ["pineapple"], "snail": ["snail"],
     "trophy": ["trophy"], "lemon": ["lemon"], "turtle": ["turtle"]}
+# A second set of heads, in no list either, chosen in session 19 after the first grid had been worked on
+# (`evaluate --parts phrasing_grid2`): whether what the frames learned carries to heads no run was judged on.
+GRID_HEADS_2: Dict[str, Sequence[str]] = {
+    "butterfly": ["butterfly"], "camera": ["camera", "camera with flash"], "crab": ["crab"], "candle": ["candle"],
+    "robot": ["robot"], "whale": ["whale", "spouting whale"], "giraffe": ["giraffe"], "mushroom": ["mushroom"],
+    "lion": ["lion"], "cactus": ["cactus"], "kangaroo": ["kangaroo"], "violin": ["violin"]}
 
 
-def grid_prompts() -> List[Tuple[str, str, Sequence[str]]]:
+def grid_prompts(heads: Dict[str, Sequence[str]] = GRID_HEADS) -> List[Tuple[str, str, Sequence[str]]]:
     """(prompt, frame, acceptable emoji) for each frame and head of the grid ("an image of an octopus")."""
     out = []
     for frame in GRID_FRAMES:
-        for head, acceptable in GRID_HEADS.items():
+        for head, acceptable in heads.items():
             typed = frame.replace("a {}", "an {}") if head[0] in "aeiou" else frame
             out.append((typed.format(head), frame.replace("a {}", "X").replace("{}", "X"), acceptable))
     return out

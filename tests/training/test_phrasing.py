@@ -270,7 +270,7 @@ def test_second_everyday_prompt_list_names_real_emoji_and_no_prompt_of_the_first
 
 
 def test_frame_grid_puts_every_frame_around_every_head_with_its_article():
-    from imagen_app.evaluation.phrasing import GRID_FRAMES, GRID_HEADS, grid_prompts
+    from imagen_app.evaluation.phrasing import GRID_FRAMES, GRID_HEADS, GRID_HEADS_2, MORE_PROMPTS, PROMPTS, grid_prompts
     from imagen_app.training.data import load_emoji
 
     names = {e.caption for e in load_emoji()}
@@ -278,7 +278,12 @@ def test_frame_grid_puts_every_frame_around_every_head_with_its_article():
     assert len(rows) == len(GRID_FRAMES) * len(GRID_HEADS) == len({p for p, _, _ in rows})
     assert len({k for _, k, _ in rows}) == len(GRID_FRAMES)
     assert ("an image of an octopus", "an image of X", ["octopus"]) in rows and ("octopus emoji", "X emoji", ["octopus"]) in rows
-    assert all(set(acceptable) <= names for _, _, acceptable in rows)
+    second = grid_prompts(GRID_HEADS_2)
+    assert ("draw a crab", "draw X", ["crab"]) in second and not {p for p, _, _ in rows} & {p for p, _, _ in second}
+    assert all(set(acceptable) <= names for _, _, acceptable in rows + second)
+    # the second grid's heads are in no list, so that it checks heads nothing was judged on
+    listed = " ".join(p.lower() for p, _, _ in PROMPTS + MORE_PROMPTS)
+    assert not [h for h in GRID_HEADS_2 if re.search(rf"\b{h}", listed)]
 
 
 def test_a_new_words_row_starts_from_the_word_it_stands_for(tmp_path):
