@@ -52,6 +52,10 @@ class TrainConfig:
     # name only, which a 400-step block learned twice as fast (specificity 0.11 -> 0.37 vs 0.19; README).
     # On an image folder, False keeps each image's first caption (an exported corpus's CLDR name).
     caption_variants: bool = True
+    # The share of (non-flag, non-skin-tone) captions drawn in a frame people type ("draw a pizza", "pizza emoji":
+    # training/phrasing.framed_caption), so that the stage draws a name the same with words around it. A stage trained
+    # on the bare names alone read any word around a name as part of it ("a photo of a pizza" -> a flamingo).
+    typed_form_share: float = 0.0
     record_ranks: bool = False  # for tests: ranks.jsonl gets every rank's batch indices and weight hash at every step
     seed: int = 0
 

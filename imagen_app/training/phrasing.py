@@ -85,6 +85,16 @@ def typed_form(head: str, rng: random.Random, is_plural: bool = False, frames: S
     return frame.format(inner) + _pick(rng, PUNCTUATION)
 
 
+def framed_caption(caption: str, rng: random.Random, share: float) -> str:
+    """`caption` as it is, or with probability `share` in a frame people type around a name (FRAMES but the bare
+    one: "draw a pizza", "pizza emoji", "a picture of a pizza!"): what a stage trains on to draw a name the same in
+    the forms people type (`TrainConfig.typed_form_share`). Names with a colon (skin tones, flags: their own
+    forms) stay as they are. No draw from `rng` at share 0, so that a run without frames draws as before."""
+    if share <= 0 or ":" in caption or rng.random() >= share:
+        return caption
+    return typed_form(caption, rng, frames=[f for f in FRAMES if f[0] != "{}"])
+
+
 def flag_form(country: str, rng: random.Random) -> str:
     """"flag: japan" -> "the flag of japan", "japan flag", ..."""
     return rng.choice(FLAG_FORMS).format(country) + _pick(rng, PUNCTUATION)

@@ -220,6 +220,10 @@ def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None):
     idx = idx if idx is not None else [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
     images = pixels_to_tensor([data.images[i] for i in idx])
     captions = [data.sample_caption(i, rng) for i in idx]
+    if cfg.typed_form_share:
+        from .phrasing import framed_caption
+
+        captions = [framed_caption(c, rng, cfg.typed_form_share) for c in captions]
     lowres = None
     if cfg.lowres_resolution:
         factor = cfg.resolution // cfg.lowres_resolution

@@ -176,6 +176,23 @@ def test_typed_form_article():
     assert "an owl" in forms and "a owl" not in forms
 
 
+def test_framed_captions_put_a_share_of_names_in_typed_frames_and_leave_flags_and_tones():
+    from imagen_app.models.text_encoder import normalize_prompt
+    from imagen_app.training.phrasing import framed_caption
+
+    rng = random.Random(0)
+    state = rng.getstate()
+    assert framed_caption("pizza", rng, 0.0) == "pizza" and rng.getstate() == state  # share 0: no draw at all
+    framed = [framed_caption("pizza", rng, 0.3) for _ in range(2000)]
+    share = sum(f != "pizza" for f in framed) / len(framed)
+    assert 0.25 < share < 0.35
+    # every framed caption holds the name among other words, and normalising never takes the frame away
+    assert all("pizza" in f and normalize_prompt(f) != "pizza" for f in framed if f != "pizza")
+    assert {"draw", "emoji", "picture"} <= {w for f in framed for w in re.findall(r"[a-z]+", f)}
+    assert {framed_caption(c, rng, 1.0) for c in ("flag: japan", "woman: dark skin tone")} == {"flag: japan",
+                                                                                           "woman: dark skin tone"}
+
+
 def test_text_tuning_keeps_old_ids_learns_new_words_and_resumes(tmp_path, tiny_pipe):
     from imagen_app.pipeline.pipeline import ImagenPipeline
     from imagen_app.training.text_tuning import TextTuningConfig, tune_text

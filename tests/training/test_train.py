@@ -1,3 +1,4 @@
+import dataclasses
 import glob
 import json
 import os
@@ -149,6 +150,22 @@ def test_sr_batch_crops_are_aligned(text_encoder_dir, image_folder, tmp_path):
     assert images.shape == (4, 3, 16, 16) and lowres.shape == (4, 3, 4, 4) and len(captions) == 4
     # the low-res crop is the area-downsampled high-res crop
     torch.testing.assert_close(torch.nn.functional.interpolate(images, size=4, mode="area"), lowres, atol=1e-5, rtol=0)
+
+
+def test_typed_form_share_frames_a_batchs_captions_and_zero_draws_as_before(text_encoder_dir, image_folder, tmp_path):
+    import random
+
+    from imagen_app.training.data import image_folder_dataset
+    from imagen_app.training.train import make_batch
+
+    data = image_folder_dataset(image_folder, 8)
+    plain = config(tmp_path, text_encoder_dir, image_folder, resolution=8, batch_size=64)
+    framed = config(tmp_path, text_encoder_dir, image_folder, resolution=8, batch_size=64, typed_form_share=1.0)
+    _, captions, _ = make_batch(data, plain, random.Random(0), "cpu")
+    _, again, _ = make_batch(data, dataclasses.replace(plain, typed_form_share=0.0), random.Random(0), "cpu")
+    _, typed, _ = make_batch(data, framed, random.Random(0), "cpu")
+    assert again == captions and all(c in set(sum(data.captions, [])) for c in captions)
+    assert all(t != c and c in t for t, c in zip(typed, captions) if ":" not in c)
 
 
 def test_assemble_exported_stages_into_a_pipeline(tmp_path, text_encoder_dir, image_folder):
