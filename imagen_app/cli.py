@@ -213,7 +213,8 @@ def cmd_tune_text(args) -> int:
                            new_words_only=not args.all_layers, objective=args.objective, trace_draws=args.trace_draws,
                            frequency_power=args.frequency_power, anchor_objective=args.anchor_objective,
                            modes=args.modes, word_rows=args.word_rows, learn_words=tuple(args.learn_words or ()),
-                           pairs=args.pairs, verb_phrases=args.verb_phrases)
+                           pairs=args.pairs, verb_phrases=args.verb_phrases,
+                           portion_phrases=args.portion_phrases)
     tune_text(cfg, max_minutes=args.max_minutes)
     return 0
 
@@ -427,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "a word of its own ('a sad cat', 'a bunny rabbit', 'a cup of tea'), and the typed forms put "
                          "portions with food ('a slice of pizza', 'a pizza slice')")
     tt.add_argument("--verb-phrases", action="store_true", help="'show me' and 'draw me' read as one word each")
+    tt.add_argument("--portion-phrases", action="store_true",
+                    help="'cup of', 'slice of', ... read as one word each, learned with the frames ('a cup of coffee')")
     tt.add_argument("--anchor-weight", type=float, default=T.anchor_weight)
     tt.add_argument("--anchor-objective", choices=["embeddings", "layers"], default=T.anchor_objective,
                     help="with --all-layers: hold every caption's encoder output (embeddings) or what the base "

@@ -27,11 +27,16 @@ VERB_PHRASES = ["show me", "draw me"]  # read as one word each too (`TextTuningC
 # these with another keyword of the same emoji is put as "<portion> of <keyword>" or "<keyword> <portion>")
 PORTION_NOUNS = ("slice", "cup", "piece", "bowl", "glass", "mug", "plate", "bottle", "box", "bag", "bunch", "jar", "pot",
                  "can", "bar", "loaf", "scoop", "basket", "pile", "stack")
+# With `TextTuningConfig.portion_phrases`, "<portion> of" reads as one word too ("cup_of"), and typed forms put a head
+# in it now and then ("a cup of coffee" -> "cup_of coffee", learned as the frame phrases are); a portion phrase that
+# a caption holds ("glass of milk") stays its words
+PORTION_PHRASES = [f"{noun} of" for noun in PORTION_NOUNS]
 # (frame, weight, how often the head inside takes a determiner: "a picture of a cat", but mostly "cat emoji")
 FRAMES = [("{}", 0.50, 1.0), ("{} emoji", 0.10, 0.3), ("{} icon", 0.04, 1.0), ("emoji of {}", 0.02, 1.0),
           ("{} emoji please", 0.02, 1.0), ("draw {}", 0.03, 1.0), ("draw me {}", 0.01, 1.0), ("show me {}", 0.02, 1.0),
           ("a cute {}", 0.01, 0.0), ("a little {}", 0.01, 0.0), ("{} drawing", 0.01, 0.3), ("{} sticker", 0.01, 0.3)]
 FRAMES += [(f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} of {{}}", weight, 1.0) for noun, weight in FRAME_NOUNS.items()]
+PORTION_FRAMES = [(f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} of {{}}", 0.004, 0.0) for noun in PORTION_NOUNS]
 # the words of the forms around a head: not keywords, whatever the table says ("emoji", "cute")
 FORM_WORDS = frozenset(w for frame, _, _ in FRAMES for w in frame.replace("{}", " ").split()) | frozenset(
     w for w, _ in DETERMINERS + PLURAL_DETERMINERS if w) | {"an"}

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from ..images import pixels_to_tensor
-from .phrasing import (DETERMINERS, FLAG_FORMS, FORM_WORDS, FRAME_PHRASES, FRAMES, PLURAL_DETERMINERS, PORTION_NOUNS,
-                       PUNCTUATION, VERB_PHRASES, PhrasingSampler, alone_context, shares_start)
+from .phrasing import (DETERMINERS, FLAG_FORMS, FORM_WORDS, FRAME_PHRASES, FRAMES, PLURAL_DETERMINERS, PORTION_FRAMES,
+                       PORTION_NOUNS, PORTION_PHRASES, PUNCTUATION, VERB_PHRASES, PhrasingSampler, alone_context,
+                       shares_start)
 from .text_extension import FLAG_SUFFIX, GrowingEmbedding, alone_word, flag_word, phrase_token, row_word
 
 CHECKPOINT = "text_tuning.pt"
@@ -69,6 +70,9 @@ class TextTuningConfig:
     pairs: bool = False
     # "show me" and "draw me" read as one word each, as the frame phrases do ("show_me"; off before session 18)
     verb_phrases: bool = False
+    # "<portion> of" reads as one word ("cup_of", "slice_of": phrasing.PORTION_PHRASES), learned with the frames, and
+    # typed forms put heads in it ("a cup of coffee"); off before session 19
+    portion_phrases: bool = False
     warmup_steps: int = 50
     min_timestep: int = 250  # the distillation's timesteps: [min_timestep, 1000)
     # "layers": each text attention layer's output and the pooled text, on pixels the U-Net saw drawing the emoji,
@@ -146,7 +150,10 @@ class TextTuning:
 
         saved = os.path.join(cfg.run_dir, "tokenizer")
         named = None  # (once the new words are known)
-        self.phrases = FRAME_PHRASES + (VERB_PHRASES if cfg.verb_phrases else [])
+        self.phrases = (FRAME_PHRASES + (VERB_PHRASES if cfg.verb_phrases else [])
+                        + (PORTION_PHRASES if cfg.portion_phrases else []))
+        if cfg.portion_phrases:
+            self.sampler.frames += PORTION_FRAMES
         old_alone = [w for w in self.sampler.table if alone_word(w) in self.tokenizer0.get_vocab()]
         self.partners: Dict[str, List[str]] = {}
         if os.path.isdir(saved):  # a resumed run keeps the vocabulary it started with

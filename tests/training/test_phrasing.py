@@ -577,3 +577,37 @@ def test_pairs_read_an_alone_word_before_its_partner_and_learn_only_the_words_th
     assert tokenize("show me kitty") == ["show_me", "kitty", "kitty_2"] and tokenize("grinning face") == ["grinning", "face"]
     learned = set(run.tokenizer.convert_ids_to_tokens(sorted(run.learnable)))
     assert {"grinning_alone", "grinning_alone_2", "show_me"} <= learned and not learned & {"kitty", "grinning", "face"}
+
+
+def test_portion_phrases_read_as_one_word_learned_with_the_frames_unless_a_caption_holds_one(tmp_path):
+    """`portion_phrases`: "a cup of coffee" reads as "cup_of" + "coffee", whose row "frames" teaches, and typed forms
+    put heads in it; "glass of" stays its words where a caption holds it ("glass of milk")."""
+    from transformers import T5EncoderModel
+
+    from imagen_app.training.phrasing import PORTION_FRAMES
+    from imagen_app.training.text_pretrain import small_t5_config, train_caption_tokenizer
+    from imagen_app.training.text_tuning import TextTuning, TextTuningConfig
+    from imagen_app.training.tiny import TINY_CAPTIONS, tiny_pipeline
+
+    pipe = tiny_pipeline(resolutions=(32,))
+    captions = TINY_CAPTIONS + ["glass of milk", "hot beverage"]
+    pipe.tokenizer = train_caption_tokenizer(captions, max_length=pipe.tokenizer.model_max_length)
+    pipe.text_encoder = T5EncoderModel(small_t5_config(len(pipe.tokenizer), d_model=16, layers=1, heads=2)).eval()
+    folder = tmp_path / "pipe"
+    pipe.save_pretrained(str(folder))
+    (folder / "captions.txt").write_text("\n".join(captions) + "\n")
+    (folder / "keywords.txt").write_text("coffee\thot beverage\n")
+    runs = {}
+    for on in (False, True):
+        cfg = TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / f"run{on}"), portion_phrases=on,
+                               learn_words=("frames",))
+        runs[on] = TextTuning(cfg, log=lambda *_: None)
+    tokenize = runs[True].tokenizer.tokenize
+    assert tokenize("cup of coffee")[0] == "cup_of" and tokenize("slice  of coffee")[0] == "slice_of"
+    assert tokenize("glass of milk") == ["glass", "of", "milk"]
+    assert runs[False].tokenizer.tokenize("cup of coffee")[:2] == ["cup", "of"]
+    learned = set(runs[True].tokenizer.convert_ids_to_tokens(sorted(runs[True].learnable)))
+    assert {"cup_of", "slice_of"} <= learned and "glass_of" not in learned
+    frames = {f for f, _, _ in runs[True].sampler.frames}
+    assert "a cup of {}" in frames and "a glass of {}" not in frames  # (its words are no learned word)
+    assert not {f for f, _, _ in runs[False].sampler.frames} & {f for f, _, _ in PORTION_FRAMES}
