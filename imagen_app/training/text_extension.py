@@ -89,7 +89,7 @@ def row_word(word: str, k: int) -> str:
 def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (), flag_adjectives: Iterable[str] = (),
                        rows: Optional[Dict[str, int]] = None, alone: Iterable[str] = (),
                        alone_context: Tuple[str, str] = ("^", r"[\s.!?]*$"), alone_heads: Optional[Dict[str, str]] = None,
-                       alone_partners: Optional[Dict[str, List[str]]] = None):
+                       alone_partners: Optional[Dict[str, List[str]]] = None, first_phrases: Iterable[str] = ()):
     """A copy of the word-level `tokenizer` with `words` appended (old ids unchanged), and each of `phrases` read as
     one word of its own ("a picture of a cat" -> "a", "picture_of", "a", "cat"): a phrase no caption holds gets a
     row that can learn what it means as a whole, where its words ("picture" of "framed picture", "of") are caption
@@ -102,17 +102,23 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
     (alternatives of fixed lengths) and after it (by default: nothing but a closing ".", "!" or "?"; not "keycap
     #"). A word of `rows` may be an alone word ("cowboy_alone", "cowboy_alone_2", ...). A word of `alone_heads`
     also stands alone before its head, the last word of the name it starts as ("a sad face": `sad_alone` = "sad but
-    relieved face", then "face"), where "sad face" alone had read as the caption words "sad", "face"."""
+    relieved face", then "face"), where "sad face" alone had read as the caption words "sad", "face". Each of
+    `first_phrases` is read as one word as `phrases` are, but before the rules an earlier extension added (right after
+    the lower-casing): "can of" before "can" is read as its rows, "cup of" before "cup" is marked alone."""
     from tokenizers import Regex, Tokenizer, models, normalizers
     from transformers import PreTrainedTokenizerFast
 
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab: Dict[str, int] = dict(state["model"]["vocab"])
     phrases = [p for p in phrases if " " in p.strip() and phrase_token(p) not in vocab]  # (a taught one has its rule)
+    first_phrases = [p for p in first_phrases if " " in p.strip() and phrase_token(p) not in vocab and p not in phrases]
+    earlier = _old_normalizers(state)
+    if not earlier:  # a tokenizer no extension has touched: they lead the new rules
+        phrases, first_phrases = first_phrases + phrases, []
     flag_adjectives = [a for a in flag_adjectives if flag_word(a) not in vocab]
     alone = [w for w in alone if alone_word(w) not in vocab]
     several = {w: n for w, n in (rows or {}).items() if n > 1 and row_word(w, 2) not in vocab}
-    for w in list(words) + [phrase_token(p) for p in phrases] + [flag_word(a) for a in flag_adjectives] + [
+    for w in list(words) + [phrase_token(p) for p in first_phrases + phrases] + [flag_word(a) for a in flag_adjectives] + [
             alone_word(w) for w in alone] + [
             row_word(w, k) for w, n in several.items() for k in range(2, n + 1)]:
         if w not in vocab:
@@ -124,11 +130,14 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
     if pair_rules and old_replacements is not None:  # before the old words' marks are read: with them
         state["normalizer"]["normalizers"][old_replacements:old_replacements] = pair_rules
         pair_rules = []
+    if first_phrases:  # after the leading unicode and case normalizers, ahead of every word rule
+        at = next((i for i, r in enumerate(earlier) if r.get("type") == "Replace"), len(earlier))
+        earlier[at:at] = [{"type": "Replace", "pattern": {"Regex": _phrase_pattern(p)}, "content": phrase_token(p)}
+                          for p in first_phrases]
     backend = Tokenizer.from_str(json.dumps(state))
     backend.model = models.WordLevel(vocab=vocab, unk_token=state["model"].get("unk_token", "<unk>"))
     # after the lower-casing: "Picture  of" reads as "picture_of" too
-    rules = [normalizers.Replace(Regex(r"\b" + r"\s+".join(map(re.escape, p.split())) + r"\b"), phrase_token(p))
-             for p in phrases]
+    rules = [normalizers.Replace(Regex(_phrase_pattern(p)), phrase_token(p)) for p in phrases]
     # the adjective that ends a flag's name ("flag: american", not "flag: american samoa")
     rules += [normalizers.Replace(Regex(r"(?<=\bflag: )" + re.escape(a) + r"(?=\W*$)"), flag_word(a))
               for a in flag_adjectives]
@@ -149,6 +158,11 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
         tokenizer_object=backend, pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token,
         unk_token=tokenizer.unk_token, additional_special_tokens=[t for t in tokenizer.all_special_tokens if t.startswith("<extra_id_")],
         model_max_length=tokenizer.model_max_length)
+
+
+def _phrase_pattern(phrase: str) -> str:
+    """The regex of a phrase's words, any spacing between them ("picture  of")."""
+    return r"\b" + r"\s+".join(map(re.escape, phrase.split())) + r"\b"
 
 
 _PARTNER_BEHIND = "(?<![" + _ALONE_MARK + r"\w])"  # not inside a word, nor marked already

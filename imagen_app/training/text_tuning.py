@@ -163,14 +163,17 @@ class TextTuning:
         else:
             texts = [self.canonical(t) for t in vocabulary_texts(self.sampler)]
             phrases = [p for p in self.phrases if p not in " ".join(self.vocabulary.names if self.vocabulary else [])]
+            # (a portion phrase is read before what an earlier run made of its noun: "can of" before "can"'s rows)
+            first = [p for p in phrases if p in PORTION_PHRASES]
+            phrases = [p for p in phrases if p not in first]
             # a phrase's words are not new, nor an adjective that only flags have
-            words = new_words(extended_tokenizer(self.tokenizer0, [], phrases, adjectives), texts)
+            words = new_words(extended_tokenizer(self.tokenizer0, [], phrases, adjectives, first_phrases=first), texts)
             named = starting_names(words)
             alone = [w for w in alone if alone_word(w) in named]
             self.partners = self.alone_partners(old_alone + alone, captions) if cfg.pairs else {}
             self.tokenizer = extended_tokenizer(self.tokenizer0, words, phrases, adjectives,
                                                 {w: len(ids) for w, ids in named.items()}, alone, alone_context(),
-                                                self.alone_heads(alone, named, captions), self.partners)
+                                                self.alone_heads(alone, named, captions), self.partners, first)
             self.tokenizer.save_pretrained(saved)
         if cfg.pairs and not self.partners:  # (a resumed run: its saved tokenizer's alone words)
             self.partners = self.alone_partners([w for w in self.sampler.table if alone_word(w) in self.tokenizer.get_vocab()],

@@ -45,6 +45,23 @@ def test_a_phrase_reads_as_one_word_of_its_own(tmp_path, tiny_pipe):
         assert new(caption).input_ids == old(caption).input_ids
 
 
+def test_first_phrases_are_read_before_the_word_rules_of_an_earlier_extension(tiny_pipe):
+    """A tokenizer extended once reads "can" as two rows; extended again, "can of" as a first phrase is one word
+    before the rows rule sees "can", where as an ordinary phrase (appended after it) it is never matched; a fresh
+    tokenizer takes first phrases as phrases."""
+    from imagen_app.training.text_extension import extended_tokenizer
+
+    once = extended_tokenizer(tiny_pipe.tokenizer, ["can", "soda", "of"], rows={"can": 2})
+    assert once.tokenize("can of soda") == ["can", "can_2", "of", "soda"]
+    first = extended_tokenizer(once, [], first_phrases=["can of"])
+    assert first.tokenize("Can  of soda") == ["can_of", "soda"] and first.tokenize("can soda") == ["can", "can_2", "soda"]
+    assert extended_tokenizer(once, [], ["can of"]).tokenize("can of soda") == ["can", "can_2", "of", "soda"]
+    fresh = extended_tokenizer(tiny_pipe.tokenizer, ["soda"], first_phrases=["can of"])
+    assert fresh.tokenize("can of soda") == ["can_of", "soda"]
+    for caption in ("red heart", "panda"):
+        assert first(caption).input_ids == tiny_pipe.tokenizer(caption).input_ids
+
+
 def test_a_flag_adjective_is_its_own_word_only_where_it_ends_a_flag_and_every_caption_tokenizes_as_before():
     """The shipped tokenizer with a word per country adjective of the shipped keyword table: "flag: japanese" reads
     "japanese_flag", and every caption of the corpus ("flag: american samoa", "japanese castle") reads as before."""
