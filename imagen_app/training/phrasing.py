@@ -35,8 +35,17 @@ PORTION_PHRASES = [f"{noun} of" for noun in PORTION_NOUNS]
 FRAMES = [("{}", 0.50, 1.0), ("{} emoji", 0.10, 0.3), ("{} icon", 0.04, 1.0), ("emoji of {}", 0.02, 1.0),
           ("{} emoji please", 0.02, 1.0), ("draw {}", 0.03, 1.0), ("draw me {}", 0.01, 1.0), ("show me {}", 0.02, 1.0),
           ("a cute {}", 0.01, 0.0), ("a little {}", 0.01, 0.0), ("{} drawing", 0.01, 0.3), ("{} sticker", 0.01, 0.3)]
-FRAMES += [(f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} of {{}}", weight, 1.0) for noun, weight in FRAME_NOUNS.items()]
-PORTION_FRAMES = [(f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} of {{}}", 0.004, 0.0) for noun in PORTION_NOUNS]
+
+
+def _noun_of(noun: str) -> str:
+    """The frame "a/an <noun> of {}" ("an image of {}")."""
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} of {{}}"
+
+
+FRAMES += [(_noun_of(noun), weight, 1.0) for noun, weight in FRAME_NOUNS.items()]
+PORTION_FRAMES = [(_noun_of(noun), 0.004, 0.0) for noun in PORTION_NOUNS]
+# the frames a name is put in by `framed_caption` (every one but the bare name)
+TYPED_FRAMES = [f for f in FRAMES if f[0] != "{}"]
 # the words of the forms around a head: not keywords, whatever the table says ("emoji", "cute")
 FORM_WORDS = frozenset(w for frame, _, _ in FRAMES for w in frame.replace("{}", " ").split()) | frozenset(
     w for w, _ in DETERMINERS + PLURAL_DETERMINERS if w) | {"an"}
@@ -97,7 +106,7 @@ def framed_caption(caption: str, rng: random.Random, share: float) -> str:
     forms) stay as they are. No draw from `rng` at share 0, so that a run without frames draws as before."""
     if share <= 0 or ":" in caption or rng.random() >= share:
         return caption
-    return typed_form(caption, rng, frames=[f for f in FRAMES if f[0] != "{}"])
+    return typed_form(caption, rng, frames=TYPED_FRAMES)
 
 
 def flag_form(country: str, rng: random.Random) -> str:

@@ -128,7 +128,7 @@ def extended_tokenizer(tokenizer, words: List[str], phrases: Iterable[str] = (),
                   if ps and alone_word(w) in vocab and _partner_start(w) not in had]
     old_replacements = _alone_replacements(state)
     if pair_rules and old_replacements is not None:  # before the old words' marks are read: with them
-        state["normalizer"]["normalizers"][old_replacements:old_replacements] = pair_rules
+        earlier[old_replacements:old_replacements] = pair_rules
         pair_rules = []
     if first_phrases:  # after the leading unicode and case normalizers, ahead of every word rule
         at = next((i for i, r in enumerate(earlier) if r.get("type") == "Replace"), len(earlier))

@@ -45,6 +45,7 @@ from .distributed import (StopRequest, describe_processes, make_accelerator, pro
                           share_loss_and_stop, stop_with_launcher, unwrap)
 # cli.py imports export_stage and assemble_pipeline from here
 from .export import assemble_pipeline, export_stage, write_sample_grid
+from .phrasing import framed_caption
 
 __all__ = ["TrainConfig", "train", "export_stage", "assemble_pipeline"]
 
@@ -221,8 +222,6 @@ def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None):
     images = pixels_to_tensor([data.images[i] for i in idx])
     captions = [data.sample_caption(i, rng) for i in idx]
     if cfg.typed_form_share:
-        from .phrasing import framed_caption
-
         captions = [framed_caption(c, rng, cfg.typed_form_share) for c in captions]
     lowres = None
     if cfg.lowres_resolution:
