@@ -214,7 +214,8 @@ def cmd_tune_text(args) -> int:
                            frequency_power=args.frequency_power, anchor_objective=args.anchor_objective,
                            modes=args.modes, word_rows=args.word_rows, learn_words=tuple(args.learn_words or ()),
                            pairs=args.pairs, verb_phrases=args.verb_phrases,
-                           portion_phrases=args.portion_phrases)
+                           portion_phrases=args.portion_phrases, lr_decay=args.lr_decay,
+                           portion_frame_weight=args.portion_frame_weight)
     tune_text(cfg, max_minutes=args.max_minutes)
     return 0
 
@@ -430,6 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--verb-phrases", action="store_true", help="'show me' and 'draw me' read as one word each")
     tt.add_argument("--portion-phrases", action="store_true",
                     help="'cup of', 'slice of', ... read as one word each, learned with the frames ('a cup of coffee')")
+    tt.add_argument("--portion-frame-weight", type=float, default=T.portion_frame_weight,
+                    help="with --portion-phrases: how often each portion frame ('a cup of {}') is drawn, beside the "
+                         "frame nouns' 0.01-0.06")
+    tt.add_argument("--lr-decay", choices=["constant", "cosine"], default=T.lr_decay,
+                    help="cosine: the learning rates fall to 0 at the last step (constant before session 20)")
     tt.add_argument("--anchor-weight", type=float, default=T.anchor_weight)
     tt.add_argument("--anchor-objective", choices=["embeddings", "layers"], default=T.anchor_objective,
                     help="with --all-layers: hold every caption's encoder output (embeddings) or what the base "

@@ -43,7 +43,13 @@ def _noun_of(noun: str) -> str:
 
 
 FRAMES += [(_noun_of(noun), weight, 1.0) for noun, weight in FRAME_NOUNS.items()]
-PORTION_FRAMES = [(_noun_of(noun), 0.004, 0.0) for noun in PORTION_NOUNS]
+def portion_frames(weight: float = 0.004) -> List[Tuple[str, float, float]]:
+    """The frames "a cup of {}", "a slice of {}", ..., each drawn with `weight` (the share a frame noun has: 0.004 in
+    session 19's run)."""
+    return [(_noun_of(noun), weight, 0.0) for noun in PORTION_NOUNS]
+
+
+PORTION_FRAMES = portion_frames()
 # the frames a name is put in by `framed_caption` (every one but the bare name)
 TYPED_FRAMES = [f for f in FRAMES if f[0] != "{}"]
 # the words of the forms around a head: not keywords, whatever the table says ("emoji", "cute")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import random
 import re
@@ -30,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from ..images import pixels_to_tensor
-from .phrasing import (DETERMINERS, FLAG_FORMS, FORM_WORDS, FRAME_PHRASES, FRAMES, PLURAL_DETERMINERS, PORTION_FRAMES,
+from .phrasing import (DETERMINERS, FLAG_FORMS, FORM_WORDS, FRAME_PHRASES, FRAMES, PLURAL_DETERMINERS,
                        PORTION_NOUNS, PORTION_PHRASES, PUNCTUATION, VERB_PHRASES, PhrasingSampler, alone_context,
-                       shares_start)
+                       portion_frames, shares_start)
 from .text_extension import FLAG_SUFFIX, GrowingEmbedding, alone_word, flag_word, phrase_token, row_word
 
 CHECKPOINT = "text_tuning.pt"
@@ -73,7 +74,11 @@ class TextTuningConfig:
     # "<portion> of" reads as one word ("cup_of", "slice_of": phrasing.PORTION_PHRASES), learned with the frames, and
     # typed forms put heads in it ("a cup of coffee"); off before session 19
     portion_phrases: bool = False
+    portion_frame_weight: float = 0.004  # how often each portion frame is drawn, beside FRAMES' weights (session 19: 0.004)
     warmup_steps: int = 50
+    # "constant": the rows keep moving at the full rate to the last step (the runs before session 20); "cosine": the
+    # rate falls to 0 at `steps` after the warm-up, so the last steps settle the rows the frames share
+    lr_decay: str = "constant"
     min_timestep: int = 250  # the distillation's timesteps: [min_timestep, 1000)
     # "layers": each text attention layer's output and the pooled text, on pixels the U-Net saw drawing the emoji,
     # traced once (attention_traces.py; some 20x cheaper a sample); "output": the U-Net's prediction, run each step
@@ -153,7 +158,7 @@ class TextTuning:
         self.phrases = (FRAME_PHRASES + (VERB_PHRASES if cfg.verb_phrases else [])
                         + (PORTION_PHRASES if cfg.portion_phrases else []))
         if cfg.portion_phrases:
-            self.sampler.frames += PORTION_FRAMES
+            self.sampler.frames += portion_frames(cfg.portion_frame_weight)
         old_alone = [w for w in self.sampler.table if alone_word(w) in self.tokenizer0.get_vocab()]
         self.partners: Dict[str, List[str]] = {}
         if os.path.isdir(saved):  # a resumed run keeps the vocabulary it started with
@@ -451,6 +456,17 @@ def free_rows(tokenizer, captions: List[str]) -> List[int]:
     return [i for i in range(len(tokenizer)) if i not in used]
 
 
+def lr_factor(step: int, warm_from: int, cfg: TextTuningConfig) -> float:
+    """The share of each group's learning rate at `step`: a linear warm-up from `warm_from` (the start, or the step a
+    resumed run's optimizer state was dropped), then constant or a cosine down to 0 at cfg.steps."""
+    warm = min(1.0, (step - warm_from + 1) / cfg.warmup_steps)
+    if cfg.lr_decay == "constant":
+        return warm
+    if cfg.lr_decay != "cosine":
+        raise ValueError(f"unknown lr_decay {cfg.lr_decay!r} (constant or cosine)")
+    return warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(1, cfg.steps))))
+
+
 def tune_text(cfg: TextTuningConfig, max_minutes: Optional[float] = None, log=print) -> int:
     """Trains (or resumes) the run; writes cfg.out at the end. Returns the step reached."""
     if cfg.threads:
@@ -510,7 +526,7 @@ def tune_text(cfg: TextTuningConfig, max_minutes: Optional[float] = None, log=pr
     first, avg = step, {}
     while step < cfg.steps and (deadline is None or time.time() < deadline):
         for group, lr in zip(opt.param_groups, base_lrs):
-            group["lr"] = lr * min(1.0, (step - warm_from + 1) / cfg.warmup_steps)
+            group["lr"] = lr * lr_factor(step, warm_from, cfg)
         parts = run.losses(rng, generator)
         loss = parts["distill"] + cfg.anchor_weight * parts["anchor"]
         opt.zero_grad(set_to_none=True)

@@ -1,4 +1,5 @@
 """The forms people type: the keyword table (CLDR + WordNet), the typed-form sampler, and the text tuning run."""
+import math
 import os
 import random
 import re
@@ -600,7 +601,7 @@ def test_portion_phrases_read_as_one_word_learned_with_the_frames_unless_a_capti
     runs = {}
     for on in (False, True):
         cfg = TextTuningConfig(weights=str(folder), run_dir=str(tmp_path / f"run{on}"), portion_phrases=on,
-                               learn_words=("frames",))
+                               learn_words=("frames",), portion_frame_weight=0.02)
         runs[on] = TextTuning(cfg, log=lambda *_: None)
     tokenize = runs[True].tokenizer.tokenize
     assert tokenize("cup of coffee")[0] == "cup_of" and tokenize("slice  of coffee")[0] == "slice_of"
@@ -610,4 +611,22 @@ def test_portion_phrases_read_as_one_word_learned_with_the_frames_unless_a_capti
     assert {"cup_of", "slice_of"} <= learned and "glass_of" not in learned
     frames = {f for f, _, _ in runs[True].sampler.frames}
     assert "a cup of {}" in frames and "a glass of {}" not in frames  # (its words are no learned word)
+    assert {w for f, w, _ in runs[True].sampler.frames if f == "a cup of {}"} == {0.02}  # portion_frame_weight
     assert not {f for f, _, _ in runs[False].sampler.frames} & {f for f, _, _ in PORTION_FRAMES}
+
+
+def test_learning_rate_warms_up_then_stays_or_falls_to_zero_at_the_last_step():
+    """`lr_decay`: "constant" keeps the full rate after the warm-up (the runs before session 20); "cosine" halves it
+    midway and ends at 0; a resumed run whose optimizer state was dropped warms up again from its step."""
+    from imagen_app.training.text_tuning import TextTuningConfig, lr_factor
+
+    constant = TextTuningConfig(steps=1000, warmup_steps=50)
+    cosine = TextTuningConfig(steps=1000, warmup_steps=50, lr_decay="cosine")
+    assert lr_factor(0, 0, constant) == pytest.approx(1 / 50) and lr_factor(999, 0, constant) == 1.0
+    assert lr_factor(49, 0, cosine) == pytest.approx(0.5 * (1 + math.cos(math.pi * 49 / 1000)))
+    assert lr_factor(500, 0, cosine) == pytest.approx(0.5)
+    assert lr_factor(1000, 0, cosine) == pytest.approx(0.0, abs=1e-12)
+    assert all(lr_factor(s, 0, cosine) >= lr_factor(s + 1, 0, cosine) for s in range(50, 1000))
+    assert lr_factor(600, 600, cosine) == pytest.approx(lr_factor(600, 0, cosine) / 50)  # warming up again
+    with pytest.raises(ValueError, match="lr_decay"):
+        lr_factor(10, 0, TextTuningConfig(lr_decay="linear"))
