@@ -271,7 +271,7 @@ def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: 
 
 PARTS = ("families", "two_tones", "examples", "text_use", "colours", "neighbours", "held_out", "super_resolution", "timing",
          "geneval", "geneval_cascade", "phrasing", "phrasing_names", "phrasing_more", "phrasing_grid",
-         "phrasing_grid2")
+         "phrasing_grid2", "phrasing_third")
 
 
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
@@ -321,6 +321,10 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
         from .phrasing import MORE_PROMPTS, phrasing
 
         report["phrasing_more"] = phrasing(pipe, emojis, corpus, generate_base, prompts=MORE_PROMPTS)
+    if "phrasing_third" in parts:  # a third list, written before any of its runs was judged (phrasing.THIRD_PROMPTS)
+        from .phrasing import THIRD_PROMPTS, phrasing
+
+        report["phrasing_third"] = phrasing(pipe, emojis, corpus, generate_base, prompts=THIRD_PROMPTS)
     if "phrasing_grid" in parts:  # every frame around heads no list has in a frame (phrasing.GRID_FRAMES), one seed
         from .phrasing import grid_prompts, phrasing
 
@@ -386,6 +390,17 @@ def print_geneval(r: Dict) -> None:
               f"{scores.get('overall', float('nan')):>9.3f}")
 
 
+# each phrasing part's table, in this order, under this title
+PHRASING_TITLES = {
+    "phrasing": "Everyday phrasings",
+    "phrasing_more": "A second list of everyday prompts, written after the first one's changes",
+    "phrasing_third": "A third list, written before any of its runs was judged",
+    "phrasing_grid": "Frames x heads (a grid)",
+    "phrasing_grid2": "The same frames x a second set of heads",
+    "phrasing_names": "The same prompts as their emoji's names (the ceiling)",
+}
+
+
 def print_report(r: Dict) -> None:
     print(f"alignment at {r['settings'].get('num_inference_steps')} steps, guidance {r['settings'].get('guidance_scale')} "
           f"(rank among {r['corpus_size']} real emoji; chance top-10 {10 / r['corpus_size']:.2%})")
@@ -398,26 +413,11 @@ def print_report(r: Dict) -> None:
         t = r["two_tones"]
         print(f"two-person emoji with two skin tones: n {t['count']}, top-1 {t['top1']:.1%}, top-10 {t['top10']:.1%}; "
               f"nearer the swapped emoji than the asked one {t['swapped_nearer']:.1%}")
-    if "phrasing" in r:
-        from .phrasing import print_phrasing
+    from .phrasing import print_phrasing
 
-        print_phrasing(r["phrasing"])
-    if "phrasing_more" in r:
-        from .phrasing import print_phrasing
-
-        print_phrasing(r["phrasing_more"], "A second list of everyday prompts, written after the first one's changes")
-    if "phrasing_grid" in r:
-        from .phrasing import print_phrasing
-
-        print_phrasing(r["phrasing_grid"], "Frames x heads (a grid)")
-    if "phrasing_grid2" in r:
-        from .phrasing import print_phrasing
-
-        print_phrasing(r["phrasing_grid2"], "The same frames x a second set of heads")
-    if "phrasing_names" in r:
-        from .phrasing import print_phrasing
-
-        print_phrasing(r["phrasing_names"], "The same prompts as their emoji's names (the ceiling)")
+    for key, title in PHRASING_TITLES.items():
+        if key in r:
+            print_phrasing(r[key], title)
     for ex in r.get("ui_examples", []):
         if ex["ranks"] is None:
             print(f"UI example {ex['prompt']!r}: no emoji of that name")

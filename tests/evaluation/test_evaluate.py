@@ -101,3 +101,20 @@ def test_recipe_neighbours_ranks_the_names_a_recoloured_caption_contains(monkeyp
     assert report["failures"] == [["kiss", "kiss mark"]]
     monkeypatch.setattr(evaluate, "generate_base", drawing(wrong_seeds=set()))
     assert evaluate.recipe_neighbours(None, emojis, corpus, held=[], seeds=(0, 1))["top10"] == 1.0
+
+
+def test_report_prints_each_phrasing_part_under_its_own_title_with_its_wrong_prompts(capsys):
+    from imagen_app.evaluation.evaluate import PHRASING_TITLES, print_report
+
+    def part(right, asked, wrong):
+        kinds = {"frame": dict(right=right, asked=asked, accuracy=right / asked)}
+        return dict(overall=dict(kinds["frame"]), by_kind=kinds, prompts=asked // 2, seeds=[0, 1], missing_names=[],
+                    failures=[dict(prompt=wrong, nearest=["racing car"], understood=wrong, unknown=[])])
+
+    report = dict(settings=dict(num_inference_steps=8, guidance_scale=4.0), corpus_size=3000,
+                  phrasing_third=part(50, 54, "a cup of coffee"), phrasing=part(136, 144, "a sad cat"))
+    print_report(report)
+    out = capsys.readouterr().out
+    first, third = out.index(PHRASING_TITLES["phrasing"]), out.index(PHRASING_TITLES["phrasing_third"])
+    assert first < out.index("136/144") < third < out.index("50/54")  # in the titles' order, each under its own
+    assert "'a cup of coffee' -> ['racing car']" in out[third:] and PHRASING_TITLES["phrasing_grid"] not in out

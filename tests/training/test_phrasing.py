@@ -287,6 +287,20 @@ def test_second_everyday_prompt_list_names_real_emoji_and_no_prompt_of_the_first
     assert all(acceptable and set(acceptable) <= names for _, _, acceptable in MORE_PROMPTS)
 
 
+def test_third_everyday_prompt_list_names_real_emoji_with_heads_no_other_list_or_grid_has():
+    from imagen_app.evaluation.phrasing import GRID_HEADS, GRID_HEADS_2, MORE_PROMPTS, PROMPTS, THIRD_PROMPTS
+    from imagen_app.training.data import load_emoji
+
+    names = {e.caption for e in load_emoji()}
+    assert len(THIRD_PROMPTS) >= 50 and len({p for p, _, _ in THIRD_PROMPTS}) == len(THIRD_PROMPTS)
+    assert all(acceptable and set(acceptable) <= names for _, _, acceptable in THIRD_PROMPTS)
+    earlier = " ".join(p.lower() for p, _, _ in PROMPTS + MORE_PROMPTS) + " " + " ".join({**GRID_HEADS, **GRID_HEADS_2})
+    heads = {"frog", "snake", "unicorn", "carrots", "ducks", "crown", "present", "hotdog", "lollipop", "kiss"}
+    assert heads <= {w.strip("!?.") for p, _, _ in THIRD_PROMPTS for w in p.lower().split()}
+    assert not [h for h in heads if re.search(rf"\b{h}", earlier)]
+    assert {k for _, k, _ in THIRD_PROMPTS} == {k for _, k, _ in PROMPTS}  # every kind of the first list
+
+
 def test_frame_grid_puts_every_frame_around_every_head_with_its_article():
     from imagen_app.evaluation.phrasing import GRID_FRAMES, GRID_HEADS, GRID_HEADS_2, MORE_PROMPTS, PROMPTS, grid_prompts
     from imagen_app.training.data import load_emoji
