@@ -220,6 +220,14 @@ def cmd_tune_text(args) -> int:
     return 0
 
 
+def cmd_keep_rows(args) -> int:
+    from .training.word_rows import keep_rows
+
+    tokens = keep_rows(args.taught, args.reference, args.words, args.out)
+    print(f"{args.out}: {args.taught} with the rows of {', '.join(tokens)} as {args.reference} has them")
+    return 0
+
+
 def cmd_train_text_encoder(args) -> int:
     from .training.text_pretrain import train_text_encoder
 
@@ -444,6 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after so many minutes")
     tt.set_defaults(func=cmd_tune_text)
 
+    kr = sub.add_parser("keep-rows", help="a taught text encoder with some words' rows as another encoder has them "
+                                          "(a choice per word between two tune-text runs)")
+    kr.add_argument("taught", help="folder with tokenizer/ and text_encoder/ (a tune-text export)")
+    kr.add_argument("--reference", default=DEFAULT_WEIGHTS, help="the encoder whose rows of WORDS are kept")
+    kr.add_argument("--words", nargs="+", required=True, help="words as the tokenizer holds them (draw, show_me)")
+    kr.add_argument("--out", required=True, help="where tokenizer/ and text_encoder/ go")
+    kr.set_defaults(func=cmd_keep_rows)
     te = sub.add_parser("train-text-encoder", help="tokenizer + span-corruption T5 on the emoji captions")
     te.add_argument("out")
     te.add_argument("--steps", type=int, default=2000)
