@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from typing import List, Sequence
 
 import torch
@@ -46,6 +47,6 @@ def keep_rows(taught: str, reference: str, words: Sequence[str], out: str) -> Li
     ids = [vocabs[0][t] for t in tokens]
     with torch.no_grad():
         encoders[0].get_input_embeddings().weight[ids] = encoders[1].get_input_embeddings().weight[ids]
-    tokenizers[0].save_pretrained(os.path.join(out, "tokenizer"))
+    shutil.copytree(os.path.join(taught, "tokenizer"), os.path.join(out, "tokenizer"), dirs_exist_ok=True)  # as it was
     encoders[0].save_pretrained(os.path.join(out, "text_encoder"), safe_serialization=True)
     return tokens
