@@ -478,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "scene prompts, held out and seen), geneval_cascade (a perfect "
                                                   "base stage through the super-resolution stages), phrasing "
                                                   "(everyday prompts), phrasing_more (a second list of them), phrasing_third (a third, written before its "
-                                                  "runs were judged), phrasing_grid (every frame around "
+                                                  "runs were judged), phrasing_portions ('a cup of coffee'), phrasing_grid (every frame around "
                                                   "12 heads, one seed), phrasing_grid2 (the frames around 12 other heads), "
                                                   "phrasing_names (their emoji's names: the ceiling) (default: all)")
     ev.add_argument("--geneval-per-task", type=int, default=8, help="prompts per task and split (4 images each)")

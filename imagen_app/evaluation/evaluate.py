@@ -271,7 +271,7 @@ def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: 
 
 PARTS = ("families", "two_tones", "examples", "text_use", "colours", "neighbours", "held_out", "super_resolution", "timing",
          "geneval", "geneval_cascade", "phrasing", "phrasing_names", "phrasing_more", "phrasing_grid",
-         "phrasing_grid2", "phrasing_third")
+         "phrasing_grid2", "phrasing_third", "phrasing_portions")
 
 
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
@@ -325,6 +325,10 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
         from .phrasing import THIRD_PROMPTS, phrasing
 
         report["phrasing_third"] = phrasing(pipe, emojis, corpus, generate_base, prompts=THIRD_PROMPTS)
+    if "phrasing_portions" in parts:  # "a cup of coffee" (phrasing.PORTION_PROMPTS)
+        from .phrasing import PORTION_PROMPTS, phrasing
+
+        report["phrasing_portions"] = phrasing(pipe, emojis, corpus, generate_base, prompts=PORTION_PROMPTS)
     if "phrasing_grid" in parts:  # every frame around heads no list has in a frame (phrasing.GRID_FRAMES), one seed
         from .phrasing import grid_prompts, phrasing
 
@@ -395,6 +399,7 @@ PHRASING_TITLES = {
     "phrasing": "Everyday phrasings",
     "phrasing_more": "A second list of everyday prompts, written after the first one's changes",
     "phrasing_third": "A third list, written before any of its runs was judged",
+    "phrasing_portions": "Portions ('a cup of coffee')",
     "phrasing_grid": "Frames x heads (a grid)",
     "phrasing_grid2": "The same frames x a second set of heads",
     "phrasing_names": "The same prompts as their emoji's names (the ceiling)",

@@ -220,6 +220,23 @@ THIRD_PROMPTS: List[Tuple[str, str, Sequence[str]]] = [
     ("The Crown.", "case", ["crown"]),
 ]
 
+# "<portion> of <food>", as people ask for a serving (session 20, `evaluate --parts phrasing_portions`): the phrase
+# words read as one word with `tune-text --portion-phrases` ("cup_of"), "glass of" as its words (a caption holds it).
+PORTION_PROMPTS: List[Tuple[str, str, Sequence[str]]] = [
+    ("a cup of coffee", "portion", ["hot beverage"]),
+    ("a cup of tea", "portion", ["hot beverage", "teacup without handle"]),
+    ("a slice of pizza", "portion", ["pizza"]),
+    ("a piece of cake", "portion", ["shortcake", "birthday cake", "cupcake"]),
+    ("a bowl of rice", "portion", ["cooked rice", "rice ball", "curry rice"]),
+    ("a glass of wine", "portion", ["wine glass"]),
+    ("a bottle of wine", "portion", ["bottle with popping cork", "wine glass"]),
+    ("a bunch of grapes", "portion", ["grapes"]),
+    ("a mug of beer", "portion", ["beer mug", "clinking beer mugs"]),
+    ("a bar of chocolate", "portion", ["chocolate bar"]),
+    ("a plate of spaghetti", "portion", ["spaghetti"]),
+    ("a box of popcorn", "portion", ["popcorn"]),
+]
+
 # A grid of every frame people put around a head, with heads that neither list has in a frame (session 18;
 # `evaluate --parts phrasing_grid`, one seed): a list holds a few pairs of each frame, and the frames taught on them
 # were right on the list (18/20) and on 64% of this grid.

@@ -301,6 +301,16 @@ def test_third_everyday_prompt_list_names_real_emoji_with_heads_no_other_list_or
     assert {k for _, k, _ in THIRD_PROMPTS} == {k for _, k, _ in PROMPTS}  # every kind of the first list
 
 
+def test_portion_prompts_put_a_portion_phrase_before_food_that_real_emoji_show():
+    from imagen_app.evaluation.phrasing import PORTION_PROMPTS
+    from imagen_app.training.data import load_emoji
+    from imagen_app.training.phrasing import PORTION_PHRASES
+
+    names = {e.caption for e in load_emoji()}
+    assert len(PORTION_PROMPTS) >= 12 and all(set(ok) <= names and ok for _, _, ok in PORTION_PROMPTS)
+    assert all(any(f" {phrase} " in f" {p} " for phrase in PORTION_PHRASES) for p, _, _ in PORTION_PROMPTS)
+
+
 def test_frame_grid_puts_every_frame_around_every_head_with_its_article():
     from imagen_app.evaluation.phrasing import GRID_FRAMES, GRID_HEADS, GRID_HEADS_2, MORE_PROMPTS, PROMPTS, grid_prompts
     from imagen_app.training.data import load_emoji
