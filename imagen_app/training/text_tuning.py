@@ -17,7 +17,6 @@ train (section 2.1); here it is the U-Nets that stay frozen while the encoder le
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from .phrasing import (DETERMINERS, FLAG_FORMS, FORM_WORDS, FRAME_PHRASES, FRAME
                        PORTION_NOUNS, PORTION_PHRASES, PUNCTUATION, VERB_PHRASES, PhrasingSampler, alone_context,
                        portion_frames, shares_start)
 from .text_extension import FLAG_SUFFIX, GrowingEmbedding, alone_word, flag_word, phrase_token, row_word
+from .word_rows import word_and_further_rows
 
 CHECKPOINT = "text_tuning.pt"
 
@@ -319,8 +319,7 @@ class TextTuning:
             named += [alone_word(w) for w in self.partners] + list(PORTION_NOUNS)
         named += [w for w in words if w not in ("frames", "form-words", "pairs")]
         # with the further rows of a word of several ("sad_alone", "sad_alone_2", ...)
-        return [r for w in named if w in vocab
-                for r in [w] + list(itertools.takewhile(vocab.__contains__, (row_word(w, k) for k in itertools.count(2))))]
+        return [r for w in named if w in vocab for r in word_and_further_rows(w, vocab)]
 
     def frame_learnable(self, frame: str) -> bool:
         """Whether every word of `frame` ("a picture of {}") but a leading article is a word whose row learns."""
