@@ -43,6 +43,8 @@ def _noun_of(noun: str) -> str:
 
 
 FRAMES += [(_noun_of(noun), weight, 1.0) for noun, weight in FRAME_NOUNS.items()]
+
+
 def portion_frames(weight: float = 0.004) -> List[Tuple[str, float, float]]:
     """The frames "a cup of {}", "a slice of {}", ..., each drawn with `weight` (the share a frame noun has: 0.004 in
     session 19's run)."""
