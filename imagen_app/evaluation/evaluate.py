@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from ..images import pil_to_tensor, pixels_to_tensor
 from ..models.unet import upsample_lowres
 from ..pipeline.pipeline import ImagenPipeline
+from .phrasing import PHRASING_PARTS
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
@@ -270,8 +271,7 @@ def text_use_by_family(pipe, emojis, corpus_uint8, seen: List[str], per_family: 
 
 
 PARTS = ("families", "two_tones", "examples", "text_use", "colours", "neighbours", "held_out", "super_resolution", "timing",
-         "geneval", "geneval_cascade", "phrasing", "phrasing_names", "phrasing_more", "phrasing_grid",
-         "phrasing_grid2", "phrasing_third", "phrasing_portions")
+         "geneval", "geneval_cascade") + tuple(PHRASING_PARTS)
 
 
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
@@ -313,35 +313,11 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
     if "super_resolution" in parts:
         held_idx = [i for i, e in enumerate(emojis) if e.caption in held_set]
         report["super_resolution"] = super_resolution(pipe, emojis, held_idx, sr_count, seed)
-    if "phrasing" in parts:
-        from .phrasing import phrasing
+    from .phrasing import phrasing
 
-        report["phrasing"] = phrasing(pipe, emojis, corpus, generate_base)
-    if "phrasing_more" in parts:  # a second list, written after the first one's changes (phrasing.MORE_PROMPTS)
-        from .phrasing import MORE_PROMPTS, phrasing
-
-        report["phrasing_more"] = phrasing(pipe, emojis, corpus, generate_base, prompts=MORE_PROMPTS)
-    if "phrasing_third" in parts:  # a third list, written before any of its runs was judged (phrasing.THIRD_PROMPTS)
-        from .phrasing import THIRD_PROMPTS, phrasing
-
-        report["phrasing_third"] = phrasing(pipe, emojis, corpus, generate_base, prompts=THIRD_PROMPTS)
-    if "phrasing_portions" in parts:  # "a cup of coffee" (phrasing.PORTION_PROMPTS)
-        from .phrasing import PORTION_PROMPTS, phrasing
-
-        report["phrasing_portions"] = phrasing(pipe, emojis, corpus, generate_base, prompts=PORTION_PROMPTS)
-    if "phrasing_grid" in parts:  # every frame around heads no list has in a frame (phrasing.GRID_FRAMES), one seed
-        from .phrasing import grid_prompts, phrasing
-
-        report["phrasing_grid"] = phrasing(pipe, emojis, corpus, generate_base, seeds=(0,), prompts=grid_prompts())
-    if "phrasing_grid2" in parts:  # the same frames around a second set of heads (phrasing.GRID_HEADS_2)
-        from .phrasing import GRID_HEADS_2, grid_prompts, phrasing
-
-        report["phrasing_grid2"] = phrasing(pipe, emojis, corpus, generate_base, seeds=(0,),
-                                            prompts=grid_prompts(GRID_HEADS_2))
-    if "phrasing_names" in parts:  # the same prompts as their emoji's names: the ceiling of the phrasing figures
-        from .phrasing import as_names, phrasing
-
-        report["phrasing_names"] = phrasing(pipe, emojis, corpus, generate_base, prompts=as_names())
+    for part, (_, prompts, seeds) in PHRASING_PARTS.items():
+        if part in parts:
+            report[part] = phrasing(pipe, emojis, corpus, generate_base, seeds=seeds, prompts=prompts())
     if "geneval" in parts or "geneval_cascade" in parts:
         report.update(geneval_parts(pipe, parts, geneval_per_task, geneval_stage, seed))
     if "timing" in parts:
@@ -394,18 +370,6 @@ def print_geneval(r: Dict) -> None:
               f"{scores.get('overall', float('nan')):>9.3f}")
 
 
-# each phrasing part's table, in this order, under this title
-PHRASING_TITLES = {
-    "phrasing": "Everyday phrasings",
-    "phrasing_more": "A second list of everyday prompts, written after the first one's changes",
-    "phrasing_third": "A third list, written before any of its runs was judged",
-    "phrasing_portions": "Portions ('a cup of coffee')",
-    "phrasing_grid": "Frames x heads (a grid)",
-    "phrasing_grid2": "The same frames x a second set of heads",
-    "phrasing_names": "The same prompts as their emoji's names (the ceiling)",
-}
-
-
 def print_report(r: Dict) -> None:
     print(f"alignment at {r['settings'].get('num_inference_steps')} steps, guidance {r['settings'].get('guidance_scale')} "
           f"(rank among {r['corpus_size']} real emoji; chance top-10 {10 / r['corpus_size']:.2%})")
@@ -420,9 +384,9 @@ def print_report(r: Dict) -> None:
               f"nearer the swapped emoji than the asked one {t['swapped_nearer']:.1%}")
     from .phrasing import print_phrasing
 
-    for key, title in PHRASING_TITLES.items():
-        if key in r:
-            print_phrasing(r[key], title)
+    for part, (title, _, _) in PHRASING_PARTS.items():
+        if part in r:
+            print_phrasing(r[part], title)
     for ex in r.get("ui_examples", []):
         if ex["ranks"] is None:
             print(f"UI example {ex['prompt']!r}: no emoji of that name")

@@ -8,7 +8,7 @@ forms (`training/phrasing.py`): its keywords and frames are the ones people use,
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 SMILING = ["grinning face", "grinning face with big eyes", "grinning face with smiling eyes", "beaming face with smiling eyes",
            "smiling face with smiling eyes", "slightly smiling face", "smiling face", "grinning squinting face"]
@@ -262,6 +262,20 @@ def grid_prompts(heads: Dict[str, Sequence[str]] = GRID_HEADS) -> List[Tuple[str
             typed = frame.replace("a {}", "an {}") if head[0] in "aeiou" else frame
             out.append((typed.format(head), frame.replace("a {}", "X").replace("{}", "X"), acceptable))
     return out
+
+
+# Every phrasing part of `evaluate --parts`: its title, its prompts (made when asked for) and seeds, in the order the
+# parts run and print: the lists at two seeds, the grids (every frame around heads no list has in a frame) at one, and
+# the first list as its emoji's names (the ceiling of the phrasing figures).
+PHRASING_PARTS: Dict[str, Tuple[str, Callable[[], List[Tuple[str, str, Sequence[str]]]], Tuple[int, ...]]] = {
+    "phrasing": ("Everyday phrasings", lambda: PROMPTS, (0, 1)),
+    "phrasing_more": ("A second list of everyday prompts, written after the first one's changes", lambda: MORE_PROMPTS, (0, 1)),
+    "phrasing_third": ("A third list, written before any of its runs was judged", lambda: THIRD_PROMPTS, (0, 1)),
+    "phrasing_portions": ("Portions ('a cup of coffee')", lambda: PORTION_PROMPTS, (0, 1)),
+    "phrasing_grid": ("Frames x heads (a grid)", lambda: grid_prompts(GRID_HEADS), (0,)),
+    "phrasing_grid2": ("The same frames x a second set of heads", lambda: grid_prompts(GRID_HEADS_2), (0,)),
+    "phrasing_names": ("The same prompts as their emoji's names (the ceiling)", lambda: as_names(), (0, 1)),
+}
 
 
 def phrasing(pipe, emojis, corpus, generate_base, seeds=(0, 1), prompts=PROMPTS) -> Dict:

@@ -51,7 +51,6 @@ def portion_frames(weight: float = 0.004) -> List[Tuple[str, float, float]]:
     return [(_noun_of(noun), weight, 0.0) for noun in PORTION_NOUNS]
 
 
-PORTION_FRAMES = portion_frames()
 # the frames a name is put in by `framed_caption` (every one but the bare name)
 TYPED_FRAMES = [f for f in FRAMES if f[0] != "{}"]
 # the words of the forms around a head: not keywords, whatever the table says ("emoji", "cute")

@@ -104,7 +104,8 @@ def test_recipe_neighbours_ranks_the_names_a_recoloured_caption_contains(monkeyp
 
 
 def test_report_prints_each_phrasing_part_under_its_own_title_with_its_wrong_prompts(capsys):
-    from imagen_app.evaluation.evaluate import PHRASING_TITLES, print_report
+    from imagen_app.evaluation.evaluate import print_report
+    from imagen_app.evaluation.phrasing import PHRASING_PARTS
 
     def part(right, asked, wrong):
         kinds = {"frame": dict(right=right, asked=asked, accuracy=right / asked)}
@@ -115,6 +116,6 @@ def test_report_prints_each_phrasing_part_under_its_own_title_with_its_wrong_pro
                   phrasing_third=part(50, 54, "a cup of coffee"), phrasing=part(136, 144, "a sad cat"))
     print_report(report)
     out = capsys.readouterr().out
-    first, third = out.index(PHRASING_TITLES["phrasing"]), out.index(PHRASING_TITLES["phrasing_third"])
+    first, third = out.index(PHRASING_PARTS["phrasing"][0]), out.index(PHRASING_PARTS["phrasing_third"][0])
     assert first < out.index("136/144") < third < out.index("50/54")  # in the titles' order, each under its own
-    assert "'a cup of coffee' -> ['racing car']" in out[third:] and PHRASING_TITLES["phrasing_grid"] not in out
+    assert "'a cup of coffee' -> ['racing car']" in out[third:] and PHRASING_PARTS["phrasing_grid"][0] not in out

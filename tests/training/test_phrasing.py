@@ -609,7 +609,7 @@ def test_portion_phrases_read_as_one_word_learned_with_the_frames_unless_a_capti
     put heads in it; "glass of" stays its words where a caption holds it ("glass of milk")."""
     from transformers import T5EncoderModel
 
-    from imagen_app.training.phrasing import PORTION_FRAMES
+    from imagen_app.training.phrasing import portion_frames
     from imagen_app.training.text_pretrain import small_t5_config, train_caption_tokenizer
     from imagen_app.training.text_tuning import TextTuning, TextTuningConfig
     from imagen_app.training.tiny import TINY_CAPTIONS, tiny_pipeline
@@ -636,7 +636,7 @@ def test_portion_phrases_read_as_one_word_learned_with_the_frames_unless_a_capti
     frames = {f for f, _, _ in runs[True].sampler.frames}
     assert "a cup of {}" in frames and "a glass of {}" not in frames  # (its words are no learned word)
     assert {w for f, w, _ in runs[True].sampler.frames if f == "a cup of {}"} == {0.02}  # portion_frame_weight
-    assert not {f for f, _, _ in runs[False].sampler.frames} & {f for f, _, _ in PORTION_FRAMES}
+    assert not {f for f, _, _ in runs[False].sampler.frames} & {f for f, _, _ in portion_frames()}
 
 
 def test_learning_rate_warms_up_then_stays_or_falls_to_zero_at_the_last_step():
