@@ -56,6 +56,9 @@ class TrainConfig:
     # training/phrasing.framed_caption), so that the stage draws a name the same with words around it. A stage trained
     # on the bare names alone read any word around a name as part of it ("a photo of a pizza" -> a flamingo).
     typed_form_share: float = 0.0
+    # An image folder with scene rows (training/scenes.py): compose every scene row afresh at each draw (a new seen
+    # combination, size and place of the row's task) instead of showing the stored image (scenes.LiveScenes).
+    live_scenes: bool = False
     record_ranks: bool = False  # for tests: ranks.jsonl gets every rank's batch indices and weight hash at every step
     seed: int = 0
 

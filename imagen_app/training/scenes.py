@@ -370,6 +370,45 @@ def scene_dataset(world: SceneWorld, size: int, per_task: int, seed: int = 0,
     return CaptionedImages(np.stack(images), captions, families)
 
 
+class LiveScenes:
+    """Training scenes composed afresh at every draw, in place of a training folder's stored ones.
+
+    A stored corpus holds a few thousand scenes per task, so of the ~50,000 object pairs a run sees each stored
+    pair about once, always in the same layout. Drawn live, every batch shows new seen combinations (never a
+    held-out one: `HeldOut` rejects them) at new sizes and places, so what the stage can learn is the relation, not
+    the stored images. Rows of other families are passed through unchanged."""
+
+    def __init__(self, world: SceneWorld, size: int, all_captions: bool = True):
+        self.world, self.size, self.all_captions = world, size, all_captions
+        self.pool = [o for o in world.names if not world.rule.alone_only(o)]  # as SceneWorld.specs draws for training
+        self.colours = {o: c for o, c in world.colours_of.items() if not world.rule.alone_only(o)}
+
+    def spec(self, task: str, rng: random.Random) -> SceneSpec:
+        """A random seen spec of `task`. Alone-only objects are left out of every task, single objects included:
+        their emoji rows show them alone, and the evaluation's held-out single objects are them."""
+        for _ in range(1000):
+            spec = random_spec(task, self.pool, self.colours, rng)
+            if not self.world.rule.is_held_out(spec):
+                return spec
+        raise RuntimeError(f"no seen {task!r} scene in 1000 draws")
+
+    def draw(self, task: str, rng: random.Random) -> Tuple[np.ndarray, str]:
+        """A fresh (size, size, 3) uint8 scene of `task` and one of its captions."""
+        while True:
+            spec = self.spec(task, rng)
+            made = compose(spec, self.size, self.world.renders, rng)
+            if made is not None:
+                captions = spec.captions()
+                return made[0], rng.choice(captions) if self.all_captions else captions[0]
+
+    def item(self, data: CaptionedImages, i: int, rng: random.Random) -> Tuple[np.ndarray, str]:
+        """Row `i` of `data`: a fresh scene of its task when it is a scene row, else its image and a caption."""
+        family = data.families[i] if data.families else None
+        if family and family.startswith(FAMILY_PREFIX):
+            return self.draw(family[len(FAMILY_PREFIX):], rng)
+        return data.images[i], data.sample_caption(i, rng)
+
+
 def held_out_lines(world: SceneWorld, per_task: int = 32, seed: int = 0) -> List[str]:
     """The held-out list shipped with the weights: the rule, the alone-only objects, and the evaluation's held-out
     prompts by task."""

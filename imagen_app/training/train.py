@@ -95,6 +95,7 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
     encoder = PromptEncoder(tokenizer, text_encoder.to(device), cache_size=100_000, vocabulary=caption_vocabulary())
     data = load_images(cfg)
     encoder.warm([c for caps in data.captions for c in caps])
+    live = live_scenes(cfg, data)
 
     # model: seeded random weights (the same on every rank), or the stage `init_from` when there is no checkpoint
     resume_from = checkpoint_path(cfg.run_dir)  # read by every rank before the main process writes one
@@ -137,7 +138,7 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
                 share_curriculum(accelerator, curriculum)
             idx = curriculum.indices(step, cfg.batch_size, rng) if curriculum is not None else \
                 [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
-            images, captions, lowres = make_batch(data, cfg, rng, device, idx)
+            images, captions, lowres = make_batch(data, cfg, rng, device, idx, live)
             embeds, mask = encoder.encode(captions, device=device)
             loss = diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg)
             opt.zero_grad(set_to_none=True)
@@ -215,12 +216,27 @@ def load_images(cfg: TrainConfig):
     return image_folder_dataset(cfg.data, cfg.resolution, all_captions=cfg.caption_variants)
 
 
-def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None):
+def live_scenes(cfg: TrainConfig, data):
+    """The scenes.LiveScenes that composes the scene rows of `data` afresh, or None (`live_scenes` off)."""
+    if not cfg.live_scenes:
+        return None
+    from .scenes import FAMILY_PREFIX, LiveScenes, load_scene_world
+
+    if not any(f.startswith(FAMILY_PREFIX) for f in data.families or ()):
+        raise ValueError(f"live_scenes: {cfg.data} has no scene rows (families {FAMILY_PREFIX!r}...)")
+    return LiveScenes(load_scene_world(), cfg.resolution, all_captions=cfg.caption_variants)
+
+
+def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, live=None):
     """A batch (uniform draws unless `idx` is given): images (B, 3, S, S) in [-1, 1], their captions, and for SR
-    the aligned low-res crops."""
+    the aligned low-res crops. `live` (a scenes.LiveScenes) composes the scene rows afresh."""
     idx = idx if idx is not None else [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
-    images = pixels_to_tensor([data.images[i] for i in idx])
-    captions = [data.sample_caption(i, rng) for i in idx]
+    if live is not None:
+        pixels, captions = map(list, zip(*(live.item(data, i, rng) for i in idx)))
+    else:
+        pixels = [data.images[i] for i in idx]
+        captions = [data.sample_caption(i, rng) for i in idx]
+    images = pixels_to_tensor(pixels)
     if cfg.typed_form_share:
         captions = [framed_caption(c, rng, cfg.typed_form_share) for c in captions]
     lowres = None

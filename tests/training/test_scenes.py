@@ -4,8 +4,9 @@ import random
 import numpy as np
 import pytest
 
-from imagen_app.training.scenes import (RELATIONS, TASKS, HeldOut, SceneSpec, compose, pluralize,
-                                        relation_holds, scene_dataset)
+from imagen_app.training.data import CaptionedImages
+from imagen_app.training.scenes import (FAMILY_PREFIX, RELATIONS, TASKS, HeldOut, LiveScenes, SceneSpec, compose,
+                                        pluralize, relation_holds, scene_dataset)
 
 
 @pytest.mark.parametrize("noun, plural", [("fox", "foxes"), ("mouse", "mice"), ("cherry", "cherries"),
@@ -81,3 +82,34 @@ def test_scene_dataset_never_shows_a_held_out_prompt(scene_world):
     assert not trained & held
     assert set(data.families) == {"scenes: " + t for t in TASKS}
     assert data.images.shape[1:] == (32, 32, 3)
+
+
+def test_live_scenes_draw_new_seen_combinations_every_time(scene_world):
+    live = LiveScenes(scene_world, 32)
+    rng = random.Random(0)
+    for task in TASKS:
+        specs = [live.spec(task, rng) for _ in range(200)]
+        assert all(s.task == task and not scene_world.rule.is_held_out(s) for s in specs)
+        assert not any(scene_world.rule.alone_only(o) for s in specs for o, _ in s.objects)
+        assert len(set(specs)) > 120  # fresh combinations (single objects: ~300 to draw from), not a stored few
+    # a draw is a composition of such a spec, with one of its captions
+    image, caption = live.draw("position", random.Random(5))
+    again = random.Random(5)
+    spec = live.spec("position", again)
+    made = compose(spec, 32, scene_world.renders, again)
+    assert np.array_equal(image, made[0]) and caption == again.choice(spec.captions())
+
+
+def test_live_scenes_replace_only_the_scene_rows(scene_world):
+    stored = np.zeros((3, 32, 32, 3), np.uint8)
+    data = CaptionedImages(stored, [["panda"], ["a cat and a dog"], ["three foxes"]],
+                           ["single emoji", FAMILY_PREFIX + "two objects", FAMILY_PREFIX + "counting"])
+    live = LiveScenes(scene_world, 32, all_captions=False)
+    rng = random.Random(0)
+    image, caption = live.item(data, 0, rng)
+    assert image is stored[0] or np.array_equal(image, stored[0])
+    assert caption == "panda"
+    pairs, counts = [live.item(data, 1, rng) for _ in range(20)], [live.item(data, 2, rng) for _ in range(20)]
+    assert all(" and " in c for _, c in pairs) and len({c for _, c in pairs}) > 15
+    assert all(c.split()[0] in ("two", "three", "four") for _, c in counts)
+    assert all(img.shape == (32, 32, 3) and img.min() < 128 for img, _ in pairs + counts)  # ink drawn, not the zeros

@@ -469,3 +469,23 @@ def test_every_config_builds_the_unet_of_the_weights_it_starts_from(name, monkey
     assert architecture(own.config) == architecture(start.config)
     assert {k: v.shape for k, v in own.state_dict().items()} == {k: v.shape for k, v in start.state_dict().items()}
     own.load_state_dict(start.state_dict())  # strict: no missing or unexpected keys
+
+
+def test_live_scenes_compose_the_scene_rows_of_a_batch(text_encoder_dir, image_folder, tmp_path, scene_world):
+    import random
+
+    from imagen_app.training.data import CaptionedImages, image_folder_dataset
+    from imagen_app.training.scenes import FAMILY_PREFIX, LiveScenes
+    from imagen_app.training.train import live_scenes, make_batch
+
+    cfg = config(tmp_path, text_encoder_dir, image_folder, resolution=32, batch_size=16)
+    plain = image_folder_dataset(image_folder, 32)
+    with pytest.raises(ValueError, match="no scene rows"):  # asked for live scenes on a folder without any
+        live_scenes(dataclasses.replace(cfg, live_scenes=True), plain)
+    assert live_scenes(cfg, plain) is None
+    stored = np.full((2, 32, 32, 3), 255, np.uint8)
+    data = CaptionedImages(stored, [["panda"], ["a cat and a dog"]], ["single emoji", FAMILY_PREFIX + "two objects"])
+    idx = [0, 1] * 8
+    images, captions, _ = make_batch(data, cfg, random.Random(0), "cpu", idx, LiveScenes(scene_world, 32))
+    assert captions[0::2] == ["panda"] * 8 and len(set(captions[1::2])) == 8  # a new pair at every draw
+    assert (images[0::2] == 1).all() and (images[1::2] < 0).any(dim=(1, 2, 3)).all()  # the white row as stored; ink
