@@ -286,7 +286,8 @@ def cmd_grid(args) -> int:
     use_threads(args)
     pipe = ImagenPipeline.from_pretrained(args.weights)
     pipe.set_progress_bar_config(disable=True)
-    print(sample_grid(pipe, args.out, prompts=args.prompts or None, seed=args.seed))
+    scenes = args.scenes if args.scenes is not None else (0 if args.prompts else 6)
+    print(sample_grid(pipe, args.out, prompts=args.prompts or None, seed=args.seed, scenes_per_task=scenes))
     return 0
 
 
@@ -506,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     gr_.add_argument("--weights", default=DEFAULT_WEIGHTS)
     gr_.add_argument("--out", default="samples.png")
     gr_.add_argument("--seed", type=int, default=0)
+    gr_.add_argument("--scenes", type=int, default=None,
+                     help="held-out scene prompts per GenEval task, a row each, marked right or wrong by the detector "
+                          "(default: 6 with the built-in prompts, 0 with yours)")
     gr_.add_argument("prompts", nargs="*")
     add_threads_flag(gr_)
     gr_.set_defaults(func=cmd_grid)

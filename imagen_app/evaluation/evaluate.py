@@ -429,8 +429,11 @@ SEEN_GRID_PROMPTS = ["panda", "pizza", "rocket", "grinning face", "penguin", "br
 HELD_OUT_GRID_PROMPTS = ["red heart", "purple heart", "blue square"]
 
 
-def sample_grid(pipe: ImagenPipeline, out: str, prompts: Optional[List[str]] = None, seed: int = 0, cell: int = 160):
-    """A grid of final images with each prompt written under its image; held-out prompts are marked."""
+def sample_grid(pipe: ImagenPipeline, out: str, prompts: Optional[List[str]] = None, seed: int = 0, cell: int = 160,
+                scenes_per_task: int = 0):
+    """A grid of final images with each prompt written under its image; held-out prompts are marked. With
+    `scenes_per_task`, a row per GenEval task follows: held-out scene prompts, each marked right or wrong by the
+    GenEval detector (geneval.scene_samples), so the sheet shows what still fails."""
     from PIL import Image, ImageDraw
 
     from ..training.data import held_out_split, load_emoji
@@ -438,18 +441,25 @@ def sample_grid(pipe: ImagenPipeline, out: str, prompts: Optional[List[str]] = N
     held = held_out_split(load_emoji())
     if prompts is None:
         prompts = SEEN_GRID_PROMPTS + HELD_OUT_GRID_PROMPTS + [h for h in held[::42] if h not in HELD_OUT_GRID_PROMPTS][:3]
-    images = [pipe(p, generator=torch.Generator().manual_seed(seed)).images[0] for p in prompts]
     cols = 6
-    rows = (len(prompts) + cols - 1) // cols
+    rows = [[(p, pipe(p, generator=torch.Generator().manual_seed(seed)).images[0], "(held out)" if p in held else "")
+             for p in prompts[i:i + cols]] for i in range(0, len(prompts), cols)]
+    if scenes_per_task:
+        from ..training.scenes import load_scene_world
+        from .geneval import scene_samples
+
+        for task, samples in scene_samples(pipe, load_scene_world(), scenes_per_task, seed):
+            for i in range(0, len(samples), cols):
+                rows.append([(p, im, f"{task}: {'right' if ok else 'wrong'}") for p, im, ok in samples[i:i + cols]])
     label_h = 34
-    sheet = Image.new("RGB", (cols * cell, rows * (cell + label_h)), "white")
+    sheet = Image.new("RGB", (cols * cell, len(rows) * (cell + label_h)), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (p, im) in enumerate(zip(prompts, images)):
-        x, y = (i % cols) * cell, (i // cols) * (cell + label_h)
-        sheet.paste(im.resize((cell, cell), Image.LANCZOS), (x, y))
-        text = p if len(p) <= 26 else p[:25] + "…"
-        lines = [text[:26], ("(held out)" if p in held else "")]
-        for j, line in enumerate(lines):
-            draw.text((x + 4, y + cell + 2 + 14 * j), line, fill=(0, 0, 0))
+    for r, row in enumerate(rows):
+        for c, (p, im, note) in enumerate(row):
+            x, y = c * cell, r * (cell + label_h)
+            sheet.paste(im.resize((cell, cell), Image.LANCZOS), (x, y))
+            text = p if len(p) <= 26 else p[:25] + "…"
+            for j, line in enumerate([text, note[:26]]):
+                draw.text((x + 4, y + cell + 2 + 14 * j), line, fill=(0, 0, 0))
     sheet.save(out)
     return out

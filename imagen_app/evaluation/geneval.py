@@ -210,6 +210,21 @@ def cascade_ceiling(pipe, world: SceneWorld, detector: Optional[Detector] = None
                            pipe.unets[0].config.sample_size, seed, "cascade", enlarge)
 
 
+def scene_samples(pipe, world: SceneWorld, per_task: int = 6, seed: int = 0,
+                  detector: Optional[Detector] = None) -> List[Tuple[str, List[Tuple[str, Image.Image, bool]]]]:
+    """For each task, its first `per_task` held-out prompts, the final image of each at `seed`, and the detector's
+    verdict: the rows of the sample sheet (evaluate.sample_grid)."""
+    detector = detector or Detector(world)
+    rows = []
+    for task in TASKS:
+        samples = []
+        for spec in world.specs(task, per_task, held_out=True, seed=seed):
+            image = pipe(spec.prompt(), generator=torch.Generator().manual_seed(seed)).images[0]
+            samples.append((spec.prompt(), image, judge(spec, detector.detect(image))))
+        rows.append((task, samples))
+    return rows
+
+
 def run_geneval(pipe, world: SceneWorld, per_task: int = 8, images_per_prompt: int = 4, seed: int = 0,
                 stop_at_stage: Optional[int] = None, detector: Optional[Detector] = None,
                 progress=None) -> Dict[str, object]:

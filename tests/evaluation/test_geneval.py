@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from imagen_app.evaluation.geneval import Blob, Detector, detector_ceiling, judge, run_geneval
+from imagen_app.evaluation.geneval import Blob, Detector, detector_ceiling, judge, run_geneval, scene_samples
 from imagen_app.training.scenes import TASKS, SceneSpec, compose
 
 
@@ -78,3 +78,29 @@ def test_run_geneval_scores_what_the_pipeline_draws(scene_world, detector):
     for task in ("two objects", "counting", "position", "colour attribution"):
         assert bad["held out"][task] == 0.0
     assert len(good["held out prompts"]) == 2 * len(TASKS)
+
+
+def test_the_sample_sheet_has_a_row_per_task_marked_by_the_detector(scene_world, detector, tmp_path):
+    """The scene rows of `grid`: held-out prompts, right where the pipeline draws the scene, wrong where it
+    draws blank paper."""
+    from imagen_app.evaluation.evaluate import sample_grid
+
+    specs = {s.prompt(): s for task in TASKS for s in scene_world.specs(task, 2, held_out=True, seed=0)}
+
+    def perfect(prompt, generator):
+        if prompt not in specs:  # the sheet's emoji prompts
+            return SimpleNamespace(images=[Image.new("RGB", (128, 128), "white")])
+        return SimpleNamespace(images=[Image.fromarray(compose(specs[prompt], 128, scene_world.renders,
+                                                               random.Random(prompt))[0])])
+
+    rows = scene_samples(perfect, scene_world, per_task=2, detector=detector)
+    assert [task for task, _ in rows] == TASKS
+    assert all(p in specs and scene_world.rule.is_held_out(specs[p]) or task == "single object"
+               for task, samples in rows for p, _, _ in samples)
+    assert sum(ok for _, samples in rows for _, _, ok in samples) >= 10  # of 12: the ceiling, not every one
+    blank = scene_samples(lambda prompt, generator: SimpleNamespace(images=[Image.new("RGB", (128, 128), "white")]),
+                          scene_world, per_task=2, detector=detector)
+    assert not any(ok for _, samples in blank for _, _, ok in samples)
+
+    out = sample_grid(perfect, str(tmp_path / "sheet.png"), prompts=["panda", "pizza"], cell=64, scenes_per_task=2)
+    assert Image.open(out).size == (6 * 64, (1 + len(TASKS)) * (64 + 34))  # one emoji row, then a row per task
