@@ -394,12 +394,13 @@ class LiveScenes:
 
     def draw(self, task: str, rng: random.Random) -> Tuple[np.ndarray, str]:
         """A fresh (size, size, 3) uint8 scene of `task` and one of its captions."""
-        while True:
+        for _ in range(100):  # compose gives up on a layout now and then (four objects in a small image)
             spec = self.spec(task, rng)
             made = compose(spec, self.size, self.world.renders, rng)
             if made is not None:
                 captions = spec.captions()
                 return made[0], rng.choice(captions) if self.all_captions else captions[0]
+        raise RuntimeError(f"no {task!r} scene fitted in a {self.size} px image in 100 tries")
 
     def item(self, data: CaptionedImages, i: int, rng: random.Random) -> Tuple[np.ndarray, str]:
         """Row `i` of `data`: a fresh scene of its task when it is a scene row, else its image and a caption."""
