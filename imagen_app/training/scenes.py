@@ -302,6 +302,7 @@ class SceneWorld:
     colours_of: Dict[str, List[str]]  # recolourable object -> the colour words it can be drawn in
     renders: Renders
     rule: HeldOut = field(default_factory=HeldOut)
+    _pools: Dict[bool, Tuple[List[str], Dict[str, List[str]]]] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def names(self) -> List[str]:
@@ -310,21 +311,33 @@ class SceneWorld:
     def specs(self, task: str, n: int, held_out: bool, seed: int) -> List[SceneSpec]:
         """`n` distinct specs of `task`, all held out (evaluation) or all seen (training), drawn with `seed`."""
         rng = random.Random(f"{task}:{seed}:{held_out}")
-        # Training scenes never show an alone-only object beside others; held-out ones may (the hardest case).
-        pool = self.names if held_out or task == "single object" else \
-            [o for o in self.names if not self.rule.alone_only(o)]
-        colours = {o: c for o, c in self.colours_of.items() if o in pool}
         out, seen = [], set()
         for _ in range(200 * n):
             if len(out) >= n:
                 break
-            spec = random_spec(task, pool, colours, rng)
-            held = self.rule.is_held_out(spec) if task != "single object" else self.rule.alone_only(spec.objects[0][0])
-            if held != held_out or spec in seen:
+            spec = self.draw_spec(task, held_out, rng)
+            if spec is None or spec in seen:
                 continue
             seen.add(spec)
             out.append(spec)
         return out
+
+    def draw_spec(self, task: str, held_out: bool, rng: random.Random) -> Optional[SceneSpec]:
+        """One random spec of `task`, or None when it is not of the split asked (held out or seen)."""
+        pool, colours = self._pool(task, held_out)
+        spec = random_spec(task, pool, colours, rng)
+        held = self.rule.is_held_out(spec) if task != "single object" else self.rule.alone_only(spec.objects[0][0])
+        return spec if held == held_out else None
+
+    def _pool(self, task: str, held_out: bool) -> Tuple[List[str], Dict[str, List[str]]]:
+        """The objects a split's specs of `task` draw from, and the colours of the recolourable ones. Training scenes
+        never show an alone-only object beside others; held-out ones may (the hardest case)."""
+        everyone = held_out or task == "single object"
+        if everyone not in self._pools:
+            pool = self.names if everyone else [o for o in self.names if not self.rule.alone_only(o)]
+            kept = set(pool)
+            self._pools[everyone] = pool, {o: c for o, c in self.colours_of.items() if o in kept}
+        return self._pools[everyone]
 
 
 def scene_world(emojis: Sequence[Emoji], images32: np.ndarray, held_out_emoji: Sequence[str],
@@ -380,15 +393,13 @@ class LiveScenes:
 
     def __init__(self, world: SceneWorld, size: int, all_captions: bool = True):
         self.world, self.size, self.all_captions = world, size, all_captions
-        self.pool = [o for o in world.names if not world.rule.alone_only(o)]  # as SceneWorld.specs draws for training
-        self.colours = {o: c for o, c in world.colours_of.items() if not world.rule.alone_only(o)}
 
     def spec(self, task: str, rng: random.Random) -> SceneSpec:
-        """A random seen spec of `task`. Alone-only objects are left out of every task, single objects included:
-        their emoji rows show them alone, and the evaluation's held-out single objects are them."""
+        """A random seen spec of `task` (SceneWorld.draw_spec, as the stored corpus draws them): no held-out
+        combination, and no alone-only object, single objects included (the evaluation's held-out single objects)."""
         for _ in range(1000):
-            spec = random_spec(task, self.pool, self.colours, rng)
-            if not self.world.rule.is_held_out(spec):
+            spec = self.world.draw_spec(task, False, rng)
+            if spec is not None:
                 return spec
         raise RuntimeError(f"no seen {task!r} scene in 1000 draws")
 
