@@ -477,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(single emoji named inside a recoloured caption), held_out, "
                                                   "super_resolution, timing, geneval (GenEval's six tasks on "
                                                   "scene prompts, held out and seen), geneval_cascade (a perfect "
-                                                  "base stage through the super-resolution stages), phrasing "
+                                                  "base stage through the super-resolution stages, up to --geneval-stage), phrasing "
                                                   "(everyday prompts), phrasing_more (a second list of them), phrasing_third (a third, written before its "
                                                   "runs were judged), phrasing_portions ('a cup of coffee'), phrasing_grid (every frame around "
                                                   "12 heads, one seed), phrasing_grid2 (the frames around 12 other heads), "

@@ -348,7 +348,8 @@ def geneval_parts(pipe: ImagenPipeline, parts, per_task: int, stage: Optional[in
                                             detector=detector),
                               ceiling=detector_ceiling(world, detector, per_task=per_task, size=size, seed=seed))
     if "geneval_cascade" in parts:
-        out["geneval_cascade"] = cascade_ceiling(pipe, world, detector, per_task=per_task, seed=seed)
+        out["geneval_cascade"] = cascade_ceiling(pipe, world, detector, per_task=per_task, seed=seed,
+                                                 stop_at_stage=stage)
     return out
 
 

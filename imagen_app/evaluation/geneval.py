@@ -198,12 +198,14 @@ def detector_ceiling(world: SceneWorld, detector: Detector, per_task: int = 16, 
 
 
 def cascade_ceiling(pipe, world: SceneWorld, detector: Optional[Detector] = None, per_task: int = 8,
-                    images_per_prompt: int = 2, seed: int = 0) -> Dict[str, Dict[str, float]]:
+                    images_per_prompt: int = 2, seed: int = 0,
+                    stop_at_stage: Optional[int] = None) -> Dict[str, Dict[str, float]]:
     """The score of a perfect base stage seen through this cascade's super-resolution stages: scenes composed from
-    the real renders at the base resolution, enlarged by stages 2.. with the prompt, then judged. It tells whether
-    the base resolution carries enough of a scene for the rest of the cascade to draw it recognisably."""
+    the real renders at the base resolution, enlarged by stages 2.. (up to `stop_at_stage`) with the prompt, then
+    judged. It tells whether the base resolution carries enough of a scene for the rest of the cascade to draw it
+    recognisably, and how well the super-resolution stages draw scenes."""
     def enlarge(spec, image, k):
-        return pipe(spec.prompt(), image=Image.fromarray(image), start_at_stage=2,
+        return pipe(spec.prompt(), image=Image.fromarray(image), start_at_stage=2, stop_at_stage=stop_at_stage,
                     generator=torch.Generator().manual_seed(seed + k)).images[0]
 
     return _score_composed(world, detector or Detector(world), per_task, images_per_prompt,

@@ -38,6 +38,10 @@ class TrainConfig:
     ema_decay: float = 0.999
     cond_drop_prob: float = 0.1
     min_snr_gamma: Optional[float] = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None = plain MSE
+    # Extra loss weight on the pixels with ink (and one pixel around them) in the clean image: a pixel's squared error
+    # counts 1 + ink_loss_weight times. In a scene most pixels are white paper, so the plain mean lets the paper
+    # dominate the gradient and the objects (a tenth of the pixels) are learned last (train.ink_weight).
+    ink_loss_weight: float = 0.0
     max_aug_level: float = 0.5
     max_steps: int = 100_000  # also the length of a cosine schedule
     checkpoint_every: int = 200

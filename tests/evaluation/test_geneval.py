@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from imagen_app.evaluation.geneval import Blob, Detector, detector_ceiling, judge, run_geneval, scene_samples
+from imagen_app.evaluation.geneval import (Blob, Detector, cascade_ceiling, detector_ceiling, judge, run_geneval,
+                                          scene_samples)
 from imagen_app.training.scenes import TASKS, SceneSpec, compose
 
 
@@ -53,6 +54,24 @@ def test_a_blank_image_is_wrong_for_every_task(scene_world, detector):
 def test_the_detector_ceiling_is_near_one_at_128_px(scene_world, detector):
     ceiling = detector_ceiling(scene_world, detector, per_task=3, images_per_prompt=2, size=128)
     assert ceiling["held out"]["overall"] >= 0.85 and ceiling["seen"]["overall"] >= 0.85
+
+
+def test_cascade_ceiling_enlarges_composed_scenes_up_to_the_asked_stage(scene_world, detector):
+    """A perfect base stage through the super-resolution stages: scenes composed at the base size, each enlarged
+    from stage 2 up to `stop_at_stage` (every stage by default), then judged."""
+    calls = []
+
+    def pipe(prompt, image, start_at_stage, stop_at_stage, generator):  # enlarges without drawing anything
+        calls.append((start_at_stage, stop_at_stage, image.size))
+        return SimpleNamespace(images=[image.resize((128, 128), Image.NEAREST)])
+    pipe.unets = [SimpleNamespace(config=SimpleNamespace(sample_size=64))]
+
+    scores = cascade_ceiling(pipe, scene_world, detector, per_task=2, stop_at_stage=2)
+    assert set(calls) == {(2, 2, (64, 64))} and len(calls) == 2 * len(TASKS) * 2 * 2  # splits x tasks x prompts x 2
+    assert scores["held out"]["overall"] >= 0.6
+    calls.clear()
+    cascade_ceiling(pipe, scene_world, detector, per_task=2)
+    assert {c[1] for c in calls} == {None}
 
 
 def test_run_geneval_scores_what_the_pipeline_draws(scene_world, detector):

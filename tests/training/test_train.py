@@ -220,6 +220,60 @@ def test_min_snr_weighting(tmp_path, text_encoder_dir, image_folder):
     assert weighted == pytest.approx(float((per_sample * snr.clamp(max=1.0) / snr).mean()), rel=1e-4)
 
 
+def test_ink_weight_marks_ink_and_its_edge_not_paper():
+    from imagen_app.training.train import ink_weight
+
+    images = torch.ones(2, 3, 8, 8)  # white paper
+    images[0, :, 3, 3] = -1.0  # one black pixel
+    images[1, 0, 6, 6] = 0.5  # a pale tint in one channel: partly ink
+    w = ink_weight(images, 4.0)
+    assert w.shape == (2, 1, 8, 8)
+    assert w[0, 0, 2:5, 2:5].eq(5.0).all()  # the ink and the pixel around it
+    assert w[0].sum() == 64 + 9 * 4.0  # everything else is paper, weight 1
+    assert 1.0 < w[1, 0, 6, 6] < 5.0
+    assert ink_weight(torch.ones(1, 3, 4, 4), 4.0).eq(1.0).all()
+
+
+def test_ink_loss_weight_weighs_the_objects_error(tmp_path, text_encoder_dir, image_folder):
+    """With `ink_loss_weight`, the error on ink pixels counts 1 + w times; on blank paper the loss is unchanged."""
+    from imagen_app.models.schedules import noise_schedule
+    from imagen_app.training.train import diffusion_loss
+
+    unet = ImagenUNet(sample_size=16, text_embed_dim=16, **TINY_UNET)
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.1)
+    sched = noise_schedule()
+    embeds, mask = torch.randn(4, 4, 16), torch.ones(4, 4, dtype=torch.bool)
+
+    def loss(images, weight):
+        torch.manual_seed(0)
+        cfg = config(tmp_path, text_encoder_dir, image_folder, ink_loss_weight=weight, cond_drop_prob=0.0)
+        return diffusion_loss(unet, sched, images, embeds, mask, None, cfg).item()
+
+    paper = torch.ones(4, 3, 16, 16)
+    assert loss(paper, 4.0) == pytest.approx(loss(paper, 0.0), rel=1e-6)
+    ink = torch.full((4, 3, 16, 16), -1.0)  # all ink: every pixel weighted 5
+    assert loss(ink, 4.0) == pytest.approx(5 * loss(ink, 0.0), rel=1e-5)
+
+
+def test_a_super_resolution_stage_trains_with_a_curriculum(tmp_path, text_encoder_dir, image_folder):
+    """The curriculum's text-use measure is a base-stage measure: a super-resolution run with a curriculum (the
+    scene recipe's shares) trains instead of failing for want of a low-res image."""
+    import shutil
+
+    folder = tmp_path / "with_families"
+    shutil.copytree(image_folder, folder)
+    captions = ["red heart", "blue heart", "green circle", "panda"]
+    (folder / "metadata.jsonl").write_text("".join(
+        json.dumps({"file_name": f"img{i}.png", "text": c, "family": "hearts" if "heart" in c else "other"}) + "\n"
+        for i, c in enumerate(captions)))
+    logged = []
+    cfg = config(tmp_path, text_encoder_dir, str(folder), max_steps=2, lowres_resolution=8, resolution=16,
+                 crop_size=8, curriculum={"families": [], "keep": {"hearts": 0.5, "other": 0.5},
+                                          "measure_per_family": 2, "measure_every": 1})
+    assert train(cfg, log=logged.append) == 2
+    assert not any(line.startswith("curriculum ignored") for line in logged)  # the curriculum was in use
+
+
 def test_init_from_can_switch_prediction_type_and_residual_and_add_positions(tmp_path, text_encoder_dir, image_folder):
     sr = dict(lowres_resolution=8, resolution=16, crop_size=8)
     first = config(tmp_path, text_encoder_dir, image_folder, max_steps=2, **sr)
