@@ -1,13 +1,15 @@
 #!/bin/bash
-# scripts/make_candidate.sh OUT TEXT [UNET_1]
+# scripts/make_candidate.sh OUT TEXT [UNET_1] [UNET_2]
 # A candidate pipeline to evaluate before shipping: weights/ (linked, not copied) with TEXT's tokenizer/ and
-# text_encoder/ (a tune-text export or an extend-text-encoder folder) and, if given, UNET_1 as the base stage
-# (an export-stage folder). Then: python -m imagen_app evaluate --weights OUT --parts ...
+# text_encoder/ (a tune-text export or an extend-text-encoder folder; "weights" keeps the shipped one) and, if
+# given, UNET_1 as the base stage and UNET_2 as the first super-resolution stage (export-stage folders; "-" keeps
+# the shipped stage). Then: python -m imagen_app evaluate --weights OUT --parts ...
 set -euo pipefail
-OUT=$1; TEXT=$2; UNET_1=${3:-}
+OUT=$1; TEXT=$2; UNET_1=${3:--}; UNET_2=${4:--}
 rm -rf "$OUT"; mkdir -p "$OUT"
 for f in weights/*; do ln -s "$(realpath "$f")" "$OUT/"; done
 rm "$OUT/tokenizer" "$OUT/text_encoder"
 cp -r "$TEXT/tokenizer" "$TEXT/text_encoder" "$OUT/"
-if [ -n "$UNET_1" ]; then rm "$OUT/unet_1"; cp -r "$UNET_1" "$OUT/unet_1"; fi
-echo "$OUT: weights/ with $TEXT${UNET_1:+ and $UNET_1}"
+if [ "$UNET_1" != - ]; then rm "$OUT/unet_1"; cp -r "$UNET_1" "$OUT/unet_1"; fi
+if [ "$UNET_2" != - ]; then rm "$OUT/unet_2"; cp -r "$UNET_2" "$OUT/unet_2"; fi
+echo "$OUT: weights/ with $TEXT, base stage $UNET_1, stage 2 $UNET_2 (-: shipped)"

@@ -239,6 +239,13 @@ def make_curriculum(cfg, data, log, main: bool = True) -> Optional[BlockCurricul
     if data.families is None:
         log("curriculum ignored: it needs the emoji corpus (families of emoji)")
         return None
+    shares = dict(cfg.curriculum.get("keep", {}), **cfg.curriculum.get("caption_shares", {}))
+    draws = sum(round(cfg.batch_size * share) for share in shares.values())
+    if draws > cfg.batch_size:
+        # BlockCurriculum.indices would cut the batch, silently dropping the shares listed last. A config's `keep`
+        # merges with the one it extends, so a family left out of an override keeps its inherited share: give it 0.
+        raise ValueError(f"the curriculum's shares draw {draws} images for a batch of {cfg.batch_size}: "
+                         f"{shares} (set inherited families to 0 to drop them)")
     path = os.path.join(cfg.run_dir, "curriculum.json")
     return BlockCurriculum(CurriculumConfig(**cfg.curriculum), data.families, path if main else None,
                            captions=[caps[0] for caps in data.captions])

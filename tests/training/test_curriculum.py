@@ -211,3 +211,20 @@ def test_caption_share_draws_from_matching_captions(tmp_path):
     assert sum(i in (50, 60) for b in batches for i in b[4:]) < 10  # the rest is uniform over the corpus
     with pytest.raises(ValueError, match="captions"):
         BlockCurriculum(cfg, families)
+
+
+def test_shares_that_draw_more_than_a_batch_are_refused(tmp_path):
+    """`keep` merges with the config it extends, so an override that leaves out an inherited family keeps its
+    share; shares drawing more than the batch would silently cut the last ones, so they are refused."""
+    from imagen_app.training.curriculum import make_curriculum
+
+    data = SimpleNamespace(families=["a", "a", "b", "c"], captions=[["x"], ["y"], ["z"], ["w"]])
+
+    def cfg(keep, caption_shares=None):
+        return SimpleNamespace(batch_size=32, run_dir=str(tmp_path), curriculum=dict(
+            families=[], keep=keep, caption_shares=caption_shares or {}))
+
+    assert make_curriculum(cfg({"a": 0.5, "b": 0.5}), data, print) is not None
+    with pytest.raises(ValueError, match="draw 34 images for a batch of 32"):
+        make_curriculum(cfg({"a": 0.5, "b": 0.5}, {"x": 0.06}), data, print)
+    assert make_curriculum(cfg({"a": 0.5, "b": 0.5, "c": 0}, {"x": 0}), data, print) is not None
