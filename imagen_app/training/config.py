@@ -63,6 +63,9 @@ class TrainConfig:
     # An image folder with scene rows (training/scenes.py): compose every scene row afresh at each draw (a new seen
     # combination, size and place of the row's task) instead of showing the stored image (scenes.LiveScenes).
     live_scenes: bool = False
+    # With live_scenes: object sizes (smallest, largest fraction of the side) by task in place of scenes.SIZE_RANGE,
+    # e.g. {"colours": [0.8, 1.0]}: a coloured object as large as a single emoji, the scale the stage draws it at.
+    scene_size_ranges: Optional[dict] = None
     record_ranks: bool = False  # for tests: ranks.jsonl gets every rank's batch indices and weight hash at every step
     seed: int = 0
 

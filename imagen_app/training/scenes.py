@@ -270,11 +270,12 @@ def _layout(sizes: Sequence[Tuple[int, int]], side: int, rng: random.Random, rel
     return None
 
 
-def compose(spec: SceneSpec, side: int, renders: Renders, rng: random.Random):
+def compose(spec: SceneSpec, side: int, renders: Renders, rng: random.Random,
+            size_range: Optional[Tuple[float, float]] = None):
     """(side, side, 3) uint8 image of `spec`, and its boxes [(name, colour, (x0, y0, x1, y1))], or None when the
-    objects did not fit."""
+    objects did not fit. `size_range` (fractions of the side) replaces the task's SIZE_RANGE."""
     names = [spec.objects[0]] * spec.count if spec.task == "counting" else list(spec.objects)
-    low, high = SIZE_RANGE[spec.count if spec.task == "counting" else spec.task]
+    low, high = size_range or SIZE_RANGE[spec.count if spec.task == "counting" else spec.task]
     base = rng.uniform(low, high)  # objects of one scene have similar sizes (+-15%)
     for _ in range(4):  # when they do not fit, smaller
         pieces = [renders.get(n, max(4, round(side * base * rng.uniform(0.85, 1.15))), c) for n, c in names]
@@ -391,8 +392,14 @@ class LiveScenes:
     held-out one: `HeldOut` rejects them) at new sizes and places, so what the stage can learn is the relation, not
     the stored images. Rows of other families are passed through unchanged."""
 
-    def __init__(self, world: SceneWorld, size: int, all_captions: bool = True):
+    def __init__(self, world: SceneWorld, size: int, all_captions: bool = True,
+                 size_ranges: Optional[Dict[str, Sequence[float]]] = None):
         self.world, self.size, self.all_captions = world, size, all_captions
+        # task -> (smallest, largest) object size as a fraction of the side, in place of SIZE_RANGE's
+        self.size_ranges = {task: tuple(r) for task, r in (size_ranges or {}).items()}
+        unknown = set(self.size_ranges) - set(TASKS)
+        if unknown:
+            raise ValueError(f"scene_size_ranges: no such task {sorted(unknown)} (tasks: {TASKS})")
 
     def spec(self, task: str, rng: random.Random) -> SceneSpec:
         """A random seen spec of `task` (SceneWorld.draw_spec, as the stored corpus draws them): no held-out
@@ -407,7 +414,7 @@ class LiveScenes:
         """A fresh (size, size, 3) uint8 scene of `task` and one of its captions."""
         for _ in range(100):  # compose gives up on a layout now and then (four objects in a small image)
             spec = self.spec(task, rng)
-            made = compose(spec, self.size, self.world.renders, rng)
+            made = compose(spec, self.size, self.world.renders, rng, self.size_ranges.get(task))
             if made is not None:
                 captions = spec.captions()
                 return made[0], rng.choice(captions) if self.all_captions else captions[0]

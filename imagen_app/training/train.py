@@ -225,7 +225,8 @@ def live_scenes(cfg: TrainConfig, data):
 
     if not any(f.startswith(FAMILY_PREFIX) for f in data.families or ()):
         raise ValueError(f"live_scenes: {cfg.data} has no scene rows (families {FAMILY_PREFIX!r}...)")
-    return LiveScenes(load_scene_world(), cfg.resolution, all_captions=cfg.caption_variants)
+    return LiveScenes(load_scene_world(), cfg.resolution, all_captions=cfg.caption_variants,
+                      size_ranges=cfg.scene_size_ranges)
 
 
 def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, live=None):

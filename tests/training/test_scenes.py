@@ -113,3 +113,20 @@ def test_live_scenes_replace_only_the_scene_rows(scene_world):
     assert all(" and " in c for _, c in pairs) and len({c for _, c in pairs}) > 15
     assert all(c.split()[0] in ("two", "three", "four") for _, c in counts)
     assert all(img.shape == (32, 32, 3) and img.min() < 128 for img, _ in pairs + counts)  # ink drawn, not the zeros
+
+
+def test_live_scenes_can_draw_a_task_at_other_sizes(scene_world):
+    """`size_ranges` replaces a task's SIZE_RANGE: coloured objects as large as a single emoji; other tasks as
+    before; an unknown task is refused."""
+    def ink_side(image):
+        ys, xs = np.where((255 - image.astype(int)).max(axis=2) > 24)
+        return max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+
+    default, large = LiveScenes(scene_world, 32), LiveScenes(scene_world, 32, size_ranges={"colours": [0.8, 1.0]})
+    small_sides = [ink_side(default.draw("colours", random.Random(k))[0]) for k in range(40)]
+    large_sides = [ink_side(large.draw("colours", random.Random(k))[0]) for k in range(40)]
+    assert np.mean(large_sides) >= 0.7 * 32 and np.mean(large_sides) > np.mean(small_sides) + 4
+    same = [ink_side(large.draw("two objects", random.Random(k))[0]) for k in range(10)]
+    assert same == [ink_side(default.draw("two objects", random.Random(k))[0]) for k in range(10)]
+    with pytest.raises(ValueError, match="no such task"):
+        LiveScenes(scene_world, 32, size_ranges={"colour": [0.8, 1.0]})
