@@ -119,10 +119,11 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
 
     # curriculum: which emoji the batches draw from (uniform draws without one), measured from the start
     curriculum = make_curriculum(cfg, data, log, main)
+    # the curriculum's text-use measure denoises without a low-res image: a base-stage measure
+    measure_text_use = curriculum is not None and main and not cfg.lowres_resolution
     if curriculum is not None:
         share_curriculum(accelerator, curriculum)
-        # the text-use measure denoises without a low-res image: a base-stage measure
-        if step == 0 and main and not cfg.lowres_resolution:
+        if step == 0 and measure_text_use:
             log_text_use(curriculum, ema.model(), scheduler, encoder, data, step, cfg.run_dir, log)
 
     # loop: until max_steps, the main process's deadline or a SIGTERM (every rank stops after the same step)
@@ -162,7 +163,7 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
                 log(f"step {step} loss {loss_avg:.4f} lr {lr:.2e} {(time.time() - t0) / 60:.1f} min")
             if step % cfg.checkpoint_every == 0:
                 save_checkpoint(ckpt_path, accelerator, step, unet, ema, opt, lr_scheduler, rng)
-            if curriculum is not None and step % curriculum.cfg.measure_every == 0 and main and not cfg.lowres_resolution:
+            if measure_text_use and step % curriculum.cfg.measure_every == 0:
                 log_text_use(curriculum, ema.model(), scheduler, encoder, data, step, cfg.run_dir, log)
             if cfg.sample_every and step % cfg.sample_every == 0 and not cfg.lowres_resolution and main:
                 write_sample_grid(ema.model(), scheduler, encoder, cfg, os.path.join(cfg.run_dir, f"samples_{step:07d}.png"))
