@@ -42,6 +42,12 @@ class TrainConfig:
     # counts 1 + ink_loss_weight times. In a scene most pixels are white paper, so the plain mean lets the paper
     # dominate the gradient and the objects (a tenth of the pixels) are learned last (train.ink_weight).
     ink_loss_weight: float = 0.0
+    # Anti-forgetting for a fine-tune on new rows (scenes): on every row that is not a scene, the target moves this
+    # far (0 to 1) from the data's target to the prediction of the stage the run started from (`init_from`, frozen),
+    # on the same noisy image, step and text. Data replay alone shows each of ~3,900 captions once in a few hundred
+    # steps with a high-variance target (one noise draw); the starting stage's prediction is the low-variance target
+    # of what it already draws, so what it knew is held at every step instead of re-learned (train.teacher_targets).
+    teacher_target_weight: float = 0.0
     max_aug_level: float = 0.5
     max_steps: int = 100_000  # also the length of a cosine schedule
     checkpoint_every: int = 200

@@ -101,6 +101,7 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
     resume_from = checkpoint_path(cfg.run_dir)  # read by every rank before the main process writes one
     torch.manual_seed(cfg.seed)  # the initial weights, then the training noise
     unet = initial_unet(cfg, text_encoder.config.d_model, use_init_from=resume_from is None, log=log)
+    teacher = starting_stage(cfg, device, log)
     rng = process_rng(cfg.seed, rank)
     scheduler = noise_schedule(cfg.beta_schedule, unet.config.prediction_type)
 
@@ -142,7 +143,8 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
                 [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
             images, captions, lowres = make_batch(data, cfg, rng, device, idx, live)
             embeds, mask = encoder.encode(captions, device=device)
-            loss = diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg)
+            loss = diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg,
+                                  teacher=teacher, teacher_rows=non_scene_rows(data, idx, device) if teacher else None)
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)  # DDP averages the gradients over the ranks
             accelerator.clip_grad_norm_(unet.parameters(), 1.0)
@@ -280,6 +282,28 @@ def initial_unet(cfg: TrainConfig, text_dim: int, use_init_from: bool, log) -> I
                              lowres_cond=cfg.lowres_resolution is not None))
 
 
+def starting_stage(cfg: TrainConfig, device, log) -> Optional[ImagenUNet]:
+    """The frozen `init_from` stage whose predictions are the targets of the non-scene rows (`teacher_target_weight`),
+    or None. Loaded from `init_from` on a resumed run too: the targets stay those of the stage the run began from."""
+    if not cfg.teacher_target_weight:
+        return None
+    if not cfg.init_from:
+        raise ValueError("teacher_target_weight needs init_from: the stage whose predictions the non-scene rows keep")
+    if not 0 < cfg.teacher_target_weight <= 1:
+        raise ValueError(f"teacher_target_weight must be in (0, 1], not {cfg.teacher_target_weight}")
+    teacher = initial_unet(cfg, 0, use_init_from=True, log=lambda *_: None).to(device).eval().requires_grad_(False)
+    log(f"non-scene rows: targets {cfg.teacher_target_weight:g} of the way to {cfg.init_from}'s own predictions")
+    return teacher
+
+
+def non_scene_rows(data, idx, device) -> torch.Tensor:
+    """(b,) bool: the batch rows that are not scenes (every row of a folder without families)."""
+    from .scenes import FAMILY_PREFIX
+
+    families = data.families or [None] * len(data)
+    return torch.tensor([not (families[i] or "").startswith(FAMILY_PREFIX) for i in idx], device=device)
+
+
 def ink_weight(images: torch.Tensor, extra: float) -> torch.Tensor:
     """Per-pixel loss weights (b, 1, h, w) for images in [-1, 1] on white: 1 on paper, 1 + `extra` on ink and on the
     pixel around it (the outline's antialiasing and the object's edge, where a drawn object begins). Ink is any channel
@@ -290,8 +314,10 @@ def ink_weight(images: torch.Tensor, extra: float) -> torch.Tensor:
     return 1 + extra * ink
 
 
-def diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg: TrainConfig, generator=None):
-    """MSE between the U-Net's prediction and the epsilon (or v) target at a random timestep."""
+def diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg: TrainConfig, generator=None,
+                   teacher=None, teacher_rows: Optional[torch.Tensor] = None):
+    """MSE between the U-Net's prediction and the epsilon (or v) target at a random timestep; on `teacher_rows`, the
+    target moved `cfg.teacher_target_weight` of the way to the frozen `teacher`'s prediction."""
     from diffusers.training_utils import compute_snr
 
     b = images.shape[0]
@@ -314,6 +340,9 @@ def diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg: TrainConf
     pred = unet(noisy, t, embeds, mask, **extra).sample
     epsilon = config.prediction_type == "epsilon"
     target = noise if epsilon else scheduler.get_velocity(images, noise, t)
+    if teacher is not None and teacher_rows is not None and bool(teacher_rows.any()):
+        target = teacher_targets(teacher, target, teacher_rows, cfg.teacher_target_weight,
+                                 noisy, t, embeds, mask, extra)
     squared = (pred.float() - target.float()).pow(2)
     if pixel_weight is not None:
         squared = squared * pixel_weight
@@ -326,6 +355,17 @@ def diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg: TrainConf
         weight = snr.clamp(max=cfg.min_snr_gamma) / (snr if epsilon else snr + 1)
         per_sample = per_sample * weight
     return per_sample.mean()
+
+
+@torch.no_grad()
+def teacher_targets(teacher, target, rows, weight: float, noisy, t, embeds, mask, extra) -> torch.Tensor:
+    """`target` with its `rows` moved `weight` of the way to the teacher's prediction for the same inputs (the
+    teacher runs on those rows alone)."""
+    sub = {k: v[rows] for k, v in extra.items()}
+    taught = teacher(noisy[rows], t[rows], embeds[rows], mask[rows], **sub).sample.float()
+    target = target.float().clone()
+    target[rows] = (1 - weight) * target[rows] + weight * taught
+    return target
 
 
 # --- optimiser -------------------------------------------------------------------------------------------------

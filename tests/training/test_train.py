@@ -543,3 +543,45 @@ def test_live_scenes_compose_the_scene_rows_of_a_batch(text_encoder_dir, image_f
     images, captions, _ = make_batch(data, cfg, random.Random(0), "cpu", idx, LiveScenes(scene_world, 32))
     assert captions[0::2] == ["panda"] * 8 and len(set(captions[1::2])) == 8  # a new pair at every draw
     assert (images[0::2] == 1).all() and (images[1::2] < 0).any(dim=(1, 2, 3)).all()  # the white row as stored; ink
+
+
+def test_teacher_targets_hold_the_starting_stage_on_non_scene_rows(tmp_path, text_encoder_dir, image_folder):
+    """With `teacher_target_weight` 1, a student equal to its teacher has zero loss on the rows the teacher holds
+    (its own prediction is the target) and the plain diffusion loss on the other rows; weight 0.5 lands between."""
+    from imagen_app.models.schedules import noise_schedule
+    from imagen_app.training.train import diffusion_loss
+
+    unet = ImagenUNet(sample_size=16, text_embed_dim=16, **TINY_UNET)
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.1)
+    sched = noise_schedule()
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    embeds, mask = torch.randn(4, 4, 16), torch.ones(4, 4, dtype=torch.bool)
+
+    def loss(weight, rows):
+        torch.manual_seed(0)
+        cfg = config(tmp_path, text_encoder_dir, image_folder, teacher_target_weight=weight, cond_drop_prob=0.0)
+        return diffusion_loss(unet, sched, images, embeds, mask, None, cfg, teacher=unet if weight else None,
+                              teacher_rows=torch.tensor(rows)).item()
+
+    plain = loss(0.0, [True] * 4)
+    assert plain > 0
+    assert loss(1.0, [True] * 4) == pytest.approx(0.0, abs=1e-12)
+    half_rows = loss(1.0, [True, True, False, False])
+    assert 0 < half_rows < plain
+    assert half_rows < loss(0.5, [True, True, False, False]) < plain
+
+
+def test_a_run_with_teacher_targets_trains_and_needs_a_starting_stage(tmp_path, text_encoder_dir, image_folder):
+    """A fine-tune with `teacher_target_weight` starts from `init_from` and trains; without `init_from` (no stage
+    to hold) it is an error, not a silent plain run."""
+    first = config(tmp_path, text_encoder_dir, image_folder, max_steps=2)
+    assert train(first) == 2
+    stage = tmp_path / "stage"
+    export_stage(first.run_dir, str(stage))
+    logged = []
+    tuned = config(tmp_path, text_encoder_dir, image_folder, run_dir=str(tmp_path / "tuned"), init_from=str(stage),
+                   teacher_target_weight=1.0, max_steps=2)
+    assert train(tuned, log=logged.append) == 2
+    assert any("own predictions" in line for line in logged)
+    with pytest.raises(ValueError, match="init_from"):
+        train(config(tmp_path, text_encoder_dir, image_folder, run_dir=str(tmp_path / "bad"), teacher_target_weight=1.0))
