@@ -102,6 +102,7 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
     torch.manual_seed(cfg.seed)  # the initial weights, then the training noise
     unet = initial_unet(cfg, text_encoder.config.d_model, use_init_from=resume_from is None, log=log)
     teacher = starting_stage(cfg, device, log)
+    held_rows = non_scene_rows(data, device) if teacher is not None else None  # once: indexed by each batch's rows
     rng = process_rng(cfg.seed, rank)
     scheduler = noise_schedule(cfg.beta_schedule, unet.config.prediction_type)
 
@@ -144,7 +145,7 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
             images, captions, lowres = make_batch(data, cfg, rng, device, idx, live)
             embeds, mask = encoder.encode(captions, device=device)
             loss = diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg,
-                                  teacher=teacher, teacher_rows=non_scene_rows(data, idx, device) if teacher else None)
+                                  teacher=teacher, teacher_rows=held_rows[idx] if held_rows is not None else None)
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)  # DDP averages the gradients over the ranks
             accelerator.clip_grad_norm_(unet.parameters(), 1.0)
@@ -296,12 +297,12 @@ def starting_stage(cfg: TrainConfig, device, log) -> Optional[ImagenUNet]:
     return teacher
 
 
-def non_scene_rows(data, idx, device) -> torch.Tensor:
-    """(b,) bool: the batch rows that are not scenes (every row of a folder without families)."""
+def non_scene_rows(data, device) -> torch.Tensor:
+    """(len(data),) bool: the rows that are not scenes (every row of a folder without families)."""
     from .scenes import FAMILY_PREFIX
 
     families = data.families or [None] * len(data)
-    return torch.tensor([not (families[i] or "").startswith(FAMILY_PREFIX) for i in idx], device=device)
+    return torch.tensor([not (f or "").startswith(FAMILY_PREFIX) for f in families], device=device)
 
 
 def ink_weight(images: torch.Tensor, extra: float) -> torch.Tensor:
