@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
 
 from .data import CaptionedImages, Emoji, render
 from .recolour import COLOUR_WORDS, main_colour, recolour
@@ -393,8 +394,13 @@ class LiveScenes:
     the stored images. Rows of other families are passed through unchanged."""
 
     def __init__(self, world: SceneWorld, size: int, all_captions: bool = True,
-                 size_ranges: Optional[Dict[str, Sequence[float]]] = None):
+                 size_ranges: Optional[Dict[str, Sequence[float]]] = None,
+                 other_rows_scale: Optional[Sequence[float]] = None):
         self.world, self.size, self.all_captions = world, size, all_captions
+        # (smallest, largest) fraction of the side the rows that are not scenes are shrunk to, or None: as stored
+        self.other_rows_scale = tuple(other_rows_scale) if other_rows_scale else None
+        if self.other_rows_scale and not 0 < self.other_rows_scale[0] <= self.other_rows_scale[1] <= 1:
+            raise ValueError(f"other_rows_scale: (smallest, largest) fractions in (0, 1], not {other_rows_scale}")
         # task -> (smallest, largest) object size as a fraction of the side, in place of SIZE_RANGE's
         self.size_ranges = {task: tuple(r) for task, r in (size_ranges or {}).items()}
         unknown = set(self.size_ranges) - set(TASKS)
@@ -425,7 +431,23 @@ class LiveScenes:
         family = data.families[i] if data.families else None
         if family and family.startswith(FAMILY_PREFIX):
             return self.draw(family[len(FAMILY_PREFIX):], rng)
-        return data.images[i], data.sample_caption(i, rng)
+        image, caption = data.images[i], data.sample_caption(i, rng)
+        if self.other_rows_scale:
+            image = shrink_onto_white(image, rng.uniform(*self.other_rows_scale), rng)
+        return image, caption
+
+
+def shrink_onto_white(image: np.ndarray, fraction: float, rng: random.Random) -> np.ndarray:
+    """`image` (on white) shrunk to `fraction` of its side and pasted at a random place on a white image of its size:
+    a base stage larger than the one that learned the emoji sees them at the scale it drew them (a 64 px stage
+    trained from the 32 px one, emoji at ~32 px), so what it knew carries over to the objects of its scenes."""
+    side = image.shape[0]
+    small = max(4, round(side * fraction))
+    piece = np.asarray(Image.fromarray(image).resize((small, small), Image.BOX))
+    y, x = rng.randint(0, side - small), rng.randint(0, side - small)
+    canvas = np.full_like(image, 255)
+    canvas[y:y + small, x:x + small] = piece
+    return canvas
 
 
 def held_out_lines(world: SceneWorld, per_task: int = 32, seed: int = 0) -> List[str]:

@@ -224,13 +224,15 @@ def load_images(cfg: TrainConfig):
 def live_scenes(cfg: TrainConfig, data):
     """The scenes.LiveScenes that composes the scene rows of `data` afresh, or None (`live_scenes` off)."""
     if not cfg.live_scenes:
+        if cfg.other_rows_scale or cfg.scene_size_ranges:
+            raise ValueError("other_rows_scale and scene_size_ranges need live_scenes: true")
         return None
     from .scenes import FAMILY_PREFIX, LiveScenes, load_scene_world
 
     if not any(f.startswith(FAMILY_PREFIX) for f in data.families or ()):
         raise ValueError(f"live_scenes: {cfg.data} has no scene rows (families {FAMILY_PREFIX!r}...)")
     return LiveScenes(load_scene_world(), cfg.resolution, all_captions=cfg.caption_variants,
-                      size_ranges=cfg.scene_size_ranges)
+                      size_ranges=cfg.scene_size_ranges, other_rows_scale=cfg.other_rows_scale)
 
 
 def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, live=None):

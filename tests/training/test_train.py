@@ -537,6 +537,9 @@ def test_live_scenes_compose_the_scene_rows_of_a_batch(text_encoder_dir, image_f
     with pytest.raises(ValueError, match="no scene rows"):  # asked for live scenes on a folder without any
         live_scenes(dataclasses.replace(cfg, live_scenes=True), plain)
     assert live_scenes(cfg, plain) is None
+    for knob in (dict(other_rows_scale=[0.4, 0.6]), dict(scene_size_ranges={"colours": [0.8, 1.0]})):
+        with pytest.raises(ValueError, match="need live_scenes"):  # would be silently ignored on stored rows
+            live_scenes(dataclasses.replace(cfg, **knob), plain)
     stored = np.full((2, 32, 32, 3), 255, np.uint8)
     data = CaptionedImages(stored, [["panda"], ["a cat and a dog"]], ["single emoji", FAMILY_PREFIX + "two objects"])
     idx = [0, 1] * 8
