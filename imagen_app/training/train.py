@@ -144,8 +144,9 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
                 [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
             images, captions, lowres = make_batch(data, cfg, rng, device, idx, live)
             embeds, mask = encoder.encode(captions, device=device)
-            loss = diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg,
-                                  teacher=teacher, teacher_rows=held_rows[idx] if held_rows is not None else None)
+            with accelerator.autocast():  # mixed precision for the teacher too (the prepared U-Net has its own)
+                loss = diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg,
+                                      teacher=teacher, teacher_rows=held_rows[idx] if held_rows is not None else None)
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)  # DDP averages the gradients over the ranks
             accelerator.clip_grad_norm_(unet.parameters(), 1.0)

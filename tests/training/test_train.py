@@ -588,3 +588,29 @@ def test_a_run_with_teacher_targets_trains_and_needs_a_starting_stage(tmp_path, 
     assert any("own predictions" in line for line in logged)
     with pytest.raises(ValueError, match="init_from"):
         train(config(tmp_path, text_encoder_dir, image_folder, run_dir=str(tmp_path / "bad"), teacher_target_weight=1.0))
+
+
+def test_bf16_mixed_precision_trains_in_bf16_with_fp32_weights(tmp_path, text_encoder_dir, image_folder):
+    """`"mixed_precision": "bf16"` on the CPU (1.6x faster a step where the CPU has bf16 instructions): the forward
+    really runs in bf16 (the weights differ from the same run in fp32 by rounding), the stored weights stay fp32, and
+    the run learns as the fp32 one does (same seed: close weights). In its own process: accelerate fixes the mixed
+    precision of a process at its first Accelerator."""
+    from dataclasses import asdict
+
+    runs = {}
+    for precision in ("no", "bf16"):
+        cfg = config(tmp_path / precision, text_encoder_dir, image_folder, max_steps=3, mixed_precision=precision,
+                     teacher_target_weight=0.0)
+        path = tmp_path / f"{precision}.json"
+        path.write_text(json.dumps(asdict(cfg)))
+        out = subprocess.run([sys.executable, "-m", "imagen_app", "train", str(path)], capture_output=True,
+                             text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        assert f"mixed precision {precision}" in out.stdout + out.stderr
+        runs[precision] = read_checkpoint(os.path.join(cfg.run_dir, CHECKPOINT))["unet"]
+    fp32, bf16 = runs["no"], runs["bf16"]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in bf16.values())
+    moved = [k for k in fp32 if not torch.equal(fp32[k], bf16[k])]
+    assert moved, "bf16 left the run bit-identical to fp32: autocast was not on"
+    for key in moved:  # three steps at lr 1e-3: rounding-level differences, not another run
+        torch.testing.assert_close(bf16[key], fp32[key], rtol=0.05, atol=2e-3, msg=key)
