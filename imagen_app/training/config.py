@@ -72,8 +72,8 @@ class TrainConfig:
     # With live_scenes: object sizes (smallest, largest fraction of the side) by task in place of scenes.SIZE_RANGE,
     # e.g. {"colours": [0.8, 1.0]}: a coloured object as large as a single emoji, the scale the stage draws it at.
     scene_size_ranges: Optional[dict] = None
-    # With live_scenes: the rows that are not scenes shrunk to (smallest, largest) fraction of the side at a random
-    # place on white, e.g. [0.4, 0.6]: a 64 px base stage from the 32 px one sees each emoji at the scale it draws it.
+    # The rows that are not scenes shrunk to (smallest, largest) fraction of the side at a random place on white,
+    # e.g. [0.4, 0.6]: a 64 px base stage from the 32 px one sees each emoji at the scale it draws it.
     other_rows_scale: Optional[list] = None
     record_ranks: bool = False  # for tests: ranks.jsonl gets every rank's batch indices and weight hash at every step
     seed: int = 0

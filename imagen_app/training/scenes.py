@@ -394,13 +394,8 @@ class LiveScenes:
     the stored images. Rows of other families are passed through unchanged."""
 
     def __init__(self, world: SceneWorld, size: int, all_captions: bool = True,
-                 size_ranges: Optional[Dict[str, Sequence[float]]] = None,
-                 other_rows_scale: Optional[Sequence[float]] = None):
+                 size_ranges: Optional[Dict[str, Sequence[float]]] = None):
         self.world, self.size, self.all_captions = world, size, all_captions
-        # (smallest, largest) fraction of the side the rows that are not scenes are shrunk to, or None: as stored
-        self.other_rows_scale = tuple(other_rows_scale) if other_rows_scale else None
-        if self.other_rows_scale and not 0 < self.other_rows_scale[0] <= self.other_rows_scale[1] <= 1:
-            raise ValueError(f"other_rows_scale: (smallest, largest) fractions in (0, 1], not {other_rows_scale}")
         # task -> (smallest, largest) object size as a fraction of the side, in place of SIZE_RANGE's
         self.size_ranges = {task: tuple(r) for task, r in (size_ranges or {}).items()}
         unknown = set(self.size_ranges) - set(TASKS)
@@ -431,10 +426,7 @@ class LiveScenes:
         family = data.families[i] if data.families else None
         if family and family.startswith(FAMILY_PREFIX):
             return self.draw(family[len(FAMILY_PREFIX):], rng)
-        image, caption = data.images[i], data.sample_caption(i, rng)
-        if self.other_rows_scale:
-            image = shrink_onto_white(image, rng.uniform(*self.other_rows_scale), rng)
-        return image, caption
+        return data.images[i], data.sample_caption(i, rng)
 
 
 def shrink_onto_white(image: np.ndarray, fraction: float, rng: random.Random) -> np.ndarray:

@@ -225,15 +225,15 @@ def load_images(cfg: TrainConfig):
 def live_scenes(cfg: TrainConfig, data):
     """The scenes.LiveScenes that composes the scene rows of `data` afresh, or None (`live_scenes` off)."""
     if not cfg.live_scenes:
-        if cfg.other_rows_scale or cfg.scene_size_ranges:
-            raise ValueError("other_rows_scale and scene_size_ranges need live_scenes: true")
+        if cfg.scene_size_ranges:
+            raise ValueError("scene_size_ranges needs live_scenes: true (stored scenes keep the sizes they were made at)")
         return None
     from .scenes import FAMILY_PREFIX, LiveScenes, load_scene_world
 
     if not any(f.startswith(FAMILY_PREFIX) for f in data.families or ()):
         raise ValueError(f"live_scenes: {cfg.data} has no scene rows (families {FAMILY_PREFIX!r}...)")
     return LiveScenes(load_scene_world(), cfg.resolution, all_captions=cfg.caption_variants,
-                      size_ranges=cfg.scene_size_ranges, other_rows_scale=cfg.other_rows_scale)
+                      size_ranges=cfg.scene_size_ranges)
 
 
 def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, live=None):
@@ -245,6 +245,8 @@ def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, liv
     else:
         pixels = [data.images[i] for i in idx]
         captions = [data.sample_caption(i, rng) for i in idx]
+    if cfg.other_rows_scale:
+        pixels = shrunk_other_rows(data, idx, pixels, cfg.other_rows_scale, rng)
     images = pixels_to_tensor(pixels)
     if cfg.typed_form_share:
         captions = [framed_caption(c, rng, cfg.typed_form_share) for c in captions]
@@ -262,6 +264,19 @@ def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, liv
             images, lowres = torch.stack(crops_hi), torch.stack(crops_lo)
         lowres = lowres.to(device)
     return images.to(device), captions, lowres
+
+
+def shrunk_other_rows(data, idx, pixels, scale, rng: random.Random) -> list:
+    """`pixels` with every row that is not a scene shrunk to a fraction of the side drawn from `scale` (smallest,
+    largest) and placed at random on white (`other_rows_scale`, scenes.shrink_onto_white)."""
+    from .scenes import FAMILY_PREFIX, shrink_onto_white
+
+    low, high = scale
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"other_rows_scale: (smallest, largest) fractions of the side in (0, 1], not {list(scale)}")
+    families = data.families or [None] * len(data)
+    return [p if (families[i] or "").startswith(FAMILY_PREFIX) else shrink_onto_white(p, rng.uniform(low, high), rng)
+            for i, p in zip(idx, pixels)]
 
 
 # --- model -----------------------------------------------------------------------------------------------------

@@ -131,25 +131,3 @@ def test_live_scenes_can_draw_a_task_at_other_sizes(scene_world):
     with pytest.raises(ValueError, match="no such task"):
         LiveScenes(scene_world, 32, size_ranges={"colour": [0.8, 1.0]})
 
-
-def test_live_scenes_can_shrink_the_other_rows_to_the_scale_of_a_smaller_stage(scene_world):
-    """`other_rows_scale`: a row that is not a scene is shrunk to that fraction of the side and placed at a random
-    place on white (the whole of its ink kept, nothing else drawn); scene rows are untouched; bad ranges refused."""
-    stored = np.full((2, 64, 64, 3), 255, np.uint8)
-    stored[0, 8:56, 8:56] = (200, 30, 30)  # a red square of 48 px on white
-    data = CaptionedImages(stored, [["red square"], ["a cat and a dog"]], ["single emoji", FAMILY_PREFIX + "two objects"])
-    live = LiveScenes(scene_world, 64, all_captions=False, other_rows_scale=[0.5, 0.5])
-    corners = set()
-    for k in range(12):
-        image, caption = live.item(data, 0, random.Random(k))
-        ys, xs = np.where((255 - image.astype(int)).max(axis=2) > 24)
-        assert caption == "red square" and image.shape == (64, 64, 3)
-        assert 22 <= ys.max() - ys.min() + 1 <= 26 and 22 <= xs.max() - xs.min() + 1 <= 26  # 48 px * 0.5
-        assert abs(int(image[ys.mean().astype(int), xs.mean().astype(int), 0]) - 200) < 10  # still red
-        corners.add((ys.min(), xs.min()))
-    assert len(corners) > 6  # placed anywhere, not in one slot
-    scene, caption = live.item(data, 1, random.Random(0))
-    assert " and " in caption and scene.shape == (64, 64, 3)
-    for bad in ([0.0, 0.5], [0.7, 0.5], [0.5, 1.5]):
-        with pytest.raises(ValueError, match="other_rows_scale"):
-            LiveScenes(scene_world, 64, other_rows_scale=bad)

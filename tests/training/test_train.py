@@ -537,9 +537,8 @@ def test_live_scenes_compose_the_scene_rows_of_a_batch(text_encoder_dir, image_f
     with pytest.raises(ValueError, match="no scene rows"):  # asked for live scenes on a folder without any
         live_scenes(dataclasses.replace(cfg, live_scenes=True), plain)
     assert live_scenes(cfg, plain) is None
-    for knob in (dict(other_rows_scale=[0.4, 0.6]), dict(scene_size_ranges={"colours": [0.8, 1.0]})):
-        with pytest.raises(ValueError, match="need live_scenes"):  # would be silently ignored on stored rows
-            live_scenes(dataclasses.replace(cfg, **knob), plain)
+    with pytest.raises(ValueError, match="needs live_scenes"):  # would be silently ignored on stored scenes
+        live_scenes(dataclasses.replace(cfg, scene_size_ranges={"colours": [0.8, 1.0]}), plain)
     stored = np.full((2, 32, 32, 3), 255, np.uint8)
     data = CaptionedImages(stored, [["panda"], ["a cat and a dog"]], ["single emoji", FAMILY_PREFIX + "two objects"])
     idx = [0, 1] * 8
@@ -614,3 +613,34 @@ def test_bf16_mixed_precision_trains_in_bf16_with_fp32_weights(tmp_path, text_en
     assert moved, "bf16 left the run bit-identical to fp32: autocast was not on"
     for key in moved:  # three steps at lr 1e-3: rounding-level differences, not another run
         torch.testing.assert_close(bf16[key], fp32[key], rtol=0.05, atol=2e-3, msg=key)
+
+
+def test_other_rows_scale_shrinks_the_rows_that_are_not_scenes(text_encoder_dir, image_folder, tmp_path):
+    """`other_rows_scale`: each row that is not a scene is shrunk to that fraction of the side and placed at a random
+    place on white (all of its ink kept, nothing else drawn), stored or live; scene rows are untouched; a range
+    outside (0, 1] is refused."""
+    import random
+
+    from imagen_app.training.data import CaptionedImages
+    from imagen_app.training.scenes import FAMILY_PREFIX
+    from imagen_app.training.train import make_batch
+
+    stored = np.full((2, 64, 64, 3), 255, np.uint8)
+    stored[0, 8:56, 8:56] = (200, 30, 30)  # a red square of 48 px on white
+    stored[1, :, :32] = 0  # a "scene" row: left half black
+    data = CaptionedImages(stored, [["red square"], ["a cat and a dog"]], ["single emoji", FAMILY_PREFIX + "two objects"])
+    cfg = config(tmp_path, text_encoder_dir, image_folder, resolution=64, batch_size=12, other_rows_scale=[0.5, 0.5])
+    images, captions, _ = make_batch(data, cfg, random.Random(0), "cpu", [0] * 11 + [1])
+    pixels = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(int)
+    corners = set()
+    for image in pixels[:11]:
+        ys, xs = np.where((255 - image).max(axis=2) > 24)
+        assert 22 <= ys.max() - ys.min() + 1 <= 26 and 22 <= xs.max() - xs.min() + 1 <= 26  # 48 px * 0.5
+        assert abs(image[int(ys.mean()), int(xs.mean()), 0] - 200) < 10  # still red
+        corners.add((ys.min(), xs.min()))
+    assert len(corners) > 6  # placed anywhere, not in one slot
+    assert captions == ["red square"] * 11 + ["a cat and a dog"]
+    assert np.array_equal(pixels[11], stored[1])  # the scene row as stored
+    for bad in ([0.0, 0.5], [0.7, 0.5], [0.5, 1.5]):
+        with pytest.raises(ValueError, match="other_rows_scale"):
+            make_batch(data, dataclasses.replace(cfg, other_rows_scale=bad), random.Random(0), "cpu", [0, 1])
