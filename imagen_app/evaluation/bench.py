@@ -18,6 +18,7 @@ from torch import nn
 from ..threads import current_choice
 from ..models.unet import upsample_lowres
 from ..pipeline.pipeline import ImagenPipeline
+from ..pipeline.precision import unet_autocast
 
 
 def n_params(model: nn.Module) -> int:
@@ -82,8 +83,14 @@ class BaselineAdapter(nn.Module):
 
 
 @torch.no_grad()
-def time_unet(unet, batch: int, text_len: int, repeats: int) -> float:
-    """Median ms of one forward pass at the stage's resolution."""
+def time_unet(unet, batch: int, text_len: int, repeats: int, bf16: bool = False) -> float:
+    """Median ms of one forward pass at the stage's resolution (in bf16 autocast where `bf16`, as the pipeline's
+    `cpu_bf16` runs it)."""
+    with unet_autocast(unet, bf16):
+        return _time_unet(unet, batch, text_len, repeats)
+
+
+def _time_unet(unet, batch: int, text_len: int, repeats: int) -> float:
     cfg = unet.config
     size = cfg.sample_size
     x = torch.randn(batch, cfg.in_channels, size, size)
@@ -125,30 +132,32 @@ def run_bench(weights: str, prompt: str = "red heart", repeats: int = 5, baselin
     for k, unet in enumerate(pipe.unets):
         batch = 2 if stages[k].guidance_scale != 1.0 else 1  # CFG runs both branches in one call
         row = dict(stage=k + 1, resolution=unet.config.sample_size, batch=batch, params=n_params(unet),
-                   ms=time_unet(unet, batch, text_len, repeats))
+                   ms=time_unet(unet, batch, text_len, repeats, pipe.cpu_bf16))
         if baseline:
             base = baseline_unet(unet, row["params"]).eval()
             baselines[k] = BaselineAdapter(base, unet)
-            row.update(baseline_params=n_params(base), baseline_ms=time_unet(baselines[k], batch, text_len, repeats))
+            row.update(baseline_params=n_params(base), baseline_ms=time_unet(baselines[k], batch, text_len, repeats,
+                                                                  pipe.cpu_bf16))
         rows.append(row)
     total, stage_s = time_end_to_end(pipe, prompt, repeats)
     threads = current_choice()  # what the CLI chose (threads.py), or the caller's own setting
     result = dict(prompt=prompt, threads=threads.threads, threads_chosen_by=threads.reason, stages=rows,
-                  end_to_end_s=total)
+                  end_to_end_s=total, cpu_bf16=pipe.cpu_bf16)
     for row, s in zip(rows, stage_s):
         row["stage_s"] = s
     if baseline:
         stages = {f"scheduler_{k + 1}": s for k, s in enumerate(pipe.schedulers)}
         stages.update({f"unet_{k + 1}": b for k, b in baselines.items()})
         base_pipe = ImagenPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, **stages)
-        base_pipe.settings = pipe.settings
+        base_pipe.settings, base_pipe.cpu_bf16 = pipe.settings, pipe.cpu_bf16
         base_pipe.set_progress_bar_config(disable=True)
         base_total, base_stage_s = time_end_to_end(base_pipe, prompt, max(1, repeats // 2))
         result["baseline_end_to_end_s"] = base_total
         for row, s in zip(rows, base_stage_s):
             row["baseline_stage_s"] = s
 
-    print(f"prompt {prompt!r}, {threads.describe()}, default settings; medians of {repeats} runs")
+    precision = "bf16 autocast" if pipe.cpu_bf16 else "float32"
+    print(f"prompt {prompt!r}, {threads.describe()}, {precision}, default settings; medians of {repeats} runs")
     header = f"{'stage':>5} {'px':>4} {'batch':>5} {'params':>8} {'ms/eval':>8} {'stage s':>8}"
     if baseline:
         header += f" | {'UNet2DCond params':>17} {'ms/eval':>8} {'stage s':>8} {'speed-up':>8}"

@@ -348,7 +348,8 @@ class IFStageDenoiser:
         if self.use_cfg:
             unet_input = torch.cat([unet_input, unet_input])
             labels = None if labels is None else torch.cat([labels, labels])
-        out = self.unet(unet_input, t, encoder_hidden_states=self.embeds, class_labels=labels, return_dict=False)[0]
+        out = self.unet(unet_input, t, encoder_hidden_states=self.embeds, class_labels=labels,
+                        return_dict=False)[0].to(model_input.dtype)  # float32 under bf16 autocast (precision.py)
         c = x.shape[1]
         eps, variance = out[:, :c], out[:, c:]  # (B or 2B, 3, H, W) each
         if self.use_cfg:

@@ -92,7 +92,9 @@ class StageDenoiser:
     def model_output(self, model_input: torch.Tensor, t) -> torch.Tensor:
         """The U-Net's prediction with classifier-free guidance (Imagen §2.2)."""
         unet_input = torch.cat([model_input, model_input]) if self.use_cfg else model_input
+        # in the sample's dtype: under bf16 autocast (precision.py) guidance and x0 stay float32
         out = self.unet(unet_input, t, self.embeds, self.mask, return_dict=False, **self.unet_kwargs)[0]
+        out = out.to(model_input.dtype)
         if self.use_cfg:
             out = classifier_free_guidance(*out.chunk(2), self.guidance_scale)
         return out

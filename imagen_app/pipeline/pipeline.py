@@ -32,6 +32,7 @@ from ..images import to_pil
 from ..models.caption_vocabulary import CaptionVocabulary
 from ..models.text_encoder import PromptEncoder, PromptReport, check_text
 from ..models.unet import ImagenUNet
+from .precision import default_cpu_bf16, unet_autocast
 from .settings import StageSettings, check_resolved, given_settings, resolve_settings, settings_kwargs, whole_number
 from .stages import NativeStage, native_scheduler
 
@@ -117,6 +118,8 @@ class ImagenPipeline(DiffusionPipeline):
         # are encoded as the name itself ("japan" -> "flag: japan"; caption_vocabulary.py). None: normalisation only.
         self.vocabulary: Optional[CaptionVocabulary] = None
         self._lock = threading.Lock()
+        # U-Net calls in bf16 autocast on a CPU with bf16 instructions (about 2x faster; precision.py)
+        self.cpu_bf16: bool = default_cpu_bf16()
 
     @classmethod
     def _get_signature_keys(cls, obj):
@@ -349,7 +352,8 @@ class ImagenPipeline(DiffusionPipeline):
         # Ancestral samplers (DDPM, Euler ancestral) draw noise at every step: from the caller's generator(s).
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
         for i, t in enumerate(timesteps):
-            with attention.recorder if attention is not None else contextlib.nullcontext():
+            with attention.recorder if attention is not None else contextlib.nullcontext(), \
+                    unet_autocast(unet, self.cpu_bf16):
                 model_output, x0 = denoise(x, t)
             result = sched.step(model_output, t, x, return_dict=True, **step_kwargs)
             x = result.prev_sample
