@@ -285,16 +285,14 @@ def test_killing_the_launcher_stops_its_workers_with_a_checkpoint(launcher, tmp_
 def test_every_config_trains_two_steps_and_resumes_from_its_checkpoint(name, tmp_path, monkeypatch):
     """The config as it is (its U-Net, data, text encoder, schedule, init_from), at batch 2 and 1 thread: 2 steps,
     then a resume to step 3 from its own checkpoint. Configs whose data or text encoder a clean clone lacks (written
-    under runs/, an ignored folder, even where this checkout has them) or that need a GPU are skipped."""
-    import torch
-
+    under runs/, an ignored folder, even where this checkout has them) or that use mixed precision are skipped."""
     monkeypatch.chdir(ROOT)
     cfg = TrainConfig.load(name, run_dir=str(tmp_path / "run"), max_steps=2, batch_size=2, threads=1)
     for what, path in (("data", cfg.data), ("text encoder", cfg.text_encoder), ("init_from", cfg.init_from)):
         if path and path != "emoji" and (not os.path.exists(path) or os.path.normpath(path).split(os.sep)[0] == "runs"):
             pytest.skip(f"its {what} {path} is not in a clean clone")
-    if cfg.mixed_precision != "no" and not torch.cuda.is_available():
-        pytest.skip(f"mixed precision {cfg.mixed_precision} needs a GPU")
+    if cfg.mixed_precision != "no":  # accelerate fixes it per process; bf16 on the CPU: test_train's bf16 test
+        pytest.skip(f"mixed precision {cfg.mixed_precision}: another process's accelerate state")
     logs = []
     assert train(cfg, log=logs.append) == 2
     assert any(f"starting from the exported stage {cfg.init_from}" in m for m in logs) == bool(cfg.init_from)
