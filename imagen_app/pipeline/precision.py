@@ -1,8 +1,9 @@
 """bf16 autocast for the U-Nets on a CPU that has bf16 instructions.
 
 On such a CPU (AVX512-BF16 or AMX: recent AMD EPYC and Intel Xeon) oneDNN runs the convolutions and matrix
-products in bfloat16 about twice as fast as in float32 (the 512 px stage: 574 -> 266 ms a call on this project's
-2-core machine), while the weights, the schedulers' arithmetic and the images stay float32. Elsewhere bf16 would be
+products in bfloat16 about twice as fast as in float32 (the 512 px stage: 462-604 -> 227-339 ms a call on this
+project's 2-core AMD EPYC, docs/evaluation.md#timing), while the weights, guidance, the schedulers' arithmetic and
+the images stay float32. Elsewhere bf16 would be
 emulated and slower, so it is on only where the CPU has the instructions. IMAGEN_CPU_BF16=0 (or 1) overrides the
 choice; so does setting `ImagenPipeline.cpu_bf16`.
 """
