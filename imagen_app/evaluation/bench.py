@@ -86,11 +86,6 @@ class BaselineAdapter(nn.Module):
 def time_unet(unet, batch: int, text_len: int, repeats: int, bf16: bool = False) -> float:
     """Median ms of one forward pass at the stage's resolution (in bf16 autocast where `bf16`, as the pipeline's
     `cpu_bf16` runs it)."""
-    with unet_autocast(unet, bf16):
-        return _time_unet(unet, batch, text_len, repeats)
-
-
-def _time_unet(unet, batch: int, text_len: int, repeats: int) -> float:
     cfg = unet.config
     size = cfg.sample_size
     x = torch.randn(batch, cfg.in_channels, size, size)
@@ -98,12 +93,13 @@ def _time_unet(unet, batch: int, text_len: int, repeats: int) -> float:
     mask = torch.ones(batch, text_len, dtype=torch.bool)
     extra = dict(lowres_image=torch.randn(batch, 3, size // 4, size // 4), noise_aug_level=torch.zeros(batch)) \
         if cfg.lowres_cond else {}
-    unet(x, 500, emb, mask, **extra)  # warm-up
     times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        unet(x, 500, emb, mask, **extra)
-        times.append((time.perf_counter() - t0) * 1000)
+    with unet_autocast(unet, bf16):
+        unet(x, 500, emb, mask, **extra)  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            unet(x, 500, emb, mask, **extra)
+            times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
 
 

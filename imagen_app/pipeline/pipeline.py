@@ -351,9 +351,9 @@ class ImagenPipeline(DiffusionPipeline):
             timesteps, x = edit.start(sched, noise, denoise.base)
         # Ancestral samplers (DDPM, Euler ancestral) draw noise at every step: from the caller's generator(s).
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(sched.step).parameters else {}
+        precision = unet_autocast(unet, self.cpu_bf16)  # chosen once a stage, entered at every step
         for i, t in enumerate(timesteps):
-            with attention.recorder if attention is not None else contextlib.nullcontext(), \
-                    unet_autocast(unet, self.cpu_bf16):
+            with attention.recorder if attention is not None else contextlib.nullcontext(), precision:
                 model_output, x0 = denoise(x, t)
             result = sched.step(model_output, t, x, return_dict=True, **step_kwargs)
             x = result.prev_sample

@@ -78,6 +78,11 @@ class TrainConfig:
     record_ranks: bool = False  # for tests: ranks.jsonl gets every rank's batch indices and weight hash at every step
     seed: int = 0
 
+    def __post_init__(self):
+        scale = self.other_rows_scale  # checked once here, not at every batch
+        if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"other_rows_scale: (smallest, largest) fractions of the side in (0, 1], not {list(scale)}")
+
     @classmethod
     def load(cls, path: str, **overrides) -> "TrainConfig":
         """The config of a file (its `extends` resolved), with the `overrides` that are not None on top."""

@@ -423,10 +423,16 @@ class LiveScenes:
 
     def item(self, data: CaptionedImages, i: int, rng: random.Random) -> Tuple[np.ndarray, str]:
         """Row `i` of `data`: a fresh scene of its task when it is a scene row, else its image and a caption."""
-        family = data.families[i] if data.families else None
-        if family and family.startswith(FAMILY_PREFIX):
-            return self.draw(family[len(FAMILY_PREFIX):], rng)
+        task = scene_task(data, i)
+        if task is not None:
+            return self.draw(task, rng)
         return data.images[i], data.sample_caption(i, rng)
+
+
+def scene_task(data: CaptionedImages, i: int) -> Optional[str]:
+    """The GenEval task row `i` of `data` is a scene of (its family "scenes: <task>"), or None for any other row."""
+    family = data.families[i] if data.families else None
+    return family[len(FAMILY_PREFIX):] if family and family.startswith(FAMILY_PREFIX) else None
 
 
 def shrink_onto_white(image: np.ndarray, fraction: float, rng: random.Random) -> np.ndarray:

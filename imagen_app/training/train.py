@@ -269,13 +269,9 @@ def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, liv
 def shrunk_other_rows(data, idx, pixels, scale, rng: random.Random) -> list:
     """`pixels` with every row that is not a scene shrunk to a fraction of the side drawn from `scale` (smallest,
     largest) and placed at random on white (`other_rows_scale`, scenes.shrink_onto_white)."""
-    from .scenes import FAMILY_PREFIX, shrink_onto_white
+    from .scenes import scene_task, shrink_onto_white
 
-    low, high = scale
-    if not 0 < low <= high <= 1:
-        raise ValueError(f"other_rows_scale: (smallest, largest) fractions of the side in (0, 1], not {list(scale)}")
-    families = data.families or [None] * len(data)
-    return [p if (families[i] or "").startswith(FAMILY_PREFIX) else shrink_onto_white(p, rng.uniform(low, high), rng)
+    return [p if scene_task(data, i) is not None else shrink_onto_white(p, rng.uniform(*scale), rng)
             for i, p in zip(idx, pixels)]
 
 
@@ -317,10 +313,9 @@ def starting_stage(cfg: TrainConfig, device, log) -> Optional[ImagenUNet]:
 
 def non_scene_rows(data, device) -> torch.Tensor:
     """(len(data),) bool: the rows that are not scenes (every row of a folder without families)."""
-    from .scenes import FAMILY_PREFIX
+    from .scenes import scene_task
 
-    families = data.families or [None] * len(data)
-    return torch.tensor([not (f or "").startswith(FAMILY_PREFIX) for f in families], device=device)
+    return torch.tensor([scene_task(data, i) is None for i in range(len(data))], device=device)
 
 
 def ink_weight(images: torch.Tensor, extra: float) -> torch.Tensor:

@@ -130,4 +130,3 @@ def test_live_scenes_can_draw_a_task_at_other_sizes(scene_world):
     assert same == [ink_side(default.draw("two objects", random.Random(k))[0]) for k in range(10)]
     with pytest.raises(ValueError, match="no such task"):
         LiveScenes(scene_world, 32, size_ranges={"colour": [0.8, 1.0]})
-
