@@ -10,6 +10,11 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 for f in weights/*; do ln -s "$(realpath "$f")" "$OUT/"; done
 rm "$OUT/tokenizer" "$OUT/text_encoder"
 cp -r "$TEXT/tokenizer" "$TEXT/text_encoder" "$OUT/"
-if [ "$UNET_1" != - ]; then rm "$OUT/unet_1"; cp -r "$UNET_1" "$OUT/unet_1"; fi
-if [ "$UNET_2" != - ]; then rm "$OUT/unet_2"; cp -r "$UNET_2" "$OUT/unet_2"; fi
+for k in 1 2; do
+  STAGE=UNET_$k; STAGE=${!STAGE}
+  if [ "$STAGE" != - ]; then  # the stage, and the schedule it samples on (shifted for a folded stage)
+    rm "$OUT/unet_$k" "$OUT/scheduler_$k"; cp -r "$STAGE" "$OUT/unet_$k"
+    python -c "import sys; from imagen_app.training.export import stage_schedule; stage_schedule(sys.argv[1]).save_pretrained(sys.argv[2])" "$STAGE" "$OUT/scheduler_$k"
+  fi
+done
 echo "$OUT: weights/ with $TEXT, base stage $UNET_1, stage 2 $UNET_2 (-: shipped)"

@@ -30,6 +30,16 @@ far from the borders), while self-attention is blind to place. With this flag ev
 learned linear function of the pixel's (x, y) in [-1, 1] to its queries (zero at the start, so a trained stage
 draws as before): one slope per channel is all a query needs to prefer the first tone's key on the left.
 
+Space to depth (`space_to_depth`, not in the paper; the downsampling stem of Hoogeboom et al. 2023, "simple
+diffusion", §3): a base stage at f times the side folds each f x f block of pixels into channels before its first
+convolution and unfolds its output the same way, so its levels run at the feature sizes (and cost) of a stage of
+1/f the side. Two objects of a sentence get 2x the pixels of a 32 px stage at a 32 px stage's cost. The stage is
+preconditioned on its noise schedule (the one `schedules.noise_schedule` shifts for it): its input is scaled so that
+the mean of each block sees the noise level a 1/f-side stage saw at the same timestep, and its folded output is the
+1/f-side stage's v-prediction per pixel, turned into this stage's prediction through the x0 it implies. A 32 px stage
+folded by `with_space_to_depth` therefore draws at 64 px exactly what it drew at 32 px (each pixel a 2 x 2 block),
+and training only has to add what the finer grid can show.
+
 The null condition for classifier-free guidance is an all-masked text: every sample attends
 to `num_null_tokens` learned null tokens in addition to its text tokens, so an empty prompt
 (or a text dropped in training) sees only the learned null embedding, and attention is never
@@ -255,6 +265,8 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         text_position_embeddings: int = 0,
         text_position_init_scale: float = 0.0,
         pixel_coordinates: bool = False,
+        space_to_depth: int = 1,
+        space_to_depth_schedule: str = "squaredcos_cap_v2",
     ):
         super().__init__()
         n = len(block_out_channels)
@@ -268,6 +280,11 @@ class ImagenUNet(ModelMixin, ConfigMixin):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
         if residual and not lowres_cond:
             raise ValueError("residual=True is for super-resolution stages (lowres_cond=True)")
+        if space_to_depth < 1 or sample_size % space_to_depth:
+            raise ValueError(f"space_to_depth must be a whole divisor of sample_size {sample_size}, got {space_to_depth}")
+        if space_to_depth > 1 and (lowres_cond or prediction_type != "v_prediction"):
+            raise ValueError("space_to_depth is for v-prediction base stages (lowres_cond=False)")
+        folded = space_to_depth ** 2
         ch = list(block_out_channels)
         emb_dim = 4 * ch[0]
         self.time_embed = nn.Sequential(nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -286,7 +303,7 @@ class ImagenUNet(ModelMixin, ConfigMixin):
             self.text_positions = nn.Parameter(init)
         self.text_pool = AttentionPool(text_embed_dim, emb_dim)
 
-        self.conv_in = nn.Conv2d(in_channels * (2 if lowres_cond else 1), ch[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels * (2 if lowres_cond else 1) * folded, ch[0], 3, padding=1)
         level_args = dict(emb_dim=emb_dim, groups=norm_num_groups, context_dim=text_embed_dim, head_dim=attention_head_dim,
                           pixel_coordinates=pixel_coordinates)
         self.down_levels = nn.ModuleList()
@@ -305,7 +322,7 @@ class ImagenUNet(ModelMixin, ConfigMixin):
             # ... and upsample *after* them.
             self.upsamplers.append(upsampler(ch[i], ch[i - 1], upsample) if i else nn.Identity())
         self.norm_out = group_norm(ch[0], norm_num_groups)
-        self.conv_out = nn.Conv2d(ch[0], out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch[0], out_channels * folded, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -353,6 +370,12 @@ class ImagenUNet(ModelMixin, ConfigMixin):
             # improved-diffusion style: upsample the low-res image and concatenate it to the input.
             x = torch.cat([x, upsample_lowres(lowres_image.to(sample.dtype), h)], dim=1)
 
+        fold = self.config.space_to_depth
+        if fold > 1:
+            if h % fold or w % fold:
+                raise ValueError(f"a space_to_depth={fold} U-Net needs a side divisible by {fold}, got {h} x {w}")
+            levels = self._folded_noise_levels(timestep)
+            x = F.pixel_unshuffle(sample, fold) * levels["scale"].to(sample.dtype)
         x = self.conv_in(x)
         skips = []
         for down, level in zip(self.downsamplers, self.down_levels):
@@ -368,4 +391,50 @@ class ImagenUNet(ModelMixin, ConfigMixin):
                 x = attn(x, context, mask) if not isinstance(attn, nn.Identity) else x
             x = up(x)
         out = self.conv_out(F.silu(self.norm_out(x)))
+        if fold > 1:
+            out = self._unfolded_prediction(sample, F.pixel_shuffle(out.float(), fold), levels).to(out.dtype)
         return ImagenUNetOutput(sample=out) if return_dict else (out,)
+
+    def _folded_noise_levels(self, timestep: torch.Tensor) -> dict:
+        """(B, 1, 1, 1) each, float32: the stage's alpha and sigma at `timestep` (interpolated in log-SNR between the
+        schedule's integer steps, for samplers that ask between them), the input scale, and the alpha and sigma that
+        the mean of a fold x fold block then has: the noise level of the unshifted schedule at `timestep`."""
+        from .schedules import space_to_depth_alphas_cumprod
+
+        table = space_to_depth_alphas_cumprod(self.config.space_to_depth_schedule, self.config.space_to_depth)
+        log_snr = torch.logit(table.to(timestep.device).double())
+        t = timestep.double().clamp(0, len(table) - 1)
+        low = t.floor().long()
+        high = (low + 1).clamp(max=len(table) - 1)
+        alpha_bar = torch.sigmoid(torch.lerp(log_snr[low], log_snr[high], t - low)).float().view(-1, 1, 1, 1)
+        alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        block_sigma = sigma / self.config.space_to_depth  # the mean of fold**2 independent noises
+        norm = (alpha ** 2 + block_sigma ** 2).sqrt()
+        return dict(alpha=alpha, sigma=sigma, scale=1 / norm, block_alpha=alpha / norm, block_sigma=block_sigma / norm)
+
+    def _unfolded_prediction(self, sample: torch.Tensor, block_v: torch.Tensor, levels: dict) -> torch.Tensor:
+        """This stage's v from the unfolded output, read as the v-prediction of each pixel's block view: its x0 is the
+        block's (scaled) mean less block_sigma x output, and v = (alpha x - x0) / sigma."""
+        fold = self.config.space_to_depth
+        x = sample.float()
+        block_mean = F.interpolate(F.avg_pool2d(x, fold) * levels["scale"], scale_factor=fold, mode="nearest")
+        x0 = levels["block_alpha"] * block_mean - levels["block_sigma"] * block_v
+        return (levels["alpha"] * x - x0) / levels["sigma"]
+
+
+def with_space_to_depth(unet: ImagenUNet, fold: int, beta_schedule: str = "squaredcos_cap_v2") -> ImagenUNet:
+    """The v-prediction base stage `unet` at `fold` x its side, folded (`space_to_depth`): its first convolution reads
+    the mean of each block (the weights spread over the block's channels), its last writes the same prediction to
+    every pixel of the block, so at the start it draws exactly what `unet` draws, each pixel a fold x fold block."""
+    if unet.config.space_to_depth != 1:
+        raise ValueError("this U-Net is already folded")
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    config.update(sample_size=unet.config.sample_size * fold, space_to_depth=fold, space_to_depth_schedule=beta_schedule)
+    folded = ImagenUNet(**config).to(unet.device)
+    state = unet.state_dict()
+    blocks = fold ** 2  # pixel_unshuffle puts channel c's block at channels c * blocks ... c * blocks + blocks - 1
+    state["conv_in.weight"] = state["conv_in.weight"].repeat_interleave(blocks, dim=1) / blocks
+    state["conv_out.weight"] = state["conv_out.weight"].repeat_interleave(blocks, dim=0)
+    state["conv_out.bias"] = state["conv_out.bias"].repeat_interleave(blocks, dim=0)
+    folded.load_state_dict(state)
+    return folded if unet.dtype == torch.float32 else folded.to(dtype=unet.dtype)

@@ -32,6 +32,7 @@ from ..images import to_pil
 from ..models.caption_vocabulary import CaptionVocabulary
 from ..models.text_encoder import PromptEncoder, PromptReport, check_text
 from ..models.unet import ImagenUNet
+from ..models.schedules import check_stage_schedule
 from .precision import default_cpu_bf16, unet_autocast
 from .settings import StageSettings, check_resolved, given_settings, resolve_settings, settings_kwargs, whole_number
 from .stages import NativeStage, native_scheduler
@@ -110,6 +111,7 @@ class ImagenPipeline(DiffusionPipeline):
         for k in range(1, n + 1):
             if modules[f"scheduler_{k}"] is None:
                 raise ValueError(f"unet_{k} has no scheduler_{k}")
+            check_stage_schedule(f"unet_{k}", modules[f"unet_{k}"].config, modules[f"scheduler_{k}"])
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, **modules)
         self.num_stages = n
         self.settings = {k: (list(v) if isinstance(v, list) else v) for k, v in self.default_settings.items()}

@@ -83,6 +83,14 @@ class TrainConfig:
         if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
             raise ValueError(f"other_rows_scale: (smallest, largest) fractions of the side in (0, 1], not {list(scale)}")
 
+    def unet_arguments(self, text_embed_dim: int) -> dict:
+        """The ImagenUNet arguments of the stage this config trains (a folded stage runs on this run's schedule)."""
+        arguments = dict(self.unet, sample_size=self.resolution, text_embed_dim=text_embed_dim,
+                         lowres_cond=self.lowres_resolution is not None)
+        if self.unet.get("space_to_depth", 1) > 1:
+            arguments["space_to_depth_schedule"] = self.beta_schedule
+        return arguments
+
     @classmethod
     def load(cls, path: str, **overrides) -> "TrainConfig":
         """The config of a file (its `extends` resolved), with the `overrides` that are not None on top."""

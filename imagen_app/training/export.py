@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ..models.schedules import noise_schedule
+from ..models.schedules import stage_noise_schedule
 from ..models.text_encoder import load_text_encoder
 from ..models.unet import ImagenUNet
 from .checkpoints import CHECKPOINT, LEGACY_CHECKPOINT, checkpoint_path, read_checkpoint
@@ -36,12 +36,19 @@ def export_stage(run_dir: str, out_dir: str, fp16: bool = False) -> None:
     if path is None:
         raise FileNotFoundError(f"no {CHECKPOINT} (or {LEGACY_CHECKPOINT}) in {run_dir}")
     ckpt = read_checkpoint(path)
-    unet = ImagenUNet(**dict(cfg.unet, sample_size=cfg.resolution, text_embed_dim=text_embed_dim(cfg.text_encoder),
-                             lowres_cond=cfg.lowres_resolution is not None))
+    unet = ImagenUNet(**cfg.unet_arguments(text_embed_dim(cfg.text_encoder)))
     unet.load_state_dict(ckpt["ema"])
     (unet.half() if fp16 else unet).save_pretrained(out_dir, safe_serialization=True)
     with open(os.path.join(out_dir, "training.json"), "w") as f:
         json.dump(dict(steps=ckpt["step"], config=asdict(cfg), schedule=cfg.beta_schedule), f, indent=2)
+
+
+def stage_schedule(stage_dir: str):
+    """The noise schedule an exported stage samples on: its training schedule (training.json), shifted if the stage
+    is folded. scripts/make_candidate.sh saves it beside a stage it puts in a pipeline folder."""
+    with open(os.path.join(stage_dir, "training.json")) as f:
+        schedule = json.load(f)["schedule"]
+    return stage_noise_schedule(schedule, ImagenUNet.load_config(stage_dir))
 
 
 def assemble_pipeline(text_encoder_dir: str, stage_dirs, out_dir: str, settings: Optional[dict] = None,
@@ -54,10 +61,8 @@ def assemble_pipeline(text_encoder_dir: str, stage_dirs, out_dir: str, settings:
     stages = {}
     for k, stage_dir in enumerate(stage_dirs, 1):
         unet = ImagenUNet.from_pretrained(stage_dir)
-        with open(os.path.join(stage_dir, "training.json")) as f:
-            schedule = json.load(f)["schedule"]
         stages[f"unet_{k}"] = unet.half() if fp16 else unet
-        stages[f"scheduler_{k}"] = noise_schedule(schedule, unet.config.prediction_type)
+        stages[f"scheduler_{k}"] = stage_schedule(stage_dir)
     pipe = ImagenPipeline(tokenizer=tokenizer, text_encoder=text_encoder, **stages)
     if settings:
         pipe.settings.update(settings)

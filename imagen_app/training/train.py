@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from ..images import pixels_to_tensor
-from ..models.schedules import noise_schedule
+from ..models.schedules import stage_noise_schedule
 from ..models.text_encoder import PromptEncoder, load_text_encoder
-from ..models.unet import ImagenUNet, upsample_lowres
+from ..models.unet import ImagenUNet, upsample_lowres, with_space_to_depth
 from ..pipeline.guidance import noise_augment
 from .checkpoints import CHECKPOINT, checkpoint_path, claim_run_folder, resume, save_checkpoint
 from .config import TrainConfig
@@ -104,7 +104,7 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
     teacher = starting_stage(cfg, device, log)
     held_rows = non_scene_rows(data, device) if teacher is not None else None  # once: indexed by each batch's rows
     rng = process_rng(cfg.seed, rank)
-    scheduler = noise_schedule(cfg.beta_schedule, unet.config.prediction_type)
+    scheduler = stage_noise_schedule(cfg.beta_schedule, unet.config)
 
     # optimiser: AdamW (the word-order parameters may have an lr of their own) and a diffusers lr schedule,
     # stepped here once per optimizer step (accelerate's wrapper would step it once per process)
@@ -287,14 +287,18 @@ def initial_unet(cfg: TrainConfig, text_dim: int, use_init_from: bool, log) -> I
                                               "text_position_init_scale", "pixel_coordinates") if k in cfg.unet}
         # A stage may also continue at another resolution (a 32 px base stage trained on at 64 px): its layers are
         # convolutions and attention over the feature map, so only the recorded sample size changes.
-        overrides["sample_size"] = cfg.resolution
+        # A folded stage (`space_to_depth`) starts as the unfolded one at 1/fold the side, folded.
+        fold = cfg.unet.get("space_to_depth", 1)
+        overrides["sample_size"] = cfg.resolution // fold
         # low_cpu_mem_usage=False: parameters the stage did not have (positions, coordinates) get their own initial
         # values instead of staying on the meta device.
         unet = ImagenUNet.from_pretrained(cfg.init_from, low_cpu_mem_usage=False, **overrides).float()  # fp16 on disk
-        log(f"starting from the exported stage {cfg.init_from} ({unet.config.prediction_type})")
+        if fold > 1 and unet.config.space_to_depth == 1:
+            unet = with_space_to_depth(unet, fold, cfg.beta_schedule)
+        log(f"starting from the exported stage {cfg.init_from} ({unet.config.prediction_type}"
+            f"{f', folded {fold} x {fold}' if fold > 1 else ''})")
         return unet
-    return ImagenUNet(**dict(cfg.unet, sample_size=cfg.resolution, text_embed_dim=text_dim,
-                             lowres_cond=cfg.lowres_resolution is not None))
+    return ImagenUNet(**cfg.unet_arguments(text_dim))
 
 
 def starting_stage(cfg: TrainConfig, device, log) -> Optional[ImagenUNet]:

@@ -511,8 +511,7 @@ def test_every_config_builds_the_unet_of_the_weights_it_starts_from(name, monkey
     cfg = TrainConfig.load(name)
     assert not (cfg.init_from or "").startswith("runs"), f"{name} starts from a run that a clean clone has not"
     dim = text_embed_dim(cfg.text_encoder)
-    own = ImagenUNet(**dict(cfg.unet, sample_size=cfg.resolution, text_embed_dim=dim,
-                            lowres_cond=cfg.lowres_resolution is not None))
+    own = ImagenUNet(**cfg.unet_arguments(dim))
     if cfg.init_from:
         start = initial_unet(cfg, dim, use_init_from=True, log=lambda *_: None)
     else:
@@ -644,3 +643,36 @@ def test_other_rows_scale_shrinks_the_rows_that_are_not_scenes(text_encoder_dir,
     for bad in ([0.0, 0.5], [0.7, 0.5], [0.5, 1.5]):
         with pytest.raises(ValueError, match="other_rows_scale"):
             make_batch(data, dataclasses.replace(cfg, other_rows_scale=bad), random.Random(0), "cpu", [0, 1])
+
+
+def test_a_folded_run_starts_as_its_stage_folded_trains_on_the_shifted_schedule_and_exports_for_the_pipeline(
+        tmp_path, text_encoder_dir, image_folder, tiny_pipe):
+    """`"unet": {"space_to_depth": 2}` with `init_from` a stage at half the side: the run starts as that stage folded
+    (with_space_to_depth), trains, and its exported stage samples in a pipeline only on the shifted schedule."""
+    from imagen_app.models.schedules import noise_schedule
+    from imagen_app.pipeline.pipeline import ImagenPipeline
+    from imagen_app.training.export import stage_schedule
+
+    half = config(tmp_path, text_encoder_dir, image_folder, resolution=8, max_steps=2,
+                  unet=dict(TINY_UNET, prediction_type="v_prediction"))
+    train(half, log=lambda *_: None)
+    export_stage(half.run_dir, str(tmp_path / "half"))
+    logged = []
+    folded = config(tmp_path, text_encoder_dir, image_folder, run_dir=str(tmp_path / "folded"), resolution=16,
+                    max_steps=2, unet=dict(TINY_UNET, prediction_type="v_prediction", space_to_depth=2),
+                    init_from=str(tmp_path / "half"), teacher_target_weight=1.0)
+    assert train(folded, log=logged.append) == 2
+    assert any("folded 2 x 2" in line for line in logged)
+    export_stage(folded.run_dir, str(tmp_path / "stage"))
+    stage = ImagenUNet.from_pretrained(str(tmp_path / "stage"))
+    assert stage.config.space_to_depth == 2 and stage.config.sample_size == 16 and stage.conv_in.in_channels == 12
+
+    schedule = stage_schedule(str(tmp_path / "stage"))
+    assert not torch.equal(schedule.alphas_cumprod, noise_schedule("squaredcos_cap_v2", "v_prediction").alphas_cumprod)
+    pipe = ImagenPipeline(tokenizer=tiny_pipe.tokenizer, text_encoder=tiny_pipe.text_encoder, unet_1=stage,
+                          scheduler_1=schedule)
+    image = pipe("red heart", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (16, 16)
+    with pytest.raises(ValueError, match="shifted"):
+        ImagenPipeline(tokenizer=tiny_pipe.tokenizer, text_encoder=tiny_pipe.text_encoder, unet_1=stage,
+                       scheduler_1=noise_schedule("squaredcos_cap_v2", "v_prediction"))
