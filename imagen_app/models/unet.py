@@ -267,6 +267,7 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         pixel_coordinates: bool = False,
         space_to_depth: int = 1,
         space_to_depth_schedule: str = "squaredcos_cap_v2",
+        space_to_depth_detail_std: Optional[float] = None,
     ):
         super().__init__()
         n = len(block_out_channels)
@@ -417,19 +418,29 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         block's (scaled) mean less block_sigma x output, and v = (alpha x - x0) / sigma."""
         fold = self.config.space_to_depth
         x = sample.float()
-        block_mean = F.interpolate(F.avg_pool2d(x, fold) * levels["scale"], scale_factor=fold, mode="nearest")
-        x0 = levels["block_alpha"] * block_mean - levels["block_sigma"] * block_v
+        block_mean = F.interpolate(F.avg_pool2d(x, fold), scale_factor=fold, mode="nearest")
+        detail_std = self.config.space_to_depth_detail_std
+        if detail_std is None:
+            x0 = levels["block_alpha"] * levels["scale"] * block_mean - levels["block_sigma"] * block_v
+        else:
+            block_v_mean = F.interpolate(F.avg_pool2d(block_v, fold), scale_factor=fold, mode="nearest")
+            x0 = levels["block_alpha"] * levels["scale"] * block_mean - levels["block_sigma"] * block_v_mean
+            alpha, sigma, c = levels["alpha"], levels["sigma"], detail_std
+            spread = (alpha ** 2 * c ** 2 + sigma ** 2).sqrt()
+            x0 = x0 + alpha * c ** 2 / spread ** 2 * (x - block_mean) + sigma * c / spread * (block_v - block_v_mean)
         return (levels["alpha"] * x - x0) / levels["sigma"]
 
 
-def with_space_to_depth(unet: ImagenUNet, fold: int, beta_schedule: str = "squaredcos_cap_v2") -> ImagenUNet:
+def with_space_to_depth(unet: ImagenUNet, fold: int, beta_schedule: str = "squaredcos_cap_v2",
+                        detail_std: Optional[float] = None) -> ImagenUNet:
     """The v-prediction base stage `unet` at `fold` x its side, folded (`space_to_depth`): its first convolution reads
     the mean of each block (the weights spread over the block's channels), its last writes the same prediction to
     every pixel of the block, so at the start it draws exactly what `unet` draws, each pixel a fold x fold block."""
     if unet.config.space_to_depth != 1:
         raise ValueError("this U-Net is already folded")
     config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-    config.update(sample_size=unet.config.sample_size * fold, space_to_depth=fold, space_to_depth_schedule=beta_schedule)
+    config.update(sample_size=unet.config.sample_size * fold, space_to_depth=fold, space_to_depth_schedule=beta_schedule,
+                  space_to_depth_detail_std=detail_std)
     folded = ImagenUNet(**config).to(unet.device)
     state = unet.state_dict()
     blocks = fold ** 2  # pixel_unshuffle puts channel c's block at channels c * blocks ... c * blocks + blocks - 1

@@ -294,7 +294,7 @@ def initial_unet(cfg: TrainConfig, text_dim: int, use_init_from: bool, log) -> I
         # values instead of staying on the meta device.
         unet = ImagenUNet.from_pretrained(cfg.init_from, low_cpu_mem_usage=False, **overrides).float()  # fp16 on disk
         if fold > 1 and unet.config.space_to_depth == 1:
-            unet = with_space_to_depth(unet, fold, cfg.beta_schedule)
+            unet = with_space_to_depth(unet, fold, cfg.beta_schedule, cfg.unet.get("space_to_depth_detail_std"))
         log(f"starting from the exported stage {cfg.init_from} ({unet.config.prediction_type}"
             f"{f', folded {fold} x {fold}' if fold > 1 else ''})")
         return unet

@@ -92,3 +92,28 @@ def test_a_folded_stage_saves_and_loads(tmp_path):
     text, mask = torch.randn(1, 5, 16), torch.ones(1, 5, dtype=torch.bool)
     with torch.no_grad():
         assert torch.allclose(big(x, t, text, mask).sample, again(x, t, text, mask).sample, atol=1e-5)
+
+
+def test_with_a_detail_std_the_blocks_stay_and_the_detail_starts_as_the_wiener_estimate_from_the_input():
+    """`space_to_depth_detail_std` c: the block means of x0 are still the unfolded stage's; within a block, x0 is
+    alpha c^2 / (alpha^2 c^2 + sigma^2) x the input's detail plus sigma c / sqrt(...) x the output's (0 at the start),
+    so the stage learns detail with outputs of unit size at every noise level."""
+    small = random_stage(8)
+    exact, detailed = with_space_to_depth(small, 2), with_space_to_depth(small, 2, detail_std=0.1)
+    assert detailed.config.space_to_depth_detail_std == 0.1
+    torch.manual_seed(2)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([100, 700])
+    text, mask = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
+    levels = detailed._folded_noise_levels(t)
+    with torch.no_grad():
+        x0_exact = levels["alpha"] * x - levels["sigma"] * exact(x, t, text, mask).sample
+        x0 = levels["alpha"] * x - levels["sigma"] * detailed(x, t, text, mask).sample
+
+    def blocks(image):
+        return F.interpolate(F.avg_pool2d(image, 2), scale_factor=2, mode="nearest")
+
+    assert torch.allclose(blocks(x0), x0_exact, atol=1e-4)
+    alpha, sigma = levels["alpha"], levels["sigma"]
+    wiener = alpha * 0.01 / (alpha ** 2 * 0.01 + sigma ** 2)
+    assert torch.allclose(x0 - blocks(x0), wiener * (x - blocks(x)), atol=1e-4)
+    assert (x0 - blocks(x0)).abs().max() > 1e-3
