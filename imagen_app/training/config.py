@@ -75,6 +75,9 @@ class TrainConfig:
     # The rows that are not scenes shrunk to (smallest, largest) fraction of the side at a random place on white,
     # e.g. [0.4, 0.6]: a 64 px base stage from the 32 px one sees each emoji at the scale it draws it.
     other_rows_scale: Optional[list] = None
+    # The share of those rows shrunk (each row by chance); the rest stay as they are, and only they take the teacher's
+    # targets (`teacher_target_weight`: the starting stage draws each emoji at full size, not shrunk).
+    other_rows_scale_share: float = 1.0
     record_ranks: bool = False  # for tests: ranks.jsonl gets every rank's batch indices and weight hash at every step
     seed: int = 0
 
@@ -82,6 +85,8 @@ class TrainConfig:
         scale = self.other_rows_scale  # checked once here, not at every batch
         if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
             raise ValueError(f"other_rows_scale: (smallest, largest) fractions of the side in (0, 1], not {list(scale)}")
+        if not 0 < self.other_rows_scale_share <= 1:
+            raise ValueError(f"other_rows_scale_share must be in (0, 1], not {self.other_rows_scale_share}")
 
     def unet_arguments(self, text_embed_dim: int) -> dict:
         """The ImagenUNet arguments of the stage this config trains (a folded stage runs on this run's schedule)."""

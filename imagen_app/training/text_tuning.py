@@ -114,9 +114,8 @@ class TextTuning:
     """The pieces of a run: teacher and student encoders, the frozen U-Net, the renders, the sampler."""
 
     def __init__(self, cfg: TextTuningConfig, log=print):
-        from diffusers import DDPMScheduler
-
         from ..models.caption_vocabulary import CaptionVocabulary
+        from ..models.schedules import stage_noise_schedule
         from ..models.text_encoder import PromptEncoder, load_text_encoder
         from ..models.unet import ImagenUNet
         from .data import held_out_split, load_emoji, rendered_corpus
@@ -130,7 +129,7 @@ class TextTuning:
         self.teacher = PromptEncoder(self.tokenizer0, self.encoder0, cache_size=len(emojis) + 16)
         self.vocabulary = CaptionVocabulary.from_folder(cfg.weights)
         self.unet = ImagenUNet.from_pretrained(os.path.join(cfg.weights, "unet_1")).float().requires_grad_(False).eval()
-        self.scheduler = DDPMScheduler.from_pretrained(os.path.join(cfg.weights, "scheduler_1"))  # the stage's own
+        self.scheduler = stage_noise_schedule("squaredcos_cap_v2", self.unet.config)  # shifted if the stage is folded
         held = set(held_out_split(emojis))
         self.index = {e.caption: i for i, e in enumerate(emojis)}
         self.corpus = rendered_corpus(emojis, self.unet.config.sample_size)

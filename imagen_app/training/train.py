@@ -142,11 +142,15 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
                 share_curriculum(accelerator, curriculum)
             idx = curriculum.indices(step, cfg.batch_size, rng) if curriculum is not None else \
                 [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
-            images, captions, lowres = make_batch(data, cfg, rng, device, idx, live)
+            shrink = rows_to_shrink(data, idx, cfg, rng)
+            images, captions, lowres = make_batch(data, cfg, rng, device, idx, live, shrink)
             embeds, mask = encoder.encode(captions, device=device)
+            teacher_rows = None
+            if held_rows is not None:  # the rows that are not scenes, less those shrunk (the teacher draws them full size)
+                teacher_rows = held_rows[idx] & ~torch.tensor(shrink, dtype=torch.bool, device=device)
             with accelerator.autocast():  # mixed precision for the teacher too (the prepared U-Net has its own)
                 loss = diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg,
-                                      teacher=teacher, teacher_rows=held_rows[idx] if held_rows is not None else None)
+                                      teacher=teacher, teacher_rows=teacher_rows)
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)  # DDP averages the gradients over the ranks
             accelerator.clip_grad_norm_(unet.parameters(), 1.0)
@@ -236,9 +240,12 @@ def live_scenes(cfg: TrainConfig, data):
                       size_ranges=cfg.scene_size_ranges)
 
 
-def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, live=None):
+def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, live=None, shrink=None):
     """A batch (uniform draws unless `idx` is given): images (B, 3, S, S) in [-1, 1], their captions, and for SR
-    the aligned low-res crops. `live` (a scenes.LiveScenes) composes the scene rows afresh."""
+    the aligned low-res crops. `live` (a scenes.LiveScenes) composes the scene rows afresh; the rows `shrink` marks
+    (by default `rows_to_shrink`'s) are shrunk onto white (`other_rows_scale`)."""
+    from .scenes import shrink_onto_white
+
     idx = idx if idx is not None else [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
     if live is not None:
         pixels, captions = map(list, zip(*(live.item(data, i, rng) for i in idx)))
@@ -246,7 +253,9 @@ def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, liv
         pixels = [data.images[i] for i in idx]
         captions = [data.sample_caption(i, rng) for i in idx]
     if cfg.other_rows_scale:
-        pixels = shrunk_other_rows(data, idx, pixels, cfg.other_rows_scale, rng)
+        shrink = shrink if shrink is not None else rows_to_shrink(data, idx, cfg, rng)
+        pixels = [shrink_onto_white(p, rng.uniform(*cfg.other_rows_scale), rng) if small else p
+                  for p, small in zip(pixels, shrink)]
     images = pixels_to_tensor(pixels)
     if cfg.typed_form_share:
         captions = [framed_caption(c, rng, cfg.typed_form_share) for c in captions]
@@ -266,13 +275,15 @@ def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, liv
     return images.to(device), captions, lowres
 
 
-def shrunk_other_rows(data, idx, pixels, scale, rng: random.Random) -> list:
-    """`pixels` with every row that is not a scene shrunk to a fraction of the side drawn from `scale` (smallest,
-    largest) and placed at random on white (`other_rows_scale`, scenes.shrink_onto_white)."""
-    from .scenes import scene_task, shrink_onto_white
+def rows_to_shrink(data, idx, cfg: TrainConfig, rng: random.Random) -> List[bool]:
+    """Which rows of a batch `other_rows_scale` shrinks to a fraction of the side at a random place on white
+    (scenes.shrink_onto_white): the rows that are not scenes, each with chance `other_rows_scale_share`."""
+    from .scenes import scene_task
 
-    return [p if scene_task(data, i) is not None else shrink_onto_white(p, rng.uniform(*scale), rng)
-            for i, p in zip(idx, pixels)]
+    if not cfg.other_rows_scale:
+        return [False] * len(idx)
+    share = cfg.other_rows_scale_share  # (at 1, no draw: the RNG stream of the runs before the share existed)
+    return [scene_task(data, i) is None and (share >= 1 or rng.random() < share) for i in idx]
 
 
 # --- model -----------------------------------------------------------------------------------------------------

@@ -645,6 +645,37 @@ def test_other_rows_scale_shrinks_the_rows_that_are_not_scenes(text_encoder_dir,
             make_batch(data, dataclasses.replace(cfg, other_rows_scale=bad), random.Random(0), "cpu", [0, 1])
 
 
+def test_other_rows_scale_share_shrinks_that_share_of_the_rows_that_are_not_scenes(text_encoder_dir, image_folder,
+                                                                                   tmp_path):
+    """`other_rows_scale_share`: each row that is not a scene is shrunk with that chance (scene rows never); the
+    batch shrinks exactly the rows `rows_to_shrink` chose; at share 1 no chance is drawn (the RNG stream of the runs
+    before the share existed); a share outside (0, 1] is refused."""
+    import random
+
+    from imagen_app.training.data import CaptionedImages
+    from imagen_app.training.scenes import FAMILY_PREFIX
+    from imagen_app.training.train import make_batch, rows_to_shrink
+
+    stored = np.full((2, 64, 64, 3), 255, np.uint8)
+    stored[0] = (200, 30, 30)  # an emoji row that fills the image: red everywhere until shrunk
+    data = CaptionedImages(stored, [["red square"], ["a cat and a dog"]], ["single emoji", FAMILY_PREFIX + "two objects"])
+    cfg = config(tmp_path, text_encoder_dir, image_folder, resolution=64, other_rows_scale=[0.5, 0.5],
+                 other_rows_scale_share=0.5)
+    idx = [0] * 200 + [1] * 20
+    shrink = rows_to_shrink(data, idx, cfg, random.Random(0))
+    assert 70 <= sum(shrink[:200]) <= 130 and not any(shrink[200:])
+    images, _, _ = make_batch(data, cfg, random.Random(1), "cpu", idx[:40], shrink=shrink[:40])
+    white = (images[:, :, 0, 0] > 0.99).all(dim=1)  # a shrunk row's corner is paper or its ink, often paper
+    red_share = (images[:, 1] < 0).float().mean(dim=(1, 2))  # red: little green; white paper: all of it
+    assert torch.equal(red_share < 0.5, torch.tensor(shrink[:40]))  # a quarter of the image red if shrunk, else all
+    assert white.any()
+    rng = random.Random(2)
+    assert rows_to_shrink(data, idx, dataclasses.replace(cfg, other_rows_scale_share=1.0), rng) == [True] * 200 + [False] * 20
+    assert rng.random() == random.Random(2).random()  # nothing drawn
+    with pytest.raises(ValueError, match="other_rows_scale_share"):
+        dataclasses.replace(cfg, other_rows_scale_share=0.0)
+
+
 def test_a_folded_run_starts_as_its_stage_folded_trains_on_the_shifted_schedule_and_exports_for_the_pipeline(
         tmp_path, text_encoder_dir, image_folder, tiny_pipe):
     """`"unet": {"space_to_depth": 2}` with `init_from` a stage at half the side: the run starts as that stage folded
