@@ -393,7 +393,7 @@ class ImagenUNet(ModelMixin, ConfigMixin):
             x = up(x)
         out = self.conv_out(F.silu(self.norm_out(x)))
         if fold > 1:
-            out = self._unfolded_prediction(sample, F.pixel_shuffle(out.float(), fold), levels).to(out.dtype)
+            out = self._unfolded_prediction(sample, F.pixel_shuffle(out.float(), fold), levels).to(sample.dtype)
         return ImagenUNetOutput(sample=out) if return_dict else (out,)
 
     def _folded_noise_levels(self, timestep: torch.Tensor) -> dict:
@@ -415,19 +415,19 @@ class ImagenUNet(ModelMixin, ConfigMixin):
 
     def _unfolded_prediction(self, sample: torch.Tensor, block_v: torch.Tensor, levels: dict) -> torch.Tensor:
         """This stage's v from the unfolded output, read as the v-prediction of each pixel's block view: its x0 is the
-        block's (scaled) mean less block_sigma x output, and v = (alpha x - x0) / sigma."""
+        block's (scaled) mean less block_sigma x output, and v = (alpha x - x0) / sigma. Computed in float32 (near the
+        clean end sigma is about 0.01) and returned in the sample's dtype."""
         fold = self.config.space_to_depth
         x = sample.float()
         block_mean = F.interpolate(F.avg_pool2d(x, fold), scale_factor=fold, mode="nearest")
-        detail_std = self.config.space_to_depth_detail_std
-        if detail_std is None:
-            x0 = levels["block_alpha"] * levels["scale"] * block_mean - levels["block_sigma"] * block_v
-        else:
-            block_v_mean = F.interpolate(F.avg_pool2d(block_v, fold), scale_factor=fold, mode="nearest")
-            x0 = levels["block_alpha"] * levels["scale"] * block_mean - levels["block_sigma"] * block_v_mean
-            alpha, sigma, c = levels["alpha"], levels["sigma"], detail_std
+        c = self.config.space_to_depth_detail_std
+        # With a detail spread c, only the block means of the output go through the block formula; the rest below.
+        v_blocks = block_v if c is None else F.interpolate(F.avg_pool2d(block_v, fold), scale_factor=fold, mode="nearest")
+        x0 = levels["block_alpha"] * levels["scale"] * block_mean - levels["block_sigma"] * v_blocks
+        if c is not None:  # EDM's preconditioning (Karras et al. 2022, §5) for the detail within each block
+            alpha, sigma = levels["alpha"], levels["sigma"]
             spread = (alpha ** 2 * c ** 2 + sigma ** 2).sqrt()
-            x0 = x0 + alpha * c ** 2 / spread ** 2 * (x - block_mean) + sigma * c / spread * (block_v - block_v_mean)
+            x0 = x0 + alpha * c ** 2 / spread ** 2 * (x - block_mean) + sigma * c / spread * (block_v - v_blocks)
         return (levels["alpha"] * x - x0) / levels["sigma"]
 
 
