@@ -46,6 +46,12 @@ def space_to_depth_alphas_cumprod(beta_schedule: str, space_to_depth: int) -> to
     return noise_schedule(beta_schedule, "v_prediction", space_to_depth).alphas_cumprod.clone()
 
 
+@functools.lru_cache(maxsize=8)
+def space_to_depth_log_snr(beta_schedule: str, space_to_depth: int) -> torch.Tensor:
+    """(T,) float64: the log-SNR of that alpha-bar, which a folded U-Net reads at every call (made once)."""
+    return torch.logit(space_to_depth_alphas_cumprod(beta_schedule, space_to_depth).double())
+
+
 def check_stage_schedule(name: str, unet_config, scheduler) -> None:
     """A folded stage samples right only on the schedule it was shifted for: refuse any other (the unshifted one
     would make it draw from noise it reads as 4x weaker, and the image comes out as texture)."""

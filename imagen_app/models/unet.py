@@ -400,13 +400,13 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         """(B, 1, 1, 1) each, float32: the stage's alpha and sigma at `timestep` (interpolated in log-SNR between the
         schedule's integer steps, for samplers that ask between them), the input scale, and the alpha and sigma that
         the mean of a fold x fold block then has: the noise level of the unshifted schedule at `timestep`."""
-        from .schedules import space_to_depth_alphas_cumprod
+        from .schedules import space_to_depth_log_snr
 
-        table = space_to_depth_alphas_cumprod(self.config.space_to_depth_schedule, self.config.space_to_depth)
-        log_snr = torch.logit(table.to(timestep.device).double())
-        t = timestep.double().clamp(0, len(table) - 1)
+        log_snr = space_to_depth_log_snr(self.config.space_to_depth_schedule, self.config.space_to_depth)
+        log_snr = log_snr.to(timestep.device)
+        t = timestep.double().clamp(0, len(log_snr) - 1)
         low = t.floor().long()
-        high = (low + 1).clamp(max=len(table) - 1)
+        high = (low + 1).clamp(max=len(log_snr) - 1)
         alpha_bar = torch.sigmoid(torch.lerp(log_snr[low], log_snr[high], t - low)).float().view(-1, 1, 1, 1)
         alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
         block_sigma = sigma / self.config.space_to_depth  # the mean of fold**2 independent noises
