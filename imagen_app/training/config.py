@@ -48,6 +48,11 @@ class TrainConfig:
     # steps with a high-variance target (one noise draw); the starting stage's prediction is the low-variance target
     # of what it already draws, so what it knew is held at every step instead of re-learned (train.teacher_targets).
     teacher_target_weight: float = 0.0
+    # The grounding loss (training/grounding.py, TokenCompose): with live_scenes, each object's words in a scene's
+    # caption are taught to attend to where the object is, at the text attention layers whose maps are at least
+    # grounding_min_side on a side; (token term weight, pixel term weight), e.g. [0.01, 0.001]. None: off.
+    grounding_loss_weights: Optional[list] = None
+    grounding_min_side: int = 8
     max_aug_level: float = 0.5
     max_steps: int = 100_000  # also the length of a cosine schedule
     checkpoint_every: int = 200
@@ -87,6 +92,13 @@ class TrainConfig:
             raise ValueError(f"other_rows_scale: (smallest, largest) fractions of the side in (0, 1], not {list(scale)}")
         if not 0 < self.other_rows_scale_share <= 1:
             raise ValueError(f"other_rows_scale_share must be in (0, 1], not {self.other_rows_scale_share}")
+        weights = self.grounding_loss_weights
+        if weights is not None:
+            if not (len(weights) == 2 and all(w >= 0 for w in weights)):
+                raise ValueError(f"grounding_loss_weights: (token term, pixel term) weights >= 0, not {list(weights)}")
+            if not self.live_scenes:
+                raise ValueError("grounding_loss_weights needs live_scenes: true (where each object is drawn is known "
+                                 "only for the scenes composed during the run)")
 
     def unet_arguments(self, text_embed_dim: int) -> dict:
         """The ImagenUNet arguments of the stage this config trains (a folded stage runs on this run's schedule)."""

@@ -295,6 +295,19 @@ def compose(spec: SceneSpec, side: int, renders: Renders, rng: random.Random,
     return canvas, boxes
 
 
+def grounding_phrases(spec: SceneSpec, canvas: np.ndarray, boxes) -> List[Tuple[str, np.ndarray]]:
+    """Each object's phrase, as every caption of `spec` writes it ("red cat", "cat", "bananas"), and the (side, side)
+    bool mask of its ink in `canvas` (`compose`'s boxes; a count's copies share the plural's mask), in caption order.
+    What the grounding loss (training/grounding.py) teaches each phrase's tokens to attend to."""
+    ink = canvas.min(axis=2) < 235  # darker than paper (the renders' antialiased edges included)
+    masks: Dict[str, np.ndarray] = {}
+    for name, colour, (x0, y0, x1, y1) in boxes:
+        phrase = pluralize(name) if spec.task == "counting" else f"{colour} {name}" if colour else name
+        mask = masks.setdefault(phrase, np.zeros(ink.shape, bool))
+        mask[y0:y1, x0:x1] |= ink[y0:y1, x0:x1]
+    return list(masks.items())
+
+
 @dataclass
 class SceneWorld:
     """Everything the scenes are made of: the objects, which colours each can be drawn in, the renders, and the
@@ -413,20 +426,29 @@ class LiveScenes:
 
     def draw(self, task: str, rng: random.Random) -> Tuple[np.ndarray, str]:
         """A fresh (size, size, 3) uint8 scene of `task` and one of its captions."""
+        image, caption, _ = self.draw_grounded(task, rng)
+        return image, caption
+
+    def draw_grounded(self, task: str, rng: random.Random) -> Tuple[np.ndarray, str, List[Tuple[str, np.ndarray]]]:
+        """`draw`, with where each object's phrase of the caption is drawn (`grounding_phrases`)."""
         for _ in range(100):  # compose gives up on a layout now and then (four objects in a small image)
             spec = self.spec(task, rng)
             made = compose(spec, self.size, self.world.renders, rng, self.size_ranges.get(task))
             if made is not None:
                 captions = spec.captions()
-                return made[0], rng.choice(captions) if self.all_captions else captions[0]
+                caption = rng.choice(captions) if self.all_captions else captions[0]
+                return made[0], caption, grounding_phrases(spec, *made)
         raise RuntimeError(f"no {task!r} scene fitted in a {self.size} px image in 100 tries")
 
-    def item(self, data: CaptionedImages, i: int, rng: random.Random) -> Tuple[np.ndarray, str]:
-        """Row `i` of `data`: a fresh scene of its task when it is a scene row, else its image and a caption."""
+    def item(self, data: CaptionedImages, i: int, rng: random.Random, grounded: bool = False):
+        """Row `i` of `data`: a fresh scene of its task when it is a scene row, else its image and a caption; with
+        `grounded`, a third item: the scene's `grounding_phrases` ([] for a row that is not a scene)."""
         task = scene_task(data, i)
         if task is not None:
-            return self.draw(task, rng)
-        return data.images[i], data.sample_caption(i, rng)
+            made = self.draw_grounded(task, rng)
+            return made if grounded else made[:2]
+        plain = data.images[i], data.sample_caption(i, rng)
+        return (*plain, []) if grounded else plain
 
 
 def scene_task(data: CaptionedImages, i: int) -> Optional[str]:

@@ -26,6 +26,7 @@ import os
 import random
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from typing import List, Optional
 
@@ -41,6 +42,7 @@ from .checkpoints import CHECKPOINT, checkpoint_path, claim_run_folder, resume, 
 from .config import TrainConfig
 from .curriculum import log_text_use, make_curriculum, plan_next_pass
 from .data import caption_vocabulary
+from .grounding import AttentionGrabber, grounding_loss, grounding_targets
 from .distributed import (StopRequest, describe_processes, make_accelerator, process_rng, record_ranks, share_curriculum,
                           share_loss_and_stop, stop_with_launcher, unwrap)
 # cli.py imports export_stage and assemble_pipeline from here
@@ -96,6 +98,7 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
     data = load_images(cfg)
     encoder.warm([c for caps in data.captions for c in caps])
     live = live_scenes(cfg, data)
+    grounded = cfg.grounding_loss_weights is not None  # live scenes (checked by TrainConfig) with their masks
 
     # model: seeded random weights (the same on every rank), or the stage `init_from` when there is no checkpoint
     resume_from = checkpoint_path(cfg.run_dir)  # read by every rank before the main process writes one
@@ -143,14 +146,17 @@ def _train(cfg: TrainConfig, accelerator, stop: StopRequest, max_minutes: Option
             idx = curriculum.indices(step, cfg.batch_size, rng) if curriculum is not None else \
                 [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
             shrink = rows_to_shrink(data, idx, cfg, rng)
-            images, captions, lowres = make_batch(data, cfg, rng, device, idx, live, shrink)
+            images, captions, lowres, *phrases = make_batch(data, cfg, rng, device, idx, live, shrink,
+                                                            grounded=grounded)
             embeds, mask = encoder.encode(captions, device=device)
+            grounding = grounding_targets(encoder, captions, phrases[0], unwrap(unet).config.num_null_tokens,
+                                          device) if grounded else None
             teacher_rows = None
             if held_rows is not None:  # the rows that are not scenes, less those shrunk (the teacher draws them full size)
                 teacher_rows = held_rows[idx] & ~torch.tensor(shrink, dtype=torch.bool, device=device)
             with accelerator.autocast():  # mixed precision for the teacher too (the prepared U-Net has its own)
                 loss = diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg,
-                                      teacher=teacher, teacher_rows=teacher_rows)
+                                      teacher=teacher, teacher_rows=teacher_rows, grounding=grounding)
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)  # DDP averages the gradients over the ranks
             accelerator.clip_grad_norm_(unet.parameters(), 1.0)
@@ -240,14 +246,19 @@ def live_scenes(cfg: TrainConfig, data):
                       size_ranges=cfg.scene_size_ranges)
 
 
-def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, live=None, shrink=None):
+def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, live=None, shrink=None,
+               grounded: bool = False):
     """A batch (uniform draws unless `idx` is given): images (B, 3, S, S) in [-1, 1], their captions, and for SR
     the aligned low-res crops. `live` (a scenes.LiveScenes) composes the scene rows afresh; the rows `shrink` marks
-    (by default `rows_to_shrink`'s) are shrunk onto white (`other_rows_scale`)."""
+    (by default `rows_to_shrink`'s) are shrunk onto white (`other_rows_scale`). With `grounded` (and `live`), a
+    fourth item: each row's scenes.grounding_phrases ([] for a row that is not a scene)."""
     from .scenes import shrink_onto_white
 
     idx = idx if idx is not None else [rng.randrange(len(data)) for _ in range(cfg.batch_size)]
-    if live is not None:
+    phrases = [[] for _ in idx]
+    if live is not None and grounded:
+        pixels, captions, phrases = map(list, zip(*(live.item(data, i, rng, grounded=True) for i in idx)))
+    elif live is not None:
         pixels, captions = map(list, zip(*(live.item(data, i, rng) for i in idx)))
     else:
         pixels = [data.images[i] for i in idx]
@@ -272,7 +283,7 @@ def make_batch(data, cfg: TrainConfig, rng: random.Random, device, idx=None, liv
                 crops_lo.append(lowres[b, :, y // factor:(y + c) // factor, x // factor:(x + c) // factor])
             images, lowres = torch.stack(crops_hi), torch.stack(crops_lo)
         lowres = lowres.to(device)
-    return images.to(device), captions, lowres
+    return (images.to(device), captions, lowres, phrases) if grounded else (images.to(device), captions, lowres)
 
 
 def rows_to_shrink(data, idx, cfg: TrainConfig, rng: random.Random) -> List[bool]:
@@ -344,9 +355,10 @@ def ink_weight(images: torch.Tensor, extra: float) -> torch.Tensor:
 
 
 def diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg: TrainConfig, generator=None,
-                   teacher=None, teacher_rows: Optional[torch.Tensor] = None):
+                   teacher=None, teacher_rows: Optional[torch.Tensor] = None, grounding=None):
     """MSE between the U-Net's prediction and the epsilon (or v) target at a random timestep; on `teacher_rows`, the
-    target moved `cfg.teacher_target_weight` of the way to the frozen `teacher`'s prediction."""
+    target moved `cfg.teacher_target_weight` of the way to the frozen `teacher`'s prediction. With `grounding` (a
+    grounding.GroundingTargets), plus `cfg.grounding_loss_weights` times the grounding loss's two terms."""
     from diffusers.training_utils import compute_snr
 
     b = images.shape[0]
@@ -366,7 +378,9 @@ def diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg: TrainConf
     if lowres is not None:
         aug = torch.rand(b, device=device) * cfg.max_aug_level
         extra = dict(lowres_image=noise_augment(lowres, aug, noise=torch.randn_like(lowres)), noise_aug_level=aug)
-    pred = unet(noisy, t, embeds, mask, **extra).sample
+    grabber = AttentionGrabber(unet, cfg.grounding_min_side) if grounding is not None else nullcontext()
+    with grabber:
+        pred = unet(noisy, t, embeds, mask, **extra).sample
     epsilon = config.prediction_type == "epsilon"
     target = noise if epsilon else scheduler.get_velocity(images, noise, t)
     if teacher is not None and teacher_rows is not None and bool(teacher_rows.any()):
@@ -383,7 +397,15 @@ def diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg: TrainConf
         snr = compute_snr(scheduler, t)  # alpha_bar / (1 - alpha_bar)
         weight = snr.clamp(max=cfg.min_snr_gamma) / (snr if epsilon else snr + 1)
         per_sample = per_sample * weight
-    return per_sample.mean()
+    loss = per_sample.mean()
+    if grounding is not None:
+        if not grabber.taken:
+            raise ValueError(f"grounding_loss_weights: this U-Net has no text attention layer without self-attention "
+                             f"at {cfg.grounding_min_side} x {cfg.grounding_min_side} or more (grounding_min_side)")
+        token_term, pixel_term = grounding_loss(grabber.taken, grounding, rows=keep)
+        token_weight, pixel_term_weight = cfg.grounding_loss_weights
+        loss = loss + token_weight * token_term + pixel_term_weight * pixel_term
+    return loss
 
 
 @torch.no_grad()
