@@ -20,19 +20,13 @@ import torch
 import torch.nn.functional as F
 
 
-class CrossAttentionRecorder:
-    """Accumulates (B, L, H, W) cross-attention maps of one U-Net over layers and steps.
+class AttentionHook:
+    """Hands the attention probabilities of the U-Net text attention `layers` to `record(probs, h, w)` while a `with`
+    block of the thread that enters it runs (TextAttention.recorders); the base of the UI's recorder and of the
+    training's grounding loss (training/grounding.py)."""
 
-    with CrossAttentionRecorder(unet, size) as rec:  ... run the U-Net ...;  rec.maps() -> (B, L, size, size)"""
-
-    def __init__(self, unet: torch.nn.Module, size: int, rows: Optional[slice] = None):
-        from ..models.unet import TextAttention
-
-        self.layers = [m for m in getattr(unet, "module", unet).modules() if isinstance(m, TextAttention)]
-        self.size = size
-        self.rows = rows  # the batch rows to keep (e.g. the conditional half of a guidance batch)
-        self.total: Optional[torch.Tensor] = None
-        self.count = 0
+    def __init__(self, layers):
+        self.layers = list(layers)
         self.thread: Optional[int] = None  # the thread inside the `with` block: its U-Net calls are recorded
 
     def __enter__(self):
@@ -50,6 +44,29 @@ class CrossAttentionRecorder:
             if layer.recorders.get(self.thread) is self:
                 del layer.recorders[self.thread]
         return False
+
+    def record(self, probs: torch.Tensor, h: int, w: int) -> None:
+        raise NotImplementedError
+
+
+def text_attention_layers(unet: torch.nn.Module):
+    """The U-Net's text attention layers (unwrapped from DDP), in forward order."""
+    from ..models.unet import TextAttention
+
+    return [m for m in getattr(unet, "module", unet).modules() if isinstance(m, TextAttention)]
+
+
+class CrossAttentionRecorder(AttentionHook):
+    """Accumulates (B, L, H, W) cross-attention maps of one U-Net over layers and steps.
+
+    with CrossAttentionRecorder(unet, size) as rec:  ... run the U-Net ...;  rec.maps() -> (B, L, size, size)"""
+
+    def __init__(self, unet: torch.nn.Module, size: int, rows: Optional[slice] = None):
+        super().__init__(text_attention_layers(unet))
+        self.size = size
+        self.rows = rows  # the batch rows to keep (e.g. the conditional half of a guidance batch)
+        self.total: Optional[torch.Tensor] = None
+        self.count = 0
 
     @torch.no_grad()
     def record(self, probs: torch.Tensor, h: int, w: int) -> None:

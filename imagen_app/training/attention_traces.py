@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from ..models.unet import TextAttention
+from ..pipeline.attention_maps import text_attention_layers
 
 
 class AttentionTraces:
@@ -28,7 +29,7 @@ class AttentionTraces:
     def __init__(self, unet, scheduler, renders: torch.Tensor, names: Sequence[str], teacher, draws: int = 2,
                  min_timestep: int = 250, pixels: int = 32, seed: int = 0):
         self.unet, self.scheduler, self.renders, self.teacher = unet, scheduler, renders, teacher
-        self.layers: List[TextAttention] = [m for m in unet.modules() if isinstance(m, TextAttention)]
+        self.layers: List[TextAttention] = text_attention_layers(unet)
         self.index = {n: i for i, n in enumerate(names)}
         self.draws, self.min_timestep, self.pixels = draws, min_timestep, pixels
         self.traced = torch.zeros(len(self.index), dtype=torch.bool)

@@ -19,13 +19,14 @@ element-wise operations on maps the forward pass computes anyway, and nothing at
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..pipeline.attention_maps import AttentionHook, text_attention_layers
 
 
 @dataclass
@@ -82,32 +83,19 @@ def grounding_targets(encoder, captions: Sequence[str], phrases: Sequence[Sequen
     return GroundingTargets(torch.tensor(rows, device=device), padded.to(device), torch.stack(masks).to(device))
 
 
-class AttentionGrabber:
+class AttentionGrabber(AttentionHook):
     """While active (a `with` block), keeps every forward call's attention probabilities (with their gradients) of
     the U-Net's text attention layers whose maps are at least `min_side` on a side and have no self-attention (whose
     softmax is over the text alone). `taken`: [(probs (B, heads, h*w, N + L), h, w)]."""
 
     def __init__(self, unet: torch.nn.Module, min_side: int):
-        from ..models.unet import TextAttention
-
-        self.layers = [m for m in getattr(unet, "module", unet).modules()
-                       if isinstance(m, TextAttention) and not m.self_attention]
+        super().__init__(layer for layer in text_attention_layers(unet) if not layer.self_attention)
         self.min_side = min_side
         self.taken: List[Tuple[torch.Tensor, int, int]] = []
-        self.thread: Optional[int] = None
 
     def __enter__(self):
-        self.thread = threading.get_ident()
         self.taken = []
-        for layer in self.layers:
-            layer.recorders[self.thread] = self
-        return self
-
-    def __exit__(self, *exc):
-        for layer in self.layers:
-            if layer.recorders.get(self.thread) is self:
-                del layer.recorders[self.thread]
-        return False
+        return super().__enter__()
 
     def record(self, probs: torch.Tensor, h: int, w: int) -> None:
         if min(h, w) >= self.min_side:
