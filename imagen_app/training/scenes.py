@@ -357,7 +357,8 @@ class SceneWorld:
 
 def scene_world(emojis: Sequence[Emoji], images32: np.ndarray, held_out_emoji: Sequence[str],
                 rule: Optional[HeldOut] = None) -> SceneWorld:
-    """The scene objects of the emoji corpus (`images32`: its 32 px renders) and the colours each can take."""
+    """The scene objects of the emoji corpus (`images32`: its 32 px renders, an array or a data.RenderedRows) and the
+    colours each can take."""
     from .recolour import palette
 
     objects = scene_objects(emojis, held_out_emoji)
@@ -373,10 +374,12 @@ def scene_world(emojis: Sequence[Emoji], images32: np.ndarray, held_out_emoji: S
 
 
 def load_scene_world(rule: Optional[HeldOut] = None) -> SceneWorld:
-    from .data import held_out_split, load_emoji, rendered_corpus
+    from .data import RenderedRows, emoji_pack, held_out_split, load_emoji, rendered_corpus
 
     emojis = load_emoji()
-    return scene_world(emojis, np.asarray(rendered_corpus(emojis, 32)), held_out_split(emojis), rule)
+    # An emoji pack holds the SVGs of the rows the world reads and no others: those rows are rendered as read.
+    images32 = RenderedRows(emojis, 32) if emoji_pack() else np.asarray(rendered_corpus(emojis, 32))
+    return scene_world(emojis, images32, held_out_split(emojis), rule)
 
 
 def scene_dataset(world: SceneWorld, size: int, per_task: int, seed: int = 0,
