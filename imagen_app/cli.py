@@ -183,6 +183,14 @@ def cmd_export_dataset(args) -> int:
     return 0
 
 
+def cmd_repack_dataset(args) -> int:
+    from .training.data import repack_image_folder
+
+    sizes = repack_image_folder(args.src, args.out)
+    print(f"{args.src} -> {args.out}: PNGs {sizes['before']} -> {sizes['after']} bytes (the same pixels)")
+    return 0
+
+
 def cmd_extend_text_encoder(args) -> int:
     from .training.scenes import load_scene_world, scene_texts
     from .training.text_extension import extend_text_encoder
@@ -388,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "scenes of each GenEval task (training/scenes.py; no held-out combination)")
     ds.add_argument("--seed", type=int, default=0)
     ds.set_defaults(func=cmd_export_dataset)
+
+    rp = sub.add_parser("repack-dataset", help="copy an image folder with each PNG in its smallest lossless form "
+                                              "(the same rows, captions and pixels; for the device's 64 MiB)")
+    rp.add_argument("src")
+    rp.add_argument("out")
+    rp.set_defaults(func=cmd_repack_dataset)
 
     xt = sub.add_parser("extend-text-encoder", help="add the scene captions' new words (plurals, above, below, ...) "
                                                     "to a text encoder without changing the old words' embeddings")

