@@ -349,9 +349,12 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         lowres_image: Optional[torch.Tensor] = None,
         noise_aug_level: Optional[torch.Tensor] = None,
         return_dict: bool = True,
+        pooled_text_keep: Optional[torch.Tensor] = None,
     ):
         """sample (B, C, H, W); timestep scalar or (B,); encoder_hidden_states (B, L, D) with mask (B, L);
-        for SR stages lowres_image (B, C, h, w) in [-1, 1] and noise_aug_level (B,) in [0, 1]."""
+        for SR stages lowres_image (B, C, h, w) in [-1, 1] and noise_aug_level (B,) in [0, 1]. `pooled_text_keep`
+        (B,), training only: 0 where a row's pooled text vector is left out (the text then reaches that row through
+        the attention layers alone; train.py `pooled_text_drop_prob`)."""
         b, _, h, w = sample.shape
         timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
         if encoder_attention_mask is None:
@@ -359,7 +362,10 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         context, mask = self._context(encoder_hidden_states.to(sample.dtype), encoder_attention_mask)
 
         emb = self.time_embed(sinusoidal_embedding(timestep, self.config.block_out_channels[0]).to(sample.dtype))
-        emb = emb + self.text_pool(context, mask)
+        pooled = self.text_pool(context, mask)
+        if pooled_text_keep is not None:
+            pooled = pooled * pooled_text_keep.to(pooled.dtype)[:, None]
+        emb = emb + pooled
         x = sample
         if self.config.lowres_cond:
             if lowres_image is None:

@@ -53,6 +53,12 @@ class TrainConfig:
     # grounding_min_side on a side; (token term weight, pixel term weight), e.g. [0.01, 0.001]. None: off.
     grounding_loss_weights: Optional[list] = None
     grounding_min_side: int = 8
+    # The chance that a row's pooled text vector (added to the time embedding) is left out of the U-Net being trained
+    # (not of the teacher): the shipped base stage reads an emoji's identity mostly from that one vector (zeroed, "a
+    # cat" and "pizza" become other things), which cannot say "a cat here, a pizza there"; without it the identity
+    # must come through the text attention layers, where each object's words act at its own place. On the rows the
+    # teacher holds, the student without the vector learns to draw what the teacher draws with it.
+    pooled_text_drop_prob: float = 0.0
     max_aug_level: float = 0.5
     max_steps: int = 100_000  # also the length of a cosine schedule
     checkpoint_every: int = 200
@@ -92,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"other_rows_scale: (smallest, largest) fractions of the side in (0, 1], not {list(scale)}")
         if not 0 < self.other_rows_scale_share <= 1:
             raise ValueError(f"other_rows_scale_share must be in (0, 1], not {self.other_rows_scale_share}")
+        if not 0 <= self.pooled_text_drop_prob <= 1:
+            raise ValueError(f"pooled_text_drop_prob must be in [0, 1], not {self.pooled_text_drop_prob}")
         weights = self.grounding_loss_weights
         if weights is not None:
             if not (len(weights) == 2 and all(w >= 0 for w in weights)):

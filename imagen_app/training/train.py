@@ -378,9 +378,12 @@ def diffusion_loss(unet, scheduler, images, embeds, mask, lowres, cfg: TrainConf
     if lowres is not None:
         aug = torch.rand(b, device=device) * cfg.max_aug_level
         extra = dict(lowres_image=noise_augment(lowres, aug, noise=torch.randn_like(lowres)), noise_aug_level=aug)
+    student_extra = dict(extra)
+    if cfg.pooled_text_drop_prob:  # (no draw when off: the RNG stream of the runs before it)
+        student_extra["pooled_text_keep"] = (torch.rand(b, device=device) >= cfg.pooled_text_drop_prob).float()
     grabber = AttentionGrabber(unet, cfg.grounding_min_side) if grounding is not None else nullcontext()
     with grabber:
-        pred = unet(noisy, t, embeds, mask, **extra).sample
+        pred = unet(noisy, t, embeds, mask, **student_extra).sample
     epsilon = config.prediction_type == "epsilon"
     target = noise if epsilon else scheduler.get_velocity(images, noise, t)
     if teacher is not None and teacher_rows is not None and bool(teacher_rows.any()):

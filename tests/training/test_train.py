@@ -572,6 +572,50 @@ def test_teacher_targets_hold_the_starting_stage_on_non_scene_rows(tmp_path, tex
     assert half_rows < loss(0.5, [True, True, False, False]) < plain
 
 
+def test_pooled_text_drop_leaves_out_the_pooled_vector_of_the_rows_drawn_and_not_the_teachers(
+        tmp_path, text_encoder_dir, image_folder):
+    """`pooled_text_keep` 0 leaves a row's pooled text vector out (that row alone); `pooled_text_drop_prob` 1 trains
+    the U-Net without it, against a teacher that keeps it; 0 draws nothing (the RNG stream of older runs)."""
+    from imagen_app.models.schedules import noise_schedule
+    from imagen_app.training.train import diffusion_loss
+
+    torch.manual_seed(0)
+    unet = ImagenUNet(sample_size=16, text_embed_dim=16, **TINY_UNET)
+    for module in unet.modules():  # zero output layers would hide the difference
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and module.weight.abs().sum() == 0:
+            torch.nn.init.normal_(module.weight, std=0.1)
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    embeds, mask = torch.randn(4, 4, 16), torch.ones(4, 4, dtype=torch.bool)
+    t = torch.tensor([100, 300, 500, 700])
+    with torch.no_grad():
+        plain = unet(images, t, embeds, mask).sample
+        kept = unet(images, t, embeds, mask, pooled_text_keep=torch.tensor([1.0, 0.0, 1.0, 0.0])).sample
+        pool = unet.text_pool.forward
+        unet.text_pool.forward = lambda c, m: torch.zeros_like(pool(c, m))
+        without = unet(images, t, embeds, mask).sample
+        unet.text_pool.forward = pool
+    assert not torch.allclose(plain, without)
+    assert torch.allclose(kept[0::2], plain[0::2]) and torch.allclose(kept[1::2], without[1::2], atol=1e-6)
+
+    sched = noise_schedule()
+
+    def loss(drop, teacher=None, weight=0.0):
+        torch.manual_seed(0)
+        cfg = config(tmp_path, text_encoder_dir, image_folder, cond_drop_prob=0.0, pooled_text_drop_prob=drop,
+                     teacher_target_weight=weight)
+        return diffusion_loss(unet, sched, images, embeds, mask, None, cfg, teacher=teacher,
+                              teacher_rows=torch.ones(4, dtype=torch.bool)).item()
+
+    assert loss(0.0, teacher=unet, weight=1.0) == pytest.approx(0.0, abs=1e-12)  # its own teacher, pooled vector kept
+    assert loss(1.0, teacher=unet, weight=1.0) > 1e-4  # without it, the student no longer equals its teacher
+    off = loss(0.0)
+    torch.manual_seed(0)
+    assert off == diffusion_loss(unet, sched, images, embeds, mask, None,
+                                 config(tmp_path, text_encoder_dir, image_folder, cond_drop_prob=0.0)).item()
+    with pytest.raises(ValueError, match="pooled_text_drop_prob"):
+        config(tmp_path, text_encoder_dir, image_folder, pooled_text_drop_prob=1.5)
+
+
 def test_a_run_with_teacher_targets_trains_and_needs_a_starting_stage(tmp_path, text_encoder_dir, image_folder):
     """A fine-tune with `teacher_target_weight` starts from `init_from` and trains; without `init_from` (no stage
     to hold) it is an error, not a silent plain run."""
