@@ -21,6 +21,13 @@ def to_pil(x: torch.Tensor) -> List[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
+def ink_mask(pixels: np.ndarray, level: int) -> np.ndarray:
+    """(H, W) bool: the pixels of an (H, W, 3) uint8 image on white that are ink, darker than white by more than
+    `level` in some channel (what the scene renders are cropped to, the grounding masks and the GenEval detector
+    read, each at its own level)."""
+    return (255 - pixels.astype(int)).max(axis=2) > level
+
+
 def pixels_to_tensor(pixels) -> torch.Tensor:
     """(N, H, W, 3) uint8 pixels (an array, or a sequence of (H, W, 3) arrays) -> (N, 3, H, W) float32 in [-1, 1].
     Always a copy, so read-only memory maps are fine."""

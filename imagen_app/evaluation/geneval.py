@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..images import ink_mask
 from ..training.recolour import COLOUR_WORDS
 from ..training.scenes import TASKS, SceneSpec, SceneWorld, compose, relation_holds
 
@@ -120,7 +121,7 @@ class Detector:
         img = img.convert("RGB")
         resample = Image.BOX if img.width >= WORK_SIZE else Image.BILINEAR
         px = np.asarray(img.resize((WORK_SIZE, WORK_SIZE), resample))
-        ink = (255 - px.astype(int)).max(axis=2) > INK
+        ink = ink_mask(px, INK)
         blobs = []
         for comp in _components(_dilate(ink)):
             if len(comp) < MIN_AREA * WORK_SIZE * WORK_SIZE:

@@ -425,16 +425,21 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         clean end sigma is about 0.01) and returned in the sample's dtype."""
         fold = self.config.space_to_depth
         x = sample.float()
-        block_mean = F.interpolate(F.avg_pool2d(x, fold), scale_factor=fold, mode="nearest")
+        block_mean = block_means(x, fold)
         c = self.config.space_to_depth_detail_std
         # With a detail spread c, only the block means of the output go through the block formula; the rest below.
-        v_blocks = block_v if c is None else F.interpolate(F.avg_pool2d(block_v, fold), scale_factor=fold, mode="nearest")
+        v_blocks = block_v if c is None else block_means(block_v, fold)
         x0 = levels["block_alpha"] * levels["scale"] * block_mean - levels["block_sigma"] * v_blocks
         if c is not None:  # EDM's preconditioning (Karras et al. 2022, §5) for the detail within each block
             alpha, sigma = levels["alpha"], levels["sigma"]
             spread = (alpha ** 2 * c ** 2 + sigma ** 2).sqrt()
             x0 = x0 + alpha * c ** 2 / spread ** 2 * (x - block_mean) + sigma * c / spread * (block_v - v_blocks)
         return (levels["alpha"] * x - x0) / levels["sigma"]
+
+
+def block_means(x: torch.Tensor, fold: int) -> torch.Tensor:
+    """`x` (B, C, H, W) with every fold x fold block's pixels replaced by the block's mean."""
+    return F.interpolate(F.avg_pool2d(x, fold), scale_factor=fold, mode="nearest")
 
 
 def with_space_to_depth(unet: ImagenUNet, fold: int, beta_schedule: str = "squaredcos_cap_v2",

@@ -86,6 +86,12 @@ class CrossAttentionRecorder(AttentionHook):
         return None if self.total is None else self.total / self.count
 
 
+def span_columns(offsets, start: int, end: int, num_null_tokens: int):
+    """The U-Net context columns (the null tokens first) of the tokens whose characters overlap [start, end) of the
+    text that `offsets` (a tokenizer's offset_mapping) are of; special tokens (empty spans) are none of them."""
+    return [num_null_tokens + k for k, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+
+
 def word_maps(tokenizer, prompt: str, token_maps: torch.Tensor, num_null_tokens: int, max_length: int) -> Dict[str, np.ndarray]:
     """One prompt's token maps (L, H, W), null tokens first, -> {word as written: (H, W) float32}.
 
@@ -95,7 +101,7 @@ def word_maps(tokenizer, prompt: str, token_maps: torch.Tensor, num_null_tokens:
     out: Dict[str, np.ndarray] = {}
     words = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", prompt)]
     for start, end, word in words:
-        positions = [num_null_tokens + k for k, (s, e) in enumerate(enc["offset_mapping"]) if e > s and s < end and e > start]
+        positions = span_columns(enc["offset_mapping"], start, end, num_null_tokens)
         positions = [p for p in positions if p < token_maps.shape[0]]
         if not positions:
             continue  # cut by truncation

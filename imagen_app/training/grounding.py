@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..pipeline.attention_maps import AttentionHook, text_attention_layers
+from ..pipeline.attention_maps import AttentionHook, span_columns, text_attention_layers
 
 
 @dataclass
@@ -47,8 +47,7 @@ def phrase_columns(encoder, caption: str, phrases: Sequence[str], num_null_token
     text the encoder is given for `caption` (`encoder.canonical`), each phrase found after the previous one; [] for a
     phrase that text does not hold as words (a caption the vocabulary rewrote, or one cut by truncation)."""
     text = encoder.canonical(caption)
-    tokens = encoder._tokenize(text, truncation=True)
-    spans = [(k, s, e) for k, (s, e) in enumerate(tokens["offset_mapping"]) if e > s]
+    offsets = encoder._tokenize(text, truncation=True)["offset_mapping"]
     out, start = [], 0
     for phrase in phrases:
         found = re.compile(r"(?<![\w-])" + re.escape(phrase) + r"(?![\w-])").search(text, start)
@@ -56,7 +55,7 @@ def phrase_columns(encoder, caption: str, phrases: Sequence[str], num_null_token
             out.append([])
             continue
         start = found.end()
-        out.append([num_null_tokens + k for k, s, e in spans if s < found.end() and e > found.start()])
+        out.append(span_columns(offsets, found.start(), found.end(), num_null_tokens))
     return out
 
 
@@ -106,12 +105,12 @@ def grounding_loss(taken: Sequence[Tuple[torch.Tensor, int, int]], targets: Grou
                    rows: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """(token term, pixel term), each the mean over the phrases and the `taken` layers (see the module docstring).
     `rows` (B,) bool: the batch rows whose text the U-Net saw (classifier-free guidance drops some); the phrases of
-    the others are left out. Zero (with a graph) when no phrase is left."""
+    the others are left out. Zero when no phrase is left."""
     keep = torch.ones(len(targets), dtype=torch.bool, device=targets.rows.device)
     if rows is not None:
         keep = rows[targets.rows]
     if not taken or not bool(keep.any()):
-        zero = sum(p.sum() * 0 for p, _, _ in taken) if taken else torch.zeros(())
+        zero = torch.zeros((), device=targets.rows.device)
         return zero, zero
     g_rows, columns, masks = targets.rows[keep], targets.columns[keep], targets.masks[keep]
     valid = (columns >= 0).float()  # (G, T)

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from ..images import ink_mask
 from .data import CaptionedImages, Emoji, render
 from .recolour import COLOUR_WORDS, main_colour, recolour
 
@@ -221,7 +222,7 @@ class Renders:
                 if source is None:
                     raise ValueError(f"{name!r} has no main palette colour, so it cannot be drawn {colour}")
                 img = recolour(img, self.palette[source], self.palette[colour])
-            ink = np.where((255 - img.astype(int)).max(axis=2) > 24)
+            ink = np.where(ink_mask(img, 24))
             if len(ink[0]):
                 img = img[ink[0].min(): ink[0].max() + 1, ink[1].min(): ink[1].max() + 1]
             self._cache[key] = img
@@ -299,7 +300,7 @@ def grounding_phrases(spec: SceneSpec, canvas: np.ndarray, boxes) -> List[Tuple[
     """Each object's phrase, as every caption of `spec` writes it ("red cat", "cat", "bananas"), and the (side, side)
     bool mask of its ink in `canvas` (`compose`'s boxes; a count's copies share the plural's mask), in caption order.
     What the grounding loss (training/grounding.py) teaches each phrase's tokens to attend to."""
-    ink = canvas.min(axis=2) < 235  # darker than paper (the renders' antialiased edges included)
+    ink = ink_mask(canvas, 20)  # darker than paper (the renders' antialiased edges included)
     masks: Dict[str, np.ndarray] = {}
     for name, colour, (x0, y0, x1, y1) in boxes:
         phrase = pluralize(name) if spec.task == "counting" else f"{colour} {name}" if colour else name
