@@ -146,6 +146,13 @@ def _log_line(message: str) -> None:
     sys.stdout.flush()
 
 
+def cmd_branch_run(args) -> int:
+    from .training.train import TrainConfig, branch_run
+
+    branch_run(args.from_run, TrainConfig.load(args.config, run_dir=args.run_dir))
+    return 0
+
+
 def cmd_export_stage(args) -> int:
     from .training.train import export_stage
 
@@ -371,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, help="CPU threads for this run")
     t.add_argument("--init-from", default=None, help="an exported stage folder to start from when no checkpoint exists")
     t.set_defaults(func=cmd_train)
+
+    br = sub.add_parser("branch-run", help="start a config's run from another run's checkpoint, with the modules the "
+                                           "config adds (e.g. local_text_pool) new; then `train CONFIG` goes on")
+    br.add_argument("from_run", help="the run folder whose checkpoint to start from")
+    br.add_argument("config")
+    br.add_argument("--run-dir", default=None)
+    br.set_defaults(func=cmd_branch_run)
 
     e = sub.add_parser("export-stage", help="write a run's EMA weights as an ImagenUNet folder")
     e.add_argument("run_dir")

@@ -40,6 +40,16 @@ the mean of each block sees the noise level a 1/f-side stage saw at the same tim
 folded by `with_space_to_depth` therefore draws at 64 px exactly what it drew at 32 px (each pixel a 2 x 2 block),
 and training only has to add what the finer grid can show.
 
+Local text pool (`local_text_pool`, not in the paper): Imagen adds one attention-pooled text vector to the time
+embedding, and every residual block reads it through its scale and shift, the same at every pixel. The shipped small
+stage reads an emoji's identity mostly from that vector (zeroed, "a tiger" and "pizza" become other things), and one
+vector cannot say "a cat here, a pizza there": a scene stage drew two coherent emoji in the right places, but not
+the named ones. With this flag each level pools the text once per pixel instead: the pool's logits plus that
+pixel's own query against the tokens, so the pixels of the cat pool "cat" and those of the pizza pool "pizza", and
+the blocks' scale and shift, learned from the one vector, say per pixel what to draw there. The queries start at
+zero, so at the start every pixel pools exactly the one vector and a trained stage draws as before; the grounding
+loss (training/grounding.py) teaches the pools where each object is, as it does the cross-attention.
+
 The null condition for classifier-free guidance is an all-masked text: every sample attends
 to `num_null_tokens` learned null tokens in addition to its text tokens, so an empty prompt
 (or a text dropped in training) sees only the learned null embedding, and attention is never
@@ -112,8 +122,11 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """`emb`: (B, E), or (B, h, w, E) per pixel (a local text pool's)."""
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        film = self.emb_proj(F.silu(emb))
+        film = film[:, :, None, None] if film.dim() == 2 else film.permute(0, 3, 1, 2)
+        scale, shift = film.chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(F.silu(h))
         return h + self.skip(x)
@@ -205,11 +218,44 @@ class AttentionPool(nn.Module):
         self.to_k = nn.Linear(dim, dim, bias=False)
         self.proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, out_dim))
 
+    def keys_and_logits(self, context: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D) -> the tokens' keys (B, L, D) and how much each weighs in the pool (B, L), before the mask."""
+        keys = self.to_k(context)
+        return keys, (keys @ self.query) / math.sqrt(context.shape[-1])
+
     def forward(self, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        logits = (self.to_k(context) @ self.query) / math.sqrt(context.shape[-1])  # (B, L)
-        logits = logits.masked_fill(~context_mask, float("-inf"))
+        logits = self.keys_and_logits(context)[1].masked_fill(~context_mask, float("-inf"))
         pooled = (logits.softmax(dim=-1)[..., None] * context).sum(dim=1)  # (B, D)
         return self.proj(pooled)
+
+
+class LocalTextPool(nn.Module):
+    """The text pooled once per pixel of a level (see the module docstring): weights = softmax over the tokens of
+    the pool's logits + the pixel's query . the token's pool key (AttentionPool.to_k: the keys of a stage that
+    begins with this module are already trained, so only the queries are new, and they start at zero: every pixel
+    pools what the AttentionPool pools). Its weights go to an attention recorder as a one-head attention map (the
+    grounding loss)."""
+
+    def __init__(self, channels: int, context_dim: int, groups: int):
+        super().__init__()
+        self.norm = group_norm(channels, groups)
+        self.to_q = nn.Linear(channels, context_dim, bias=False)
+        nn.init.zeros_(self.to_q.weight)
+        self.self_attention = False  # (read by the grounding loss's choice of layers)
+        self.recorders = {}  # as TextAttention.recorders
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor, keys: torch.Tensor,
+                pool_logits: torch.Tensor) -> torch.Tensor:
+        """x (B, C, h, w), context (B, L, D) with mask (B, L), the pool's keys (B, L, D) and logits (B, L) -> each
+        pixel's pooled text (B, h, w, D), before the pool's projection."""
+        b, _, h, w = x.shape
+        q = self.to_q(self.norm(x).flatten(2).transpose(1, 2))  # (B, hw, D)
+        logits = pool_logits[:, None, :] + q @ keys.transpose(1, 2) / math.sqrt(context.shape[-1])
+        probs = logits.masked_fill(~context_mask[:, None, :], float("-inf")).softmax(dim=-1)  # (B, hw, L)
+        recorder = self.recorders.get(threading.get_ident()) if self.recorders else None
+        if recorder is not None:
+            recorder.record(probs[:, None], h, w)
+        return (probs @ context).view(b, h, w, -1)
 
 
 def upsampler(in_ch: int, out_ch: int, kind: str) -> nn.Module:
@@ -224,8 +270,10 @@ class Level(nn.Module):
     """The residual blocks of one resolution, each optionally followed by attention."""
 
     def __init__(self, in_ch, out_ch, n_blocks, emb_dim, groups, context_dim, head_dim, cross, self_attn, skip_ch=0,
-                 pixel_coordinates=False):
+                 pixel_coordinates=False, local_text_pool=False):
         super().__init__()
+        # (the level's input: the previous level's channels on the way up, this level's on the way down)
+        self.text_pool = LocalTextPool(in_ch, context_dim, groups) if local_text_pool else None
         self.blocks = nn.ModuleList()
         self.attns = nn.ModuleList()
         for i in range(n_blocks):
@@ -268,6 +316,7 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         space_to_depth: int = 1,
         space_to_depth_schedule: str = "squaredcos_cap_v2",
         space_to_depth_detail_std: Optional[float] = None,
+        local_text_pool: bool = False,
     ):
         super().__init__()
         n = len(block_out_channels)
@@ -306,7 +355,7 @@ class ImagenUNet(ModelMixin, ConfigMixin):
 
         self.conv_in = nn.Conv2d(in_channels * (2 if lowres_cond else 1) * folded, ch[0], 3, padding=1)
         level_args = dict(emb_dim=emb_dim, groups=norm_num_groups, context_dim=text_embed_dim, head_dim=attention_head_dim,
-                          pixel_coordinates=pixel_coordinates)
+                          pixel_coordinates=pixel_coordinates, local_text_pool=local_text_pool)
         self.down_levels = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
         for i in range(n):
@@ -362,10 +411,12 @@ class ImagenUNet(ModelMixin, ConfigMixin):
         context, mask = self._context(encoder_hidden_states.to(sample.dtype), encoder_attention_mask)
 
         emb = self.time_embed(sinusoidal_embedding(timestep, self.config.block_out_channels[0]).to(sample.dtype))
-        pooled = self.text_pool(context, mask)
-        if pooled_text_keep is not None:
-            pooled = pooled * pooled_text_keep.to(pooled.dtype)[:, None]
-        emb = emb + pooled
+        keep = None if pooled_text_keep is None else pooled_text_keep.to(emb.dtype)[:, None]
+        if self.config.local_text_pool:  # each level pools the text per pixel (`level_embedding`)
+            pool_keys, pool_logits = self.text_pool.keys_and_logits(context)
+        else:
+            pooled = self.text_pool(context, mask)
+            emb = emb + (pooled if keep is None else pooled * keep)
         x = sample
         if self.config.lowres_cond:
             if lowres_image is None:
@@ -384,17 +435,29 @@ class ImagenUNet(ModelMixin, ConfigMixin):
             levels = self._folded_noise_levels(timestep)
             x = F.pixel_unshuffle(sample, fold) * levels["scale"].to(sample.dtype)
         x = self.conv_in(x)
+        def level_embedding(level: Level, x: torch.Tensor) -> torch.Tensor:
+            """The embedding the level's blocks read: `emb`, or with local text pools `emb` + the text pooled at
+            each of the level's pixels (B, h, w, E)."""
+            if level.text_pool is None:
+                return emb
+            pooled = self.text_pool.proj(level.text_pool(x, context, mask, pool_keys, pool_logits))
+            if keep is not None:
+                pooled = pooled * keep[:, None, None]
+            return emb[:, None, None, :] + pooled
+
         skips = []
         for down, level in zip(self.downsamplers, self.down_levels):
             x = down(x)
+            level_emb = level_embedding(level, x)
             for block, attn in zip(level.blocks, level.attns):
-                x = block(x, emb)
+                x = block(x, level_emb)
                 x = attn(x, context, mask) if not isinstance(attn, nn.Identity) else x
                 skips.append(x)
-        x = self.mid.attns[0](self.mid.blocks[0](x, emb), context, mask)
+        x = self.mid.attns[0](self.mid.blocks[0](x, level_embedding(self.mid, x)), context, mask)
         for level, up in zip(self.up_levels, self.upsamplers):
+            level_emb = level_embedding(level, x)
             for block, attn in zip(level.blocks, level.attns):
-                x = block(torch.cat([x, skips.pop() * self.config.skip_scale], dim=1), emb)
+                x = block(torch.cat([x, skips.pop() * self.config.skip_scale], dim=1), level_emb)
                 x = attn(x, context, mask) if not isinstance(attn, nn.Identity) else x
             x = up(x)
         out = self.conv_out(F.silu(self.norm_out(x)))

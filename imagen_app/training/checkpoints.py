@@ -16,7 +16,7 @@ import json
 import os
 import random
 import re
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -67,6 +67,31 @@ def resume(path: str, unet, opt, lr_scheduler, rng: random.Random, rank: int, pr
         log(f"the checkpoint holds the RNG states of {len(ckpt['rng'])} process(es), this run has "
             f"{processes}: ranks without a saved state draw from their fresh seed")
     return ckpt
+
+
+def grow_checkpoint(ckpt: dict, unet, groups: Sequence[Sequence[str]]) -> dict:
+    """`ckpt` (as `read_checkpoint` gives it) for `unet`, a U-Net with every parameter of the checkpoint's and new ones
+    (a module a config adds, e.g. `local_text_pool`): the new parameters and buffers take `unet`'s values, in the
+    weights and the EMA alike, and start with no optimizer state (AdamW starts it at their first step); the rest of
+    the optimizer state, the step, the lr schedule and the RNG states carry over. `groups`: the names of the
+    optimizer's parameter groups, in order (train.parameter_groups), which the checkpoint's groups must match."""
+    fresh = {name: value.detach().clone() for name, value in unet.state_dict().items()}
+    unknown = sorted(set(ckpt["unet"]) - set(fresh))
+    if unknown:
+        raise ValueError(f"the checkpoint has weights this U-Net does not: {unknown[:5]}")
+    if len(groups) != len(ckpt["opt"]["param_groups"]):
+        raise ValueError(f"the checkpoint's optimizer has {len(ckpt['opt']['param_groups'])} parameter groups, "
+                         f"this run {len(groups)}")
+    new_order = [name for group in groups for name in group]
+    old_order = [name for name in new_order if name in ckpt["unet"]]
+    state = {new_order.index(name): ckpt["opt"]["state"][i] for i, name in enumerate(old_order)
+             if i in ckpt["opt"]["state"]}
+    param_groups, start = [], 0
+    for group, saved in zip(groups, ckpt["opt"]["param_groups"]):
+        param_groups.append(dict(saved, params=list(range(start, start + len(group)))))
+        start += len(group)
+    return dict(ckpt, unet={**fresh, **ckpt["unet"]}, ema={**{k: v.clone() for k, v in fresh.items()}, **ckpt["ema"]},
+                opt=dict(state=state, param_groups=param_groups))
 
 
 # --- the run folder ------------------------------------------------------------------------------------------------

@@ -85,10 +85,14 @@ def grounding_targets(encoder, captions: Sequence[str], phrases: Sequence[Sequen
 class AttentionGrabber(AttentionHook):
     """While active (a `with` block), keeps every forward call's attention probabilities (with their gradients) of
     the U-Net's text attention layers whose maps are at least `min_side` on a side and have no self-attention (whose
-    softmax is over the text alone). `taken`: [(probs (B, heads, h*w, N + L), h, w)]."""
+    softmax is over the text alone), and of its local text pools (models/unet.py `LocalTextPool`, a one-head map).
+    `taken`: [(probs (B, heads, h*w, N + L), h, w)]."""
 
     def __init__(self, unet: torch.nn.Module, min_side: int):
-        super().__init__(layer for layer in text_attention_layers(unet) if not layer.self_attention)
+        from ..models.unet import LocalTextPool
+
+        pools = [m for m in getattr(unet, "module", unet).modules() if isinstance(m, LocalTextPool)]
+        super().__init__([layer for layer in text_attention_layers(unet) if not layer.self_attention] + pools)
         self.min_side = min_side
         self.taken: List[Tuple[torch.Tensor, int, int]] = []
 

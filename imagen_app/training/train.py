@@ -38,7 +38,8 @@ from ..models.schedules import stage_noise_schedule
 from ..models.text_encoder import PromptEncoder, load_text_encoder
 from ..models.unet import ImagenUNet, upsample_lowres, with_space_to_depth
 from ..pipeline.guidance import noise_augment
-from .checkpoints import CHECKPOINT, checkpoint_path, claim_run_folder, resume, save_checkpoint
+from .checkpoints import (CHECKPOINT, checkpoint_path, claim_run_folder, grow_checkpoint, read_checkpoint, resume,
+                          save_checkpoint, write_checkpoint)
 from .config import TrainConfig
 from .curriculum import log_text_use, make_curriculum, plan_next_pass
 from .data import caption_vocabulary
@@ -306,7 +307,8 @@ def initial_unet(cfg: TrainConfig, text_dim: int, use_init_from: bool, log) -> I
     embeddings (zero or scaled sinusoids at the start): the features carry over and the new parts are learned."""
     if cfg.init_from and use_init_from:
         overrides = {k: cfg.unet[k] for k in ("prediction_type", "residual", "text_position_embeddings",
-                                              "text_position_init_scale", "pixel_coordinates") if k in cfg.unet}
+                                              "text_position_init_scale", "pixel_coordinates", "local_text_pool")
+                     if k in cfg.unet}
         # A stage may also continue at another resolution (a 32 px base stage trained on at 64 px): its layers are
         # convolutions and attention over the feature map, so only the recorded sample size changes.
         # A folded stage (`space_to_depth`) starts as the unfolded one at 1/fold the side, folded.
@@ -321,6 +323,30 @@ def initial_unet(cfg: TrainConfig, text_dim: int, use_init_from: bool, log) -> I
             f"{f', folded {fold} x {fold}' if fold > 1 else ''})")
         return unet
     return ImagenUNet(**cfg.unet_arguments(text_dim))
+
+
+def branch_run(from_run: str, cfg: TrainConfig, log=print) -> str:
+    """Starts `cfg`'s run from the checkpoint of the run `from_run`, with the modules `cfg` adds to its U-Net (e.g.
+    `local_text_pool`) at their initial values (checkpoints.grow_checkpoint): the weights, EMA, optimizer state,
+    step, lr schedule and RNG states carry over, so `train(cfg)` goes on where that run stopped. Returns the path of
+    the checkpoint written (cfg.run_dir must not hold one)."""
+    if checkpoint_path(cfg.run_dir):
+        raise FileExistsError(f"{cfg.run_dir} already holds a checkpoint")
+    source = checkpoint_path(from_run)
+    if source is None:
+        raise FileNotFoundError(f"no checkpoint in {from_run}")
+    ckpt = read_checkpoint(source)
+    torch.manual_seed(cfg.seed)  # the new modules' initial values
+    unet = initial_unet(cfg, ckpt["unet"]["null_tokens"].shape[1], use_init_from=True, log=log)
+    names = {id(p): name for name, p in unet.named_parameters()}
+    groups = [[names[id(p)] for p in group["params"]] for group in parameter_groups(unet, cfg)]
+    grown = grow_checkpoint(ckpt, unet, groups)
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    path = os.path.join(cfg.run_dir, CHECKPOINT)
+    write_checkpoint(path, grown)
+    added = sum(p.numel() for name, p in unet.named_parameters() if name not in ckpt["unet"])
+    log(f"{path}: {from_run} at step {ckpt['step']}, with {added} new parameters")
+    return path
 
 
 def starting_stage(cfg: TrainConfig, device, log) -> Optional[ImagenUNet]:

@@ -751,3 +751,34 @@ def test_a_folded_run_starts_as_its_stage_folded_trains_on_the_shifted_schedule_
     with pytest.raises(ValueError, match="shifted"):
         ImagenPipeline(tokenizer=tiny_pipe.tokenizer, text_encoder=tiny_pipe.text_encoder, unet_1=stage,
                        scheduler_1=noise_schedule("squaredcos_cap_v2", "v_prediction"))
+
+
+def test_a_branched_run_goes_on_from_another_runs_checkpoint_with_the_modules_its_config_adds(
+        tmp_path, text_encoder_dir, image_folder):
+    """branch-run: the source's weights, EMA, optimizer state, step and schedule carry over; the local text pools
+    the new config adds start at their initial values (zero queries) with no optimizer state, and training goes on
+    from the source's step and moves them."""
+    from imagen_app.training.train import branch_run
+
+    source = config(tmp_path / "a", text_encoder_dir, image_folder, max_steps=4)
+    assert train(source, log=lambda *_: None) == 4
+    branched = config(tmp_path / "b", text_encoder_dir, image_folder, max_steps=6,
+                      unet=dict(TINY_UNET, local_text_pool=True))
+    path = branch_run(source.run_dir, branched, log=lambda *_: None)
+    before, grown = read_checkpoint(os.path.join(source.run_dir, CHECKPOINT)), read_checkpoint(path)
+    new = sorted(set(grown["unet"]) - set(before["unet"]))
+    assert new and all(".text_pool." in name for name in new)
+    assert all(not grown["unet"][name].any() for name in new if name.endswith("to_q.weight"))
+    for part in ("unet", "ema"):
+        for name, value in before[part].items():
+            torch.testing.assert_close(grown[part][name], value, rtol=0, atol=0)
+    assert grown["step"] == 4 and grown["lr_scheduler"] == before["lr_scheduler"]
+    assert len(grown["opt"]["state"]) == len(before["opt"]["state"])  # the new parameters have none yet
+    with pytest.raises(FileExistsError):
+        branch_run(source.run_dir, branched, log=lambda *_: None)
+
+    logs = []
+    assert train(branched, log=logs.append) == 6
+    assert any("resumed" in m and "step 4" in m for m in logs)
+    after = read_checkpoint(os.path.join(branched.run_dir, CHECKPOINT))
+    assert any(after["unet"][name].any() for name in new if name.endswith("to_q.weight"))
