@@ -1,6 +1,7 @@
 """How far a base stage's object words attend to their objects: the grounding loss's token term (training/grounding.py,
 0 = all of a phrase's attention inside its object, 1 = none) on 32 fresh seen scenes of each composition task, at
 two noise levels (t = 300 and 700), no gradients. The scenes are drawn at the stage's side (64 px for a folded stage).
+A stage with local text pools (models/unet.py `local_text_pool`) gets a second figure per task: its pools' term.
 
     python scripts/grounding_terms.py runs/stage_TAG [TEXT_ENCODER_FOLDER (default runs/scenes_text)]
 """
@@ -39,8 +40,11 @@ def main(stage: str, text: str = "runs/scenes_text", per_task: int = 32, timeste
             t = torch.full((per_task,), step)
             with AttentionGrabber(unet, 8) as grabber, torch.no_grad():
                 unet(schedule.add_noise(images, torch.randn_like(images), t), t, embeds, mask)
-            terms.append(float(grounding_loss(grabber.taken, targets)[0]))
-        out.append(f"{task}: " + " / ".join(f"{x:.3f}" for x in terms))
+            pools = [taken for taken in grabber.taken if taken[0].shape[1] == 1]  # one-head maps: the local pools
+            attention = [taken for taken in grabber.taken if taken[0].shape[1] > 1]
+            terms.append(" + pools ".join(f"{float(grounding_loss(kind, targets)[0]):.3f}"
+                                          for kind in (attention, pools) if kind))
+        out.append(f"{task}: " + " / ".join(terms))
     return f"{stage} token term at t = {' / '.join(map(str, timesteps))}: " + " | ".join(out)
 
 

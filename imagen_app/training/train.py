@@ -451,14 +451,15 @@ def teacher_targets(teacher, target, rows, weight: float, noisy, t, embeds, mask
 # --- optimiser -------------------------------------------------------------------------------------------------
 
 def is_word_order_parameter(name: str) -> bool:
-    """The parameters that let the U-Net see word order and bind it to places: the text position embeddings and
-    the attention layers' pixel-coordinate weights."""
-    return name == "text_positions" or name.endswith(".coordinates.weight")
+    """The parameters that let the U-Net see word order and bind it to places: the text position embeddings, the
+    attention layers' pixel-coordinate weights and the local text pools' queries (which word each pixel pools; they
+    start at zero, and at a late run's decayed lr they would take thousands of steps to move)."""
+    return name == "text_positions" or name.endswith(".coordinates.weight") or name.endswith(".text_pool.to_q.weight")
 
 
 def parameter_groups(unet, cfg: TrainConfig) -> List[dict]:
     """The optimizer's groups: everything at `lr`, and with `text_positions_lr` the word-order parameters (text
-    position embeddings, pixel coordinates) in a group of their own at that lr, without weight decay (the schedule
+    position embeddings, pixel coordinates, local pool queries) in a group of their own at that lr, without weight decay (the schedule
     scales both alike)."""
     named = list(unet.named_parameters())
     order = [p for name, p in named if is_word_order_parameter(name)]
