@@ -28,6 +28,9 @@ class AttentionTraces:
 
     def __init__(self, unet, scheduler, renders: torch.Tensor, names: Sequence[str], teacher, draws: int = 2,
                  min_timestep: int = 250, pixels: int = 32, seed: int = 0):
+        if getattr(unet.config, "local_text_pool", False):  # its text path is per pixel: not the two parts traced
+            raise ValueError("tune-text traces the pooled text vector and the attention layers; this U-Net pools the "
+                             "text per pixel (local_text_pool), which the traces do not hold")
         self.unet, self.scheduler, self.renders, self.teacher = unet, scheduler, renders, teacher
         self.layers: List[TextAttention] = text_attention_layers(unet)
         self.index = {n: i for i, n in enumerate(names)}

@@ -73,3 +73,20 @@ def test_the_layers_anchor_is_zero_for_the_teacher_and_grows_with_a_moved_captio
     moved = fixed + 0.5 * torch.randn(fixed.shape, generator=torch.Generator().manual_seed(1)) * mask[..., None]
     small, large = (traces.anchor_loss(rows, e, mask, fixed, mask).item() for e in (nudged, moved))
     assert 0 < small < large
+
+
+def test_traces_refuse_a_unet_whose_text_is_pooled_per_pixel(tiny_pipe):
+    """A U-Net with local text pools reads its text in a third place the traces do not hold: a clear error, not a
+    tuned text encoder that draws something else."""
+    import pytest
+
+    from imagen_app.models.schedules import noise_schedule
+    from imagen_app.models.text_encoder import PromptEncoder
+    from imagen_app.models.unet import ImagenUNet
+    from imagen_app.training.attention_traces import AttentionTraces
+
+    config = {k: v for k, v in tiny_pipe.unets[0].config.items() if not k.startswith("_")}
+    unet = ImagenUNet(**{**config, "local_text_pool": True})
+    teacher = PromptEncoder(tiny_pipe.tokenizer, tiny_pipe.text_encoder)
+    with pytest.raises(ValueError, match="local_text_pool"):
+        AttentionTraces(unet, noise_schedule("squaredcos_cap_v2", "epsilon"), torch.zeros(1, 3, 8, 8), ["panda"], teacher)
