@@ -64,3 +64,16 @@ def test_local_pools_give_each_pixel_its_own_tokens_and_the_grounding_loss_their
     for probs in one_head:
         torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs.sum(-1)))
         assert float(probs[0, ..., -1].max()) == 0.0  # the masked token gets nothing
+
+
+def test_a_saved_stage_loaded_with_local_pools_starts_with_zero_queries(tmp_path):
+    """How a run starts from an exported stage (`init_from` with "local_text_pool" in its unet): diffusers builds the
+    model with some nn.init functions skipped, and the new pools must still start at zero queries and unit norms."""
+    unet = small_unet()
+    unet.save_pretrained(tmp_path / "stage")
+    loaded = ImagenUNet.from_pretrained(tmp_path / "stage", low_cpu_mem_usage=False, local_text_pool=True).eval()
+    pools = [m for m in loaded.modules() if isinstance(m, LocalTextPool)]
+    assert pools and all(not p.to_q.weight.any() and bool((p.norm.weight == 1).all()) for p in pools)
+    x, t, embeds, mask = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, embeds, mask).sample, unet(x, t, embeds, mask).sample, rtol=0, atol=1e-5)
