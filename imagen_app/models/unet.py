@@ -435,6 +435,7 @@ class ImagenUNet(ModelMixin, ConfigMixin):
             levels = self._folded_noise_levels(timestep)
             x = F.pixel_unshuffle(sample, fold) * levels["scale"].to(sample.dtype)
         x = self.conv_in(x)
+
         def level_embedding(level: Level, x: torch.Tensor) -> torch.Tensor:
             """The embedding the level's blocks read: `emb`, or with local text pools `emb` + the text pooled at
             each of the level's pixels (B, h, w, E)."""
