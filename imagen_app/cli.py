@@ -149,7 +149,11 @@ def _log_line(message: str) -> None:
 def cmd_branch_run(args) -> int:
     from .training.train import TrainConfig, branch_run
 
-    branch_run(args.from_run, TrainConfig.load(args.config, run_dir=args.run_dir))
+    try:
+        branch_run(args.from_run, TrainConfig.load(args.config, run_dir=args.run_dir))
+    except (FileExistsError, FileNotFoundError, ValueError) as e:  # no checkpoint, one already there, or a mismatch
+        print(f"branch-run: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

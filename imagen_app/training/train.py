@@ -459,8 +459,8 @@ def is_word_order_parameter(name: str) -> bool:
 
 def parameter_groups(unet, cfg: TrainConfig) -> List[dict]:
     """The optimizer's groups: everything at `lr`, and with `text_positions_lr` the word-order parameters (text
-    position embeddings, pixel coordinates, local pool queries) in a group of their own at that lr, without weight decay (the schedule
-    scales both alike)."""
+    position embeddings, pixel coordinates, local pool queries) in a group of their own at that lr, without weight
+    decay (the schedule scales both alike)."""
     named = list(unet.named_parameters())
     order = [p for name, p in named if is_word_order_parameter(name)]
     if cfg.text_positions_lr is None or not order:

@@ -776,6 +776,14 @@ def test_a_branched_run_goes_on_from_another_runs_checkpoint_with_the_modules_it
     assert len(grown["opt"]["state"]) == len(before["opt"]["state"])  # the new parameters have none yet
     with pytest.raises(FileExistsError):
         branch_run(source.run_dir, branched, log=lambda *_: None)
+    from dataclasses import asdict
+
+    from imagen_app.cli import main
+
+    config_file = tmp_path / "branched.json"
+    config_file.write_text(json.dumps(asdict(branched)))
+    assert main(["branch-run", str(tmp_path / "missing"), str(config_file), "--run-dir", str(tmp_path / "c")]) == 2
+    assert main(["branch-run", source.run_dir, str(config_file)]) == 2  # b already holds one: a message, no trace
 
     logs = []
     assert train(branched, log=logs.append) == 6
