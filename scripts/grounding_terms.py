@@ -13,7 +13,7 @@ import torch
 from imagen_app.images import pixels_to_tensor
 from imagen_app.models.schedules import stage_noise_schedule
 from imagen_app.models.text_encoder import PromptEncoder, load_text_encoder
-from imagen_app.models.unet import ImagenUNet
+from imagen_app.models.unet import ImagenUNet, LocalTextPool, TextAttention
 from imagen_app.training.data import caption_vocabulary
 from imagen_app.training.grounding import AttentionGrabber, grounding_loss, grounding_targets
 from imagen_app.training.scenes import TASKS, LiveScenes, load_scene_world
@@ -38,12 +38,11 @@ def main(stage: str, text: str = "runs/scenes_text", per_task: int = 32, timeste
         for step in timesteps:
             torch.manual_seed(0)
             t = torch.full((per_task,), step)
-            with AttentionGrabber(unet, 8) as grabber, torch.no_grad():
+            attention, pools = AttentionGrabber(unet, 8, TextAttention), AttentionGrabber(unet, 8, LocalTextPool)
+            with attention, pools, torch.no_grad():
                 unet(schedule.add_noise(images, torch.randn_like(images), t), t, embeds, mask)
-            pools = [taken for taken in grabber.taken if taken[0].shape[1] == 1]  # one-head maps: the local pools
-            attention = [taken for taken in grabber.taken if taken[0].shape[1] > 1]
-            terms.append(" + pools ".join(f"{float(grounding_loss(kind, targets)[0]):.3f}"
-                                          for kind in (attention, pools) if kind))
+            terms.append(" + pools ".join(f"{float(grounding_loss(kind.taken, targets)[0]):.3f}"
+                                          for kind in (attention, pools) if kind.taken))
         out.append(f"{task}: " + " / ".join(terms))
     return f"{stage} token term at t = {' / '.join(map(str, timesteps))}: " + " | ".join(out)
 

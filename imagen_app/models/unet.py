@@ -241,7 +241,7 @@ class LocalTextPool(nn.Module):
         self.norm = group_norm(channels, groups)
         self.to_q = nn.Linear(channels, context_dim, bias=False)
         nn.init.zeros_(self.to_q.weight)
-        self.self_attention = False  # (read by the grounding loss's choice of layers)
+        self.self_attention = False  # its softmax is over the text alone (the grounding loss's choice of layers)
         self.recorders = {}  # as TextAttention.recorders
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor, keys: torch.Tensor,

@@ -49,11 +49,16 @@ class AttentionHook:
         raise NotImplementedError
 
 
+def unet_modules(unet: torch.nn.Module, kinds) -> list:
+    """The U-Net's modules of `kinds` (a class or a tuple of them; unwrapped from DDP), in forward order."""
+    return [m for m in getattr(unet, "module", unet).modules() if isinstance(m, kinds)]
+
+
 def text_attention_layers(unet: torch.nn.Module):
     """The U-Net's text attention layers (unwrapped from DDP), in forward order."""
     from ..models.unet import TextAttention
 
-    return [m for m in getattr(unet, "module", unet).modules() if isinstance(m, TextAttention)]
+    return unet_modules(unet, TextAttention)
 
 
 class CrossAttentionRecorder(AttentionHook):

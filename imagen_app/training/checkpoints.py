@@ -82,10 +82,9 @@ def grow_checkpoint(ckpt: dict, unet, groups: Sequence[Sequence[str]]) -> dict:
     if len(groups) != len(ckpt["opt"]["param_groups"]):
         raise ValueError(f"the checkpoint's optimizer has {len(ckpt['opt']['param_groups'])} parameter groups, "
                          f"this run {len(groups)}")
-    new_order = [name for group in groups for name in group]
-    old_order = [name for name in new_order if name in ckpt["unet"]]
-    state = {new_order.index(name): ckpt["opt"]["state"][i] for i, name in enumerate(old_order)
-             if i in ckpt["opt"]["state"]}
+    new_index = {name: i for i, name in enumerate(name for group in groups for name in group)}
+    old_order = [name for name in new_index if name in ckpt["unet"]]  # the checkpoint's optimizer order
+    state = {new_index[name]: ckpt["opt"]["state"][i] for i, name in enumerate(old_order) if i in ckpt["opt"]["state"]}
     param_groups, start = [], 0
     for group, saved in zip(groups, ckpt["opt"]["param_groups"]):
         param_groups.append(dict(saved, params=list(range(start, start + len(group)))))

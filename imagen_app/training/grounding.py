@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..pipeline.attention_maps import AttentionHook, span_columns, text_attention_layers
+from ..models.unet import LocalTextPool, TextAttention
+from ..pipeline.attention_maps import AttentionHook, span_columns, unet_modules
 
 
 @dataclass
@@ -84,15 +85,12 @@ def grounding_targets(encoder, captions: Sequence[str], phrases: Sequence[Sequen
 
 class AttentionGrabber(AttentionHook):
     """While active (a `with` block), keeps every forward call's attention probabilities (with their gradients) of
-    the U-Net's text attention layers whose maps are at least `min_side` on a side and have no self-attention (whose
-    softmax is over the text alone), and of its local text pools (models/unet.py `LocalTextPool`, a one-head map).
-    `taken`: [(probs (B, heads, h*w, N + L), h, w)]."""
+    the U-Net's text attention layers and local text pools (models/unet.py; a pool's is a one-head map), or of those
+    of `kinds`, whose maps are at least `min_side` on a side and have no self-attention (whose softmax is over the
+    text alone). `taken`: [(probs (B, heads, h*w, N + L), h, w)]."""
 
-    def __init__(self, unet: torch.nn.Module, min_side: int):
-        from ..models.unet import LocalTextPool
-
-        pools = [m for m in getattr(unet, "module", unet).modules() if isinstance(m, LocalTextPool)]
-        super().__init__([layer for layer in text_attention_layers(unet) if not layer.self_attention] + pools)
+    def __init__(self, unet: torch.nn.Module, min_side: int, kinds=(TextAttention, LocalTextPool)):
+        super().__init__(layer for layer in unet_modules(unet, kinds) if not layer.self_attention)
         self.min_side = min_side
         self.taken: List[Tuple[torch.Tensor, int, int]] = []
 
