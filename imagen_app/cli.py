@@ -274,7 +274,7 @@ def cmd_evaluate(args) -> int:
         raise SystemExit(f"unknown --parts {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     run_evaluation(args.weights, out=args.out, seen_count=args.seen, sr_count=args.sr_count, seed=args.seed,
                    per_family=args.per_family, parts=parts, geneval_per_task=args.geneval_per_task,
-                   geneval_stage=args.geneval_stage)
+                   geneval_stage=args.geneval_stage, geneval_objects=args.geneval_objects)
     return 0
 
 
@@ -517,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--geneval-per-task", type=int, default=8, help="prompts per task and split (4 images each)")
     ev.add_argument("--geneval-stage", type=int, default=None,
                     help="judge the images of this stage (default: the last; 1 is fast and coarse)")
+    ev.add_argument("--geneval-objects", type=int, default=0,
+                    help="the prompts of a small world of this many objects (a run's scene_objects; 0: all)")
     add_threads_flag(ev)
     ev.set_defaults(func=cmd_evaluate)
 

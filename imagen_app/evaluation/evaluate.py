@@ -276,7 +276,8 @@ PARTS = ("families", "two_tones", "examples", "text_use", "colours", "neighbours
 
 def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 200, sr_count: int = 24, seed: int = 0,
                    pipe: Optional[ImagenPipeline] = None, timing_repeats: int = 3, per_family: int = 100,
-                   parts=PARTS, geneval_per_task: int = 8, geneval_stage: Optional[int] = None) -> Dict:
+                   parts=PARTS, geneval_per_task: int = 8, geneval_stage: Optional[int] = None,
+                   geneval_objects: int = 0) -> Dict:
     from .bench import time_end_to_end
     from ..training.data import held_out_split, load_emoji, rendered_corpus
 
@@ -319,7 +320,7 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
         if part in parts:
             report[part] = phrasing(pipe, emojis, corpus, generate_base, seeds=seeds, prompts=prompts())
     if "geneval" in parts or "geneval_cascade" in parts:
-        report.update(geneval_parts(pipe, parts, geneval_per_task, geneval_stage, seed))
+        report.update(geneval_parts(pipe, parts, geneval_per_task, geneval_stage, seed, geneval_objects))
     if "timing" in parts:
         total, per_stage = time_end_to_end(pipe, "red heart", timing_repeats)
         report["timing"] = dict(end_to_end_s=total, stage_s=per_stage, threads=torch.get_num_threads())
@@ -331,19 +332,24 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
     return report
 
 
-def geneval_parts(pipe: ImagenPipeline, parts, per_task: int, stage: Optional[int], seed: int) -> Dict:
+def geneval_parts(pipe: ImagenPipeline, parts, per_task: int, stage: Optional[int], seed: int,
+                  objects: int = 0) -> Dict:
     """GenEval's six tasks on held-out and seen scene prompts (four images each), the detector's ceiling on composed
     real renders at the judged resolution, and (geneval_cascade) a perfect base stage seen through this cascade's
-    super-resolution stages."""
+    super-resolution stages. With `objects`, the prompts are those of a small world's objects (a run's
+    `scene_objects`), judged by the same detector of all the objects."""
     from ..training.scenes import load_scene_world
     from .geneval import Detector, cascade_ceiling, detector_ceiling, run_geneval
 
     world = load_scene_world()
     detector = Detector(world)
+    if objects:
+        world = world.restricted(objects)
     out: Dict = {}
     if "geneval" in parts:
         size = pipe.stage_resolutions[(stage or len(pipe.stage_resolutions)) - 1]
         out["geneval"] = dict(per_task=per_task, images_per_prompt=4, stop_at_stage=stage, resolution=size,
+                              objects=len(world.objects),
                               **run_geneval(pipe, world, per_task=per_task, seed=seed, stop_at_stage=stage,
                                             detector=detector),
                               ceiling=detector_ceiling(world, detector, per_task=per_task, size=size, seed=seed))

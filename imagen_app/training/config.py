@@ -83,6 +83,10 @@ class TrainConfig:
     # With live_scenes: object sizes (smallest, largest fraction of the side) by task in place of scenes.SIZE_RANGE,
     # e.g. {"colours": [0.8, 1.0]}: a coloured object as large as a single emoji, the scale the stage draws it at.
     scene_size_ranges: Optional[dict] = None
+    # With live_scenes: compose the scenes of this many of the objects only (scenes.SceneWorld.restricted; 0: all):
+    # a small world, to tell in CPU hours whether a recipe learns compositions at all. Evaluate it with
+    # `evaluate --parts geneval --geneval-objects N`.
+    scene_objects: int = 0
     # The rows that are not scenes shrunk to (smallest, largest) fraction of the side at a random place on white,
     # e.g. [0.4, 0.6]: a 64 px base stage from the 32 px one sees each emoji at the scale it draws it.
     other_rows_scale: Optional[list] = None
@@ -100,6 +104,10 @@ class TrainConfig:
             raise ValueError(f"other_rows_scale_share must be in (0, 1], not {self.other_rows_scale_share}")
         if not 0 <= self.pooled_text_drop_prob <= 1:
             raise ValueError(f"pooled_text_drop_prob must be in [0, 1], not {self.pooled_text_drop_prob}")
+        if self.scene_objects < 0:
+            raise ValueError(f"scene_objects: a number of objects (0: all), not {self.scene_objects}")
+        if self.scene_objects and not self.live_scenes:
+            raise ValueError("scene_objects needs live_scenes: true (stored scenes keep the objects they were made of)")
         weights = self.grounding_loss_weights
         if weights is not None:
             if not (len(weights) == 2 and all(w >= 0 for w in weights)):

@@ -345,6 +345,24 @@ class SceneWorld:
         held = self.rule.is_held_out(spec) if task != "single object" else self.rule.alone_only(spec.objects[0][0])
         return spec if held == held_out else None
 
+    def restricted(self, n: int) -> "SceneWorld":
+        """The same world with `n` of its objects: a deterministic choice (a hash of each name) that keeps some of
+        every kind the tasks need: an eighth alone-only (the held-out single objects), a quarter recolourable (the
+        colour tasks), the rest any. A small world tells whether a recipe learns compositions at all in the steps
+        a CPU gives, before a long run spends them on all the objects (docs/training.md, "A small world")."""
+        if not 0 < n <= len(self.objects):
+            raise ValueError(f"scene_objects: between 1 and {len(self.objects)} objects, not {n}")
+        ranked = sorted(self.names, key=lambda name: _hash01("small world", name))
+        alone = [o for o in ranked if self.rule.alone_only(o)]
+        colourable = [o for o in ranked if o in self.colours_of and o not in alone]
+        wanted = alone[:max(1, n // 8)] + colourable[:max(2, n // 4)]
+        wanted += [o for o in ranked if o not in wanted][:n - len(wanted)]
+        chosen = set(wanted[:n])
+        if len(chosen & set(self.colours_of)) < 2:
+            raise ValueError(f"scene_objects: {n} objects hold fewer than two recolourable ones (colour attribution)")
+        return SceneWorld([o for o in self.objects if o.name in chosen],
+                          {o: c for o, c in self.colours_of.items() if o in chosen}, self.renders, self.rule)
+
     def _pool(self, task: str, held_out: bool) -> Tuple[List[str], Dict[str, List[str]]]:
         """The objects a split's specs of `task` draw from, and the colours of the recolourable ones. Training scenes
         never show an alone-only object beside others; held-out ones may (the hardest case)."""

@@ -243,7 +243,10 @@ def live_scenes(cfg: TrainConfig, data):
 
     if not any(f.startswith(FAMILY_PREFIX) for f in data.families or ()):
         raise ValueError(f"live_scenes: {cfg.data} has no scene rows (families {FAMILY_PREFIX!r}...)")
-    return LiveScenes(load_scene_world(), cfg.resolution, all_captions=cfg.caption_variants,
+    world = load_scene_world()
+    if cfg.scene_objects:
+        world = world.restricted(cfg.scene_objects)
+    return LiveScenes(world, cfg.resolution, all_captions=cfg.caption_variants,
                       size_ranges=cfg.scene_size_ranges)
 
 

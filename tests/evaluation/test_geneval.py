@@ -123,3 +123,27 @@ def test_the_sample_sheet_has_a_row_per_task_marked_by_the_detector(scene_world,
 
     out = sample_grid(perfect, str(tmp_path / "sheet.png"), prompts=["panda", "pizza"], cell=64, scenes_per_task=2)
     assert Image.open(out).size == (6 * 64, (1 + len(TASKS)) * (64 + 34))  # one emoji row, then a row per task
+
+
+def test_geneval_of_a_small_world_asks_only_its_objects_and_judges_among_all(scene_world):
+    """`evaluate --parts geneval --geneval-objects N`: the prompts of a run's small world (`scene_objects`), judged by
+    the detector of every object, so that a drawing of any other object is wrong."""
+    from imagen_app.evaluation.evaluate import geneval_parts
+
+    small = scene_world.restricted(16)
+    outsider = next(o for o in scene_world.names if o not in small.names)
+    asked = []
+
+    class Other:  # draws one object that is not in the small world, whatever it is asked
+        stage_resolutions = [128]
+
+        def __call__(self, prompt, num_images_per_prompt, generator, stop_at_stage):
+            asked.append(prompt)
+            spec = SceneSpec("single object", ((outsider, None),))
+            return SimpleNamespace(images=[Image.fromarray(compose(spec, 128, scene_world.renders, random.Random(k))[0])
+                                           for k in range(num_images_per_prompt)])
+
+    report = geneval_parts(Other(), ["geneval"], per_task=1, stage=None, seed=0, objects=16)["geneval"]
+    assert report["objects"] == 16 and report["held out"]["overall"] == 0.0 and report["seen"]["overall"] == 0.0
+    words = {w for p in asked for w in p.split()}
+    assert outsider not in words and words & set(small.names)

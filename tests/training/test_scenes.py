@@ -130,3 +130,20 @@ def test_live_scenes_can_draw_a_task_at_other_sizes(scene_world):
     assert same == [ink_side(default.draw("two objects", random.Random(k))[0]) for k in range(10)]
     with pytest.raises(ValueError, match="no such task"):
         LiveScenes(scene_world, 32, size_ranges={"colour": [0.8, 1.0]})
+
+
+def test_a_small_world_keeps_what_every_task_needs_and_only_its_objects(scene_world):
+    small = scene_world.restricted(16)
+    assert len(small.names) == 16 and small.names == scene_world.restricted(16).names  # deterministic
+    assert set(small.names) < set(scene_world.names) and set(small.colours_of) <= set(small.names)
+    assert len(small.colours_of) >= 4 and any(small.rule.alone_only(o) for o in small.names)
+    for task in TASKS:
+        for held_out in (False, True):
+            specs = small.specs(task, 8, held_out=held_out, seed=0)
+            assert specs and all(o in small.names for s in specs for o, _ in s.objects)
+            assert all(small.rule.is_held_out(s) == held_out for s in specs if task != "single object")
+    live = LiveScenes(small, 32)
+    assert {o for _ in range(40) for o, _ in live.spec("two objects", random.Random(_)).objects} <= set(small.names)
+    for n in (0, len(scene_world.names) + 1):
+        with pytest.raises(ValueError, match="scene_objects"):
+            scene_world.restricted(n)

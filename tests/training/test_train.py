@@ -790,3 +790,14 @@ def test_a_branched_run_goes_on_from_another_runs_checkpoint_with_the_modules_it
     assert any("resumed" in m and "step 4" in m for m in logs)
     after = read_checkpoint(os.path.join(branched.run_dir, CHECKPOINT))
     assert any(after["unet"][name].any() for name in new if name.endswith("to_q.weight"))
+
+
+def test_scene_objects_needs_live_scenes_and_a_count():
+    from imagen_app.training.config import TrainConfig
+
+    required = dict(run_dir="runs/x", text_encoder="weights/text_encoder", resolution=64)
+    with pytest.raises(ValueError, match="needs live_scenes"):
+        TrainConfig(**required, scene_objects=16)
+    with pytest.raises(ValueError, match="a number of objects"):
+        TrainConfig(**required, live_scenes=True, scene_objects=-1)
+    assert TrainConfig(**required, live_scenes=True, scene_objects=16).scene_objects == 16
