@@ -272,6 +272,10 @@ def cmd_evaluate(args) -> int:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise SystemExit(f"unknown --parts {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    if args.geneval_objects:  # a wrong count fails here, not after the parts before GenEval have run
+        from .training.scenes import load_scene_world
+
+        load_scene_world().restricted(args.geneval_objects)
     run_evaluation(args.weights, out=args.out, seen_count=args.seen, sr_count=args.sr_count, seed=args.seed,
                    per_family=args.per_family, parts=parts, geneval_per_task=args.geneval_per_task,
                    geneval_stage=args.geneval_stage, geneval_objects=args.geneval_objects)

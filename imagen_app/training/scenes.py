@@ -351,7 +351,7 @@ class SceneWorld:
         colour tasks), the rest any. A small world tells whether a recipe learns compositions at all in the steps
         a CPU gives, before a long run spends them on all the objects (docs/training.md, "A small world")."""
         if not 0 < n <= len(self.objects):
-            raise ValueError(f"scene_objects: between 1 and {len(self.objects)} objects, not {n}")
+            raise ValueError(f"a small world holds 1 to {len(self.objects)} objects, not {n}")
         ranked = sorted(self.names, key=lambda name: _hash01("small world", name))
         alone = [o for o in ranked if self.rule.alone_only(o)]
         colourable = [o for o in ranked if o in self.colours_of and o not in alone]
@@ -359,7 +359,7 @@ class SceneWorld:
         wanted += [o for o in ranked if o not in wanted][:n - len(wanted)]
         chosen = set(wanted[:n])
         if len(chosen & set(self.colours_of)) < 2:
-            raise ValueError(f"scene_objects: {n} objects hold fewer than two recolourable ones (colour attribution)")
+            raise ValueError(f"a small world of {n} objects holds fewer than two recolourable ones (colour attribution)")
         return SceneWorld([o for o in self.objects if o.name in chosen],
                           {o: c for o, c in self.colours_of.items() if o in chosen}, self.renders, self.rule)
 

@@ -147,3 +147,12 @@ def test_geneval_of_a_small_world_asks_only_its_objects_and_judges_among_all(sce
     assert report["objects"] == 16 and report["held out"]["overall"] == 0.0 and report["seen"]["overall"] == 0.0
     words = {w for p in asked for w in p.split()}
     assert outsider not in words and words & set(small.names)
+
+
+def test_evaluate_refuses_a_small_world_it_cannot_make_before_loading_anything(scene_world, capsys):
+    from imagen_app.cli import main
+
+    too_many = len(scene_world.names) + 1
+    assert main(["evaluate", "--weights", "no-such-folder", "--parts", "geneval",
+                 "--geneval-objects", str(too_many)]) == 2
+    assert f"1 to {len(scene_world.names)} objects, not {too_many}" in capsys.readouterr().err

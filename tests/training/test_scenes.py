@@ -145,5 +145,5 @@ def test_a_small_world_keeps_what_every_task_needs_and_only_its_objects(scene_wo
     live = LiveScenes(small, 32)
     assert {o for _ in range(40) for o, _ in live.spec("two objects", random.Random(_)).objects} <= set(small.names)
     for n in (0, len(scene_world.names) + 1):
-        with pytest.raises(ValueError, match="scene_objects"):
+        with pytest.raises(ValueError, match="a small world holds"):
             scene_world.restricted(n)
