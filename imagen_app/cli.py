@@ -149,11 +149,7 @@ def _log_line(message: str) -> None:
 def cmd_branch_run(args) -> int:
     from .training.train import TrainConfig, branch_run
 
-    try:
-        branch_run(args.from_run, TrainConfig.load(args.config, run_dir=args.run_dir))
-    except (FileExistsError, FileNotFoundError, ValueError) as e:  # no checkpoint, one already there, or a mismatch
-        print(f"branch-run: {e}", file=sys.stderr)
-        return 2
+    branch_run(args.from_run, TrainConfig.load(args.config, run_dir=args.run_dir))  # main() reports its errors
     return 0
 
 
@@ -272,10 +268,6 @@ def cmd_evaluate(args) -> int:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise SystemExit(f"unknown --parts {', '.join(unknown)}; choose from {', '.join(PARTS)}")
-    if args.geneval_objects:  # a wrong count fails here, not after the parts before GenEval have run
-        from .training.scenes import load_scene_world
-
-        load_scene_world().restricted(args.geneval_objects)
     run_evaluation(args.weights, out=args.out, seen_count=args.seen, sr_count=args.sr_count, seed=args.seed,
                    per_family=args.per_family, parts=parts, geneval_per_task=args.geneval_per_task,
                    geneval_stage=args.geneval_stage, geneval_objects=args.geneval_objects)

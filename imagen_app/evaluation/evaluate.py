@@ -281,6 +281,8 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
     from .bench import time_end_to_end
     from ..training.data import held_out_split, load_emoji, rendered_corpus
 
+    # the scene worlds first: a small world that cannot be made fails before anything else runs
+    worlds = scene_worlds(geneval_objects) if {"geneval", "geneval_cascade"} & set(parts) else None
     pipe = pipe or ImagenPipeline.from_pretrained(weights)
     pipe.set_progress_bar_config(disable=True)
     emojis = load_emoji()
@@ -320,7 +322,7 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
         if part in parts:
             report[part] = phrasing(pipe, emojis, corpus, generate_base, seeds=seeds, prompts=prompts())
     if "geneval" in parts or "geneval_cascade" in parts:
-        report.update(geneval_parts(pipe, parts, geneval_per_task, geneval_stage, seed, geneval_objects))
+        report.update(geneval_parts(pipe, parts, geneval_per_task, geneval_stage, seed, worlds))
     if "timing" in parts:
         total, per_stage = time_end_to_end(pipe, "red heart", timing_repeats)
         report["timing"] = dict(end_to_end_s=total, stage_s=per_stage, threads=torch.get_num_threads())
@@ -332,19 +334,25 @@ def run_evaluation(weights: str, out: Optional[str] = None, seen_count: int = 20
     return report
 
 
-def geneval_parts(pipe: ImagenPipeline, parts, per_task: int, stage: Optional[int], seed: int,
-                  objects: int = 0) -> Dict:
-    """GenEval's six tasks on held-out and seen scene prompts (four images each), the detector's ceiling on composed
-    real renders at the judged resolution, and (geneval_cascade) a perfect base stage seen through this cascade's
-    super-resolution stages. With `objects`, the prompts are those of a small world's objects (a run's
-    `scene_objects`), judged by the same detector of all the objects."""
+def scene_worlds(objects: int = 0):
+    """(every object's scene world, the world whose prompts GenEval asks): with `objects`, a small world of that many
+    (a run's `scene_objects`), else the same world."""
     from ..training.scenes import load_scene_world
-    from .geneval import Detector, cascade_ceiling, detector_ceiling, run_geneval
 
     world = load_scene_world()
-    detector = Detector(world)
-    if objects:
-        world = world.restricted(objects)
+    return world, world.restricted(objects) if objects else world
+
+
+def geneval_parts(pipe: ImagenPipeline, parts, per_task: int, stage: Optional[int], seed: int,
+                  worlds=None) -> Dict:
+    """GenEval's six tasks on held-out and seen scene prompts (four images each), the detector's ceiling on composed
+    real renders at the judged resolution, and (geneval_cascade) a perfect base stage seen through this cascade's
+    super-resolution stages. `worlds` (`scene_worlds`, by default every object's): the prompts are the second
+    world's, judged by the detector of the first's objects, so that in a small world any other object is wrong."""
+    from .geneval import Detector, cascade_ceiling, detector_ceiling, run_geneval
+
+    every, world = worlds or scene_worlds()
+    detector = Detector(every)
     out: Dict = {}
     if "geneval" in parts:
         size = pipe.stage_resolutions[(stage or len(pipe.stage_resolutions)) - 1]

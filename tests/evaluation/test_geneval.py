@@ -128,7 +128,7 @@ def test_the_sample_sheet_has_a_row_per_task_marked_by_the_detector(scene_world,
 def test_geneval_of_a_small_world_asks_only_its_objects_and_judges_among_all(scene_world):
     """`evaluate --parts geneval --geneval-objects N`: the prompts of a run's small world (`scene_objects`), judged by
     the detector of every object, so that a drawing of any other object is wrong."""
-    from imagen_app.evaluation.evaluate import geneval_parts
+    from imagen_app.evaluation.evaluate import geneval_parts, scene_worlds
 
     small = scene_world.restricted(16)
     outsider = next(o for o in scene_world.names if o not in small.names)
@@ -143,7 +143,7 @@ def test_geneval_of_a_small_world_asks_only_its_objects_and_judges_among_all(sce
             return SimpleNamespace(images=[Image.fromarray(compose(spec, 128, scene_world.renders, random.Random(k))[0])
                                            for k in range(num_images_per_prompt)])
 
-    report = geneval_parts(Other(), ["geneval"], per_task=1, stage=None, seed=0, objects=16)["geneval"]
+    report = geneval_parts(Other(), ["geneval"], per_task=1, stage=None, seed=0, worlds=scene_worlds(16))["geneval"]
     assert report["objects"] == 16 and report["held out"]["overall"] == 0.0 and report["seen"]["overall"] == 0.0
     words = {w for p in asked for w in p.split()}
     assert outsider not in words and words & set(small.names)
